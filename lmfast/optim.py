@@ -1,0 +1,152 @@
+"""AdamW with decoupled weight decay, the warmup + cosine schedule, and global-norm gradient clipping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+
+__all__ = ["AdamW", "adamw_step_reference", "cosine_lr", "clip_grad_norm_"]
+
+
+def adamw_step_reference(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    *,
+    step: int,
+    lr: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """One AdamW step on each tensor, in place: the spec of the fused ``lmfast::adamw_step`` kernel.
+
+    The same arithmetic as ``torch.optim.AdamW``: decay first (``p *= 1 - lr * wd``), then
+    ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``, ``p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``
+    with ``bc_i = 1 - b_i ** step``. ``step`` counts from 1.
+    """
+    if step < 1:
+        raise ValueError(f"AdamW step counts from 1, got step={step}")
+    bc1 = 1.0 - beta1**step
+    bc2_sqrt = math.sqrt(1.0 - beta2**step)
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        g = g.to(m.dtype)
+        p.mul_(1.0 - lr * weight_decay)
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = (v.sqrt() / bc2_sqrt).add_(eps)
+        p.add_((m / denom).mul_(-lr / bc1).to(p.dtype))
+
+
+class AdamW(torch.optim.Optimizer):
+    """AdamW (Loshchilov & Hutter) as a ``torch.optim.Optimizer``: decoupled weight decay, bias correction.
+
+    ``fused=None`` picks the Triton multi-tensor kernel for CUDA parameters when it can run, ``True``
+    requires it, ``False`` always uses the reference loop. State per parameter: ``step`` (a float tensor,
+    as ``torch.optim``), ``exp_avg``, ``exp_avg_sq`` in fp32.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter] | Iterable[dict],
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        fused: bool | None = None,
+    ):
+        if not (isinstance(lr, torch.Tensor) or lr >= 0.0):
+            raise ValueError(f"AdamW lr must be >= 0, got {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"AdamW betas must each be in [0, 1), got {betas}")
+        if eps < 0.0:
+            raise ValueError(f"AdamW eps must be >= 0, got {eps}")
+        if weight_decay < 0.0:
+            raise ValueError(f"AdamW weight_decay must be >= 0, got {weight_decay}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused)
+        super().__init__(params, defaults)
+
+    def _group_tensors(self, group: dict) -> tuple[list, list, list, list, list]:
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdamW does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+            state["step"] += 1
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(int(state["step"].item()))
+        return params, grads, exp_avgs, exp_avg_sqs, steps
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, steps = self._group_tensors(group)
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            # Parameters of one group are created together, so they share a step count; a group whose
+            # parameters gained gradients at different times is split by step.
+            for step in sorted(set(steps)):
+                idx = [i for i, s in enumerate(steps) if s == step]
+                tensors = ([params[i] for i in idx], [grads[i] for i in idx],
+                           [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx])
+                self._update(group["fused"], tensors, step, hyper)
+        return loss
+
+    @staticmethod
+    def _update(fused: bool | None, tensors: tuple, step: int, hyper: dict) -> None:
+        from lmfast import ops  # deferred: ops imports Triton only when the fused path is asked for
+
+        step_fn = ops.adamw_step_fn(fused, tensors[0])
+        step_fn(*tensors, step=step, **hyper)
+
+
+def cosine_lr(it: int, max_lr: float, min_lr: float, warmup_iters: int, cosine_cycle_iters: int) -> float:
+    """Learning rate at iteration ``it``: linear warmup from 0, cosine decay to ``min_lr``, then flat.
+
+    ``it < warmup_iters``: ``max_lr * it / warmup_iters``; ``warmup_iters <= it <= cosine_cycle_iters``:
+    ``min_lr + (max_lr - min_lr) * (1 + cos(pi * (it - warmup) / (cycle - warmup))) / 2``; after: ``min_lr``.
+    """
+    if it < warmup_iters:
+        return max_lr * it / warmup_iters
+    if it > cosine_cycle_iters:
+        return min_lr
+    span = cosine_cycle_iters - warmup_iters
+    if span <= 0:
+        return min_lr if it > warmup_iters else max_lr
+    progress = (it - warmup_iters) / span
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+    """Scale all gradients in place so their global L2 norm is at most ``max_norm``; returns the norm before.
+
+    The scale is ``max_norm / (norm + eps)``, applied only when ``norm > max_norm``. The norm stays a
+    tensor (no host sync), so this is cheap inside a compiled or CUDA-graphed step.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norms = torch._foreach_norm(grads, 2.0)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
+    scale = torch.clamp(max_norm / (total + eps), max=1.0)
+    torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+    return total
