@@ -1,0 +1,269 @@
+"""The Llama-style Transformer LM of CS336: pre-norm blocks of RMSNorm, causal RoPE attention and SwiGLU.
+
+State-dict names follow the CS336 layout (``layers.{i}.attn.q_proj.weight``, ``layers.{i}.ffn.w1.weight``,
+``ln_final.weight``, ``lm_head.weight`` ...) so weights from that ecosystem load as they are. Ops that have a
+fused Triton twin (RMSNorm, RoPE, attention) go through ``self.ops``, resolved once at construction
+(see :mod:`lmfast.ops`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmfast import functional
+from lmfast.functional import scaled_dot_product_attention
+from lmfast.ops import REFERENCE, Ops, get_ops
+
+__all__ = [
+    "Linear",
+    "Embedding",
+    "RMSNorm",
+    "SwiGLU",
+    "RotaryEmbedding",
+    "scaled_dot_product_attention",
+    "MultiHeadSelfAttention",
+    "TransformerBlock",
+    "TransformerLM",
+    "KVCache",
+]
+
+
+class Linear(nn.Module):
+    """``y = x W^T`` with no bias; W: (out_features, in_features), truncated normal, σ² = 2 / (d_in + d_out), ±3σ."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        std = math.sqrt(2.0 / (in_features + out_features))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Embedding(nn.Module):
+    """Lookup table (num_embeddings, embedding_dim), truncated normal N(0, 1) clipped at ±3."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(token_ids, self.weight)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim with a learned gain (init 1), computed in fp32, returned in the input dtype."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None, ops: Ops = REFERENCE):
+        super().__init__()
+        self.eps, self.ops = eps, ops
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops.rmsnorm(x, self.weight, self.eps)
+
+
+class SwiGLU(nn.Module):
+    """``w2(silu(w1 x) * w3 x)``: w1, w3: d_model → d_ff, w2: d_ff → d_model."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE over adjacent pairs of the last dim; cos/sin tables precomputed for ``max_seq_len`` positions.
+
+    ``forward(x, token_positions)``: x (..., seq, d_k), token_positions (..., seq) integer → rotated x.
+    The tables are non-persistent buffers: they never appear in the state_dict.
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
+        super().__init__()
+        if d_k % 2 != 0:
+            raise ValueError(f"RoPE needs an even head dim (d_model / num_heads), got d_k={d_k}")
+        self.theta, self.d_k, self.max_seq_len = theta, d_k, max_seq_len
+        cos, sin = functional.rope_cos_sin(theta, d_k, torch.arange(max_seq_len, device=device))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def cos_sin(self, token_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (…, seq, d_k // 2) fp32 tables at ``token_positions``."""
+        return self.cos[token_positions], self.sin[token_positions]
+
+    def forward(self, x: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = self.cos_sin(token_positions)
+        return functional.apply_rope(x, cos, sin)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of past positions for one attention layer: (batch, heads, max_len, d_k) each."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, max_len: int, d_k: int, device=None, dtype=None) -> KVCache:
+        shape = (batch, heads, max_len, d_k)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[-2]
+        if end > self.k.shape[-2]:
+            raise ValueError(f"KV cache holds {self.k.shape[-2]} positions; appending reaches {end}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal multi-head self-attention; RoPE on queries and keys when ``theta`` is given.
+
+    ``forward(x, token_positions=None)``: x (batch, seq, d_model) → (batch, seq, d_model). Positions default
+    to ``0..seq-1``. With a :class:`KVCache`, new queries attend to all cached keys plus the causal part of
+    the new ones.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, max_seq_len: int | None = None, theta: float | None = None,
+                 device=None, dtype=None, ops: Ops = REFERENCE):
+        super().__init__()
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        self.d_model, self.num_heads, self.d_k, self.ops = d_model, num_heads, d_model // num_heads, ops
+        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.rope = None
+        if theta is not None:
+            if max_seq_len is None:
+                raise ValueError("MultiHeadSelfAttention with RoPE (theta given) needs max_seq_len")
+            self.rope = RotaryEmbedding(theta, self.d_k, max_seq_len, device=device)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, s, _ = t.shape
+        return t.view(b, s, self.num_heads, self.d_k).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        if self.rope is not None:
+            if token_positions is None:
+                start = cache.length if cache is not None else 0
+                token_positions = torch.arange(start, start + s, device=x.device)
+            cos, sin = self.rope.cos_sin(token_positions)
+            q, k = self.ops.rope(q, k, cos, sin)
+        if cache is None or (cache.length == 0 and s > 0):
+            if cache is not None:
+                cache.append(k, v)
+            out = self.ops.attention(q, k, v)
+        else:
+            past = cache.length
+            k, v = cache.append(k, v)
+            # query i (absolute position past + i) sees keys 0 .. past + i
+            mask = torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.output_proj(out.transpose(1, 2).reshape(b, s, self.d_model))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: ``x + attn(ln1(x))``, then ``h + ffn(ln2(h))``."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, max_seq_len: int, theta: float,
+                 device=None, dtype=None, ops: Ops = REFERENCE):
+        super().__init__()
+        self.ln1 = RMSNorm(d_model, device=device, dtype=dtype, ops=ops)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, max_seq_len, theta, device=device, dtype=dtype, ops=ops)
+        self.ln2 = RMSNorm(d_model, device=device, dtype=dtype, ops=ops)
+        self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        h = x + self.attn(self.ln1(x), token_positions, cache)
+        return h + self.ffn(self.ln2(h))
+
+
+class TransformerLM(nn.Module):
+    """Token embedding → ``num_layers`` pre-norm blocks → final RMSNorm → untied LM head.
+
+    ``forward(in_indices)``: (batch, seq) int64 token ids, seq ≤ context_length → logits (batch, seq, vocab).
+    ``backend`` picks the ops (``auto`` | ``reference`` | ``fused``; see :mod:`lmfast.ops`).
+
+    >>> model = TransformerLM(vocab_size=256, context_length=32, d_model=64, num_layers=2, num_heads=4,
+    ...                       d_ff=172, rope_theta=10000.0, backend="reference")
+    >>> model(torch.zeros(1, 8, dtype=torch.long)).shape
+    torch.Size([1, 8, 256])
+    """
+
+    def __init__(self, vocab_size: int, context_length: int, d_model: int, num_layers: int, num_heads: int,
+                 d_ff: int, rope_theta: float, backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}); "
+                             f"e.g. num_heads={_divisor_near(d_model, num_heads)}")
+        if (d_model // num_heads) % 2 != 0:
+            raise ValueError(f"RoPE needs an even head dim, but d_model / num_heads = {d_model // num_heads}; "
+                             "change d_model or num_heads")
+        self.vocab_size, self.context_length = vocab_size, context_length
+        self.ops = get_ops(backend, device if device is not None else "cpu")
+        kw = dict(device=device, dtype=dtype)
+        self.token_embeddings = Embedding(vocab_size, d_model, **kw)
+        self.layers = nn.ModuleList(
+            TransformerBlock(d_model, num_heads, d_ff, context_length, rope_theta, ops=self.ops, **kw)
+            for _ in range(num_layers)
+        )
+        self.ln_final = RMSNorm(d_model, ops=self.ops, **kw)
+        self.lm_head = Linear(d_model, vocab_size, **kw)
+
+    def forward(self, in_indices: torch.Tensor, token_positions: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None) -> torch.Tensor:
+        seq = in_indices.shape[-1]
+        start = caches[0].length if caches else 0
+        if start + seq > self.context_length:
+            raise ValueError(f"sequence of {start + seq} tokens exceeds context_length={self.context_length}")
+        x = self.token_embeddings(in_indices)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, token_positions, caches[i] if caches else None)
+        return self.lm_head(self.ln_final(x))
+
+    def new_kv_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
+        """Empty KV caches (one per layer) for incremental decoding of up to ``max_len`` positions."""
+        attn = self.layers[0].attn
+        p = self.lm_head.weight
+        return [KVCache.empty(batch, attn.num_heads, max_len or self.context_length, attn.d_k, p.device, p.dtype)
+                for _ in self.layers]
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count; ``exclude_embeddings`` drops the input embedding table (the usual FLOPs count)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.token_embeddings.weight.numel() if exclude_embeddings else n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward): 6·N (non-embedding params) + 12·L·d·T attention."""
+        attn = self.layers[0].attn
+        return 6 * self.num_parameters(exclude_embeddings=True) + 12 * len(self.layers) * attn.d_model * \
+            self.context_length
+
+
+def _divisor_near(n: int, k: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))

@@ -1,0 +1,40 @@
+"""Shared helpers for kernel tests: one dtype -> tolerance table and a verbose allclose."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+# (atol, rtol) per dtype, for kernel outputs and gradients against the fp32-internal references.
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (1e-2, 1e-2),
+}
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (Linux only)")
+
+
+def kernel_device() -> str:
+    """Where kernel tests run: the GPU if there is one, else CPU tensors under TRITON_INTERPRET=1."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float,
+                            name: str = "tensor", max_print: int = 5) -> None:
+    """Like torch.testing.assert_close, but names the first mismatching indices and their values."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    a, e = actual.detach().float().cpu(), expected.detach().float().cpu()
+    bad = ~torch.isclose(a, e, atol=atol, rtol=rtol, equal_nan=True)
+    if bad.any():
+        idx = bad.nonzero()[:max_print]
+        rows = [f"  at {tuple(i.tolist())}: got {a[tuple(i)].item():.6g}, expected {e[tuple(i)].item():.6g}" for i in idx]
+        max_abs = (a - e).abs()[bad].max().item()
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {bad.numel()} elements differ beyond atol={atol}, rtol={rtol} "
+            f"(max abs diff {max_abs:.3g}); first mismatches:\n" + "\n".join(rows)
+        )

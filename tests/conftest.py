@@ -1,0 +1,27 @@
+"""Session-wide test setup.
+
+Without a CUDA GPU, Triton kernels run on CPU tensors through Triton's interpreter. TRITON_INTERPRET must
+be set before triton is first imported, so it is set here, at collection time, before any test module
+imports lmfast.kernels. Ahead-of-time compilation for real GPUs needs the normal (non-interpreted) Triton
+and therefore runs in a subprocess with the variable removed (see tests/test_kernels_aot.py).
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    raise RuntimeError("triton was imported before tests/conftest.py could set TRITON_INTERPRET=1")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
