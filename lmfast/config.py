@@ -1,0 +1,258 @@
+"""One validated schema for a training run: YAML in, a frozen-after-validation dataclass out.
+
+Every key of the CS336 training script's ``config_simple.yaml`` is accepted exactly as written; the rest add
+what a user expects of a trainer. Unknown keys name the closest valid key; bad values name the key and
+what is allowed. ``--set key=value`` overrides any key from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "config_table"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key and how to fix it."""
+
+
+def _f(default, help: str, **rules):
+    """A schema field: its default, a one-line why, and validation rules (min, max, choices, gt)."""
+    metadata = {"help": help, **rules}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    # Model architecture (the seed's keys)
+    vocab_size: int = _f(10000, "vocabulary size; token ids must be below it", min=2)
+    context_length: int = _f(256, "tokens per training sequence (and the RoPE table length)", min=1)
+    d_model: int = _f(512, "model width", min=2)
+    num_layers: int = _f(4, "number of transformer blocks", min=1)
+    num_heads: int = _f(16, "attention heads; d_model must be divisible by it", min=1)
+    d_ff: int = _f(1344, "SwiGLU hidden size (≈ 8/3 · d_model, a multiple of 64)", min=1)
+    rope_theta: float = _f(10000.0, "RoPE base frequency", gt=0)
+    # Training (the seed's keys)
+    num_epochs: float = _f(1.0, "passes over the training tokens (fractions allowed); ignored when max_steps is set",
+                           gt=0)
+    batch_size: int = _f(32, "sequences per micro-batch", min=1)
+    learning_rate: float = _f(1e-4, "constant learning rate, used when use_lr_schedule is false", min=0)
+    grad_clip_norm: float = _f(1.0, "global L2 gradient-norm clip; 0 turns clipping off", min=0)
+    # Learning-rate schedule (the seed's keys)
+    use_lr_schedule: bool = _f(True, "linear warmup then cosine decay (else a constant learning_rate)")
+    max_learning_rate: float = _f(1e-3, "peak learning rate after warmup", min=0)
+    min_learning_rate: float = _f(1e-5, "floor the cosine decays to and stays at", min=0)
+    warmup_iters: int = _f(1000, "optimizer steps of linear warmup from 0", min=0)
+    cosine_cycle_iters: int = _f(10000, "optimizer step at which the cosine reaches the floor", min=0)
+    # Data (the seed's keys)
+    train_data_path: str = _f("data/train.txt", "training tokens (.npy/.npz/.bin) or text (.txt), or a corpus name: "
+                              "shakespeare, tinystories")
+    val_data_path: str | None = _f("data/val.txt", "validation data in the same forms; null turns validation off "
+                                   "(with a corpus name as train_data_path, its validation split is used)")
+    # Checkpointing and logging (the seed's keys)
+    checkpoint_dir: str = _f("checkpoints", "where checkpoints, metrics.jsonl and the run's tokenizer go")
+    checkpoint_interval: int = _f(10, "save checkpoint_epoch_{e}.pt every this many epochs; 0 = never", min=0)
+    log_level: str = _f("INFO", "console and file log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_file: str | None = _f("training.log", "log file (appended to); null = console only")
+    log_interval: int = _f(100, "log training loss every this many optimizer steps", min=1)
+    # What a trainer needs beyond the seed
+    max_steps: int | None = _f(None, "train for this many optimizer steps instead of num_epochs", min=1)
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", min=1)
+    checkpoint_steps: int = _f(0, "also save checkpoint_step_{s}.pt every this many steps; 0 = never", min=0)
+    eval_interval: int = _f(0, "validate every this many steps as well as at each epoch end; 0 = epoch ends only",
+                            min=0)
+    eval_iters: int = _f(20, "validation batches per evaluation", min=1)
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay", min=0)
+    betas: tuple[float, float] = _f((0.9, 0.95), "AdamW (beta1, beta2), each in [0, 1)")
+    eps: float = _f(1e-8, "AdamW epsilon", min=0)
+    seed: int = _f(1337, "seed for weights, batch sampling and dropout-free determinism", min=0)
+    device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    dtype: str = _f("auto", "autocast dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16",
+                    choices=("auto", "float32", "bfloat16", "float16"))
+    compile: str = _f("auto", "torch.compile the model: auto (on for CUDA), true, false",
+                      choices=("auto", "true", "false"))
+    backend: str = _f("auto", "ops backend: auto (fused Triton on CUDA), reference, fused",
+                      choices=("auto", "reference", "fused"))
+    tokenizer: str | None = _f(None, "null = byte-level (vocab 256); train = BPE of vocab_size trained on the "
+                               "training text; gpt2; or a directory with vocab.json + merges.txt")
+    special_tokens: list[str] = _f(["<|endoftext|>"], "special tokens of a trained BPE tokenizer")
+    cache_dir: str | None = _f(None, "where tokenized text is cached; null = the user cache (~/.cache/lmfast)")
+    sample_prompt: str | None = _f(None, "after training, print a sample continuing this prompt; null = no sample")
+    sample_tokens: int = _f(200, "tokens to generate for the end-of-training sample", min=1)
+    sample_temperature: float = _f(0.8, "sampling temperature for that sample", min=0)
+    sample_top_p: float = _f(0.95, "nucleus (top-p) mass for that sample", gt=0, max=1)
+    tensorboard: bool = _f(False, "also log to TensorBoard under checkpoint_dir/tensorboard")
+    wandb_project: str | None = _f(None, "also log to this Weights & Biases project")
+    progress: bool = _f(True, "show a progress bar over training steps")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        self._check_cross_field()
+
+    def _check_cross_field(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}); "
+                              f"allowed num_heads for this d_model: {_divisors(self.d_model)}")
+        if (self.d_model // self.num_heads) % 2:
+            raise ConfigError(f"RoPE needs an even head dim, but d_model / num_heads = {self.d_model // self.num_heads}"
+                              "; change d_model or num_heads")
+        if self.min_learning_rate > self.max_learning_rate:
+            raise ConfigError(f"min_learning_rate ({self.min_learning_rate}) must be <= max_learning_rate "
+                              f"({self.max_learning_rate})")
+        if self.use_lr_schedule and self.cosine_cycle_iters < self.warmup_iters:
+            raise ConfigError(f"cosine_cycle_iters ({self.cosine_cycle_iters}) must be >= warmup_iters "
+                              f"({self.warmup_iters})")
+        if self.tokenizer is None and self.vocab_size < 256 and _is_text(self.train_data_path):
+            raise ConfigError(f"byte-level tokens (tokenizer: null) need vocab_size >= 256, got {self.vocab_size}")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0 and (n // d) % 2 == 0]
+
+
+def _is_text(path: str | None) -> bool:
+    return path is not None and Path(path).suffix == ".txt"
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert ``value`` to the field's type and check its rules; YAML 1.1 reads ``1e-4`` as a string."""
+    name, kind, rules = f.name, str(f.type), f.metadata
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} cannot be null: {rules['help']}")
+    try:
+        if kind.startswith("int"):
+            value = _to_int(value)
+        elif kind.startswith("float"):
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        elif kind == "bool":
+            value = _to_bool(value)
+        elif kind.startswith("tuple"):
+            parts = value.split(",") if isinstance(value, str) else list(value)
+            value = tuple(float(v) for v in parts)
+            if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
+                raise ValueError
+        elif kind.startswith("list"):
+            value = [value] if isinstance(value, str) else [str(v) for v in value]
+        elif name == "compile":  # YAML reads `compile: true` as a bool
+            value = str(value).lower()
+        else:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {value!r}; expected {_expected(kind, rules)} ({rules['help']})") from None
+    _check_rules(name, value, rules, kind)
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    number = float(value) if isinstance(value, str) else value
+    if int(number) != number:
+        raise ValueError
+    return int(number)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError
+
+
+def _expected(kind: str, rules: dict) -> str:
+    if "choices" in rules:
+        return "one of " + ", ".join(rules["choices"])
+    for word in ("int", "float", "bool", "tuple", "list"):
+        if kind.startswith(word):
+            return {"int": "an integer", "float": "a number", "bool": "true or false",
+                    "tuple": "two numbers in [0, 1), e.g. [0.9, 0.95]", "list": "a list of strings"}[word]
+    return "a string"
+
+
+def _check_rules(name: str, value: Any, rules: dict, kind: str) -> None:
+    if "choices" in rules and value not in rules["choices"]:
+        raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {', '.join(map(str, rules['choices']))}")
+    if "min" in rules and value < rules["min"]:
+        raise ConfigError(f"{name}: {value!r} is too small; it must be >= {rules['min']} ({rules['help']})")
+    if "gt" in rules and value <= rules["gt"]:
+        raise ConfigError(f"{name}: {value!r} is too small; it must be > {rules['gt']} ({rules['help']})")
+    if "max" in rules and value > rules["max"]:
+        raise ConfigError(f"{name}: {value!r} is too large; it must be <= {rules['max']} ({rules['help']})")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_keys(raw: dict, source: str) -> None:
+    for key in raw:
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(str(key), list(_FIELDS), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(_FIELDS)}"
+            raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` from ``--set`` into a dict; values are read as YAML (``1e-3``, ``true``, ``[a, b]``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML file (or nothing: the defaults), apply ``overrides``, validate, return a :class:`TrainConfig`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for ready ones")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value, got {type(raw).__name__}")
+        _check_keys(raw, repr(str(path)))
+    overrides = overrides or {}
+    _check_keys(overrides, "--set")
+    return TrainConfig(**{**raw, **overrides})
+
+
+def config_table() -> str:
+    """The schema as a Markdown table (key, default, meaning): the README's config reference."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append(f"| `{f.name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` "
+                    f"| {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,0 +1,517 @@
+"""Train a Transformer LM from a YAML config: ``python -m lmfast.train --config configs/quickstart.yaml``.
+
+    python -m lmfast.train --config X.yaml [--device auto|cpu|cuda|mps] [--resume PATH|auto] [--set key=value ...]
+
+``main()`` parses and builds (everything that can be wrong with the input fails here, before anything is
+written); :class:`Trainer` runs the loop in small named steps. Logs follow the CS336 training script's
+format, plus tokens/s; ``metrics.jsonl`` in ``checkpoint_dir`` has one JSON object per log/eval line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmfast.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from lmfast.config import ConfigError, TrainConfig, load_config, parse_overrides
+from lmfast.data import BatchSampler, load_dataset
+from lmfast.functional import cross_entropy
+from lmfast.model import TransformerLM
+from lmfast.optim import AdamW, clip_grad_norm_, cosine_lr
+
+__all__ = ["main", "Trainer", "build_tokenizer", "load_run_tokenizer", "resolve_device", "setup_logging"]
+
+log = logging.getLogger("train")
+_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+class SetupError(Exception):
+    """Bad input found before training starts; the message names the problem and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building the run: device, logging, tokenizer, data
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; an explicit device that is not there is a :class:`SetupError`."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SetupError(f"--device {name} was asked for, but CUDA is not available (torch {torch.__version__}); "
+                         "use --device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SetupError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SetupError(f"--device {name} was asked for, but Apple MPS is not available here; use --device cpu")
+    return device
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Console logging that prints above an active progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never kill training
+            self.handleError(record)
+
+
+def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
+    """Console (+ appended file) logging in the seed's format for the ``train`` and ``lmfast`` loggers."""
+    formatter = logging.Formatter(_LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [_TqdmHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+    for name in ("train", "lmfast"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+            h.close()
+        for h in handlers:
+            h.setFormatter(formatter)
+            logger.addHandler(h)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
+    """The run's tokenizer (None = byte level); ``tokenizer: train`` trains a BPE once and keeps it in run_dir."""
+    from lmfast.tokenizer import Tokenizer, train_bpe
+
+    kind = cfg.tokenizer
+    if kind is None:
+        return None
+    if kind == "gpt2":
+        return Tokenizer.gpt2()
+    if kind == "train":
+        saved = run_dir / "tokenizer"
+        if (saved / "vocab.json").is_file():
+            log.info("Using the BPE tokenizer trained earlier for this run: %s", saved)
+            return Tokenizer.load(saved)
+        if train_path.suffix != ".txt":
+            raise SetupError(f"tokenizer: train needs text to train on, but train_data_path is {str(train_path)!r}")
+        log.info("Training a BPE tokenizer (vocab %d) on %s ...", cfg.vocab_size, train_path)
+        start = time.perf_counter()
+        vocab, merges = train_bpe(str(train_path), cfg.vocab_size, cfg.special_tokens)
+        tokenizer = Tokenizer(vocab, merges, cfg.special_tokens)
+        tokenizer.save(saved)
+        log.info("Tokenizer trained in %.1fs, saved to %s", time.perf_counter() - start, saved)
+        return tokenizer
+    path = Path(kind)
+    if not path.is_dir():
+        raise SetupError(f"tokenizer: {kind!r} is not a directory with vocab.json + merges.txt; "
+                         "use null (bytes), train, gpt2, or such a directory")
+    return Tokenizer.load(path)
+
+
+def load_run_tokenizer(spec: str | None, run_dir: Path):
+    """The tokenizer a checkpoint names (``bytes``, ``gpt2``, or a directory, relative to run_dir if so)."""
+    from lmfast.tokenizer import Tokenizer
+
+    if spec in (None, "bytes"):
+        return ByteTokenizer()
+    if spec == "gpt2":
+        return Tokenizer.gpt2()
+    path = Path(spec)
+    return Tokenizer.load(path if path.is_absolute() else run_dir / path)
+
+
+class ByteTokenizer:
+    """Byte-level fallback: token id = UTF-8 byte (vocab 256); decode replaces invalid UTF-8 with U+FFFD."""
+
+    vocab_size = 256
+    eot_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+def _resolve_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """Train/val paths; a corpus name (``shakespeare``, ``tinystories``) means that corpus's train/val split."""
+    from lmfast.corpus import resolve_corpus
+
+    train = resolve_corpus(cfg.train_data_path)
+    val = resolve_corpus(cfg.val_data_path) if cfg.val_data_path else None
+    return (Path(train[0]) if train else Path(cfg.train_data_path),
+            Path(val[1]) if val else Path(cfg.val_data_path) if cfg.val_data_path else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+@dataclass
+class _Progress:
+    """What the loop has done; saved in checkpoints so a resumed run continues the same curve."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    tokens_seen: int = 0
+
+
+class Trainer:
+    """One training run: built from a validated config, then :meth:`fit`."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, resume: str | None = None):
+        self.cfg, self.device = cfg, device
+        self.run_dir = Path(cfg.checkpoint_dir)
+        torch.manual_seed(cfg.seed)
+        train_path, val_path = _resolve_paths(cfg)
+        self.tokenizer = build_tokenizer(cfg, train_path, self.run_dir)
+        self._check_tokenizer_fits()
+        common = dict(tokenizer=self.tokenizer, vocab_size=cfg.vocab_size, cache_dir=cfg.cache_dir,
+                      context_length=cfg.context_length)
+        self.train_data = load_dataset(train_path, key="train_data_path", **common)
+        self.val_data = load_dataset(val_path, key="val_data_path", **common) if val_path else None
+        self.model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads,
+                                   cfg.d_ff, cfg.rope_theta, backend=cfg.backend, device=device)
+        self.optimizer = self._build_optimizer()
+        self.sampler = BatchSampler(self.train_data, cfg.batch_size, cfg.context_length, device, seed=cfg.seed)
+        tokens_per_step = cfg.batch_size * cfg.context_length * cfg.gradient_accumulation_steps
+        self.steps_per_epoch = max(1, len(self.train_data) // tokens_per_step)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * self.steps_per_epoch))
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.progress = _Progress()
+        self.resume_from = self._find_resume(resume)
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        self.autocast_dtype = self._autocast_dtype()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+        self.step_model = self._maybe_compile()
+
+    # -- building --------------------------------------------------------------------------------------------
+
+    def _check_tokenizer_fits(self) -> None:
+        if self.tokenizer is not None and self.tokenizer.vocab_size > self.cfg.vocab_size:
+            raise SetupError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but vocab_size is "
+                             f"{self.cfg.vocab_size}; set vocab_size: {self.tokenizer.vocab_size} (or larger)")
+
+    def _build_optimizer(self) -> AdamW:
+        # Decay matrices (embeddings, projections), not gains: the nanoGPT / Llama convention.
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        lr = self.cfg.max_learning_rate if self.cfg.use_lr_schedule else self.cfg.learning_rate
+        return AdamW(groups, lr=lr, betas=self.cfg.betas, eps=self.cfg.eps)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        name = self.cfg.dtype
+        if name == "auto":
+            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if cuda_bf16 else None
+        if name == "float32":
+            return None
+        if self.device.type == "cpu" and name == "float16":
+            raise SetupError("dtype: float16 autocast is not supported on CPU; use bfloat16 or float32")
+        return getattr(torch, name)
+
+    def _maybe_compile(self) -> torch.nn.Module:
+        enabled = self.cfg.compile == "true" or (self.cfg.compile == "auto" and self.device.type == "cuda")
+        if not enabled:
+            return self.model
+        log.info("Compiling the model with torch.compile (the first steps are slower)")
+        return torch.compile(self.model)
+
+    def _find_resume(self, resume: str | None) -> Path | None:
+        if resume is None:
+            return None
+        if resume != "auto":
+            return Path(resume)
+        candidates = [p for p in self.run_dir.glob("*.pt") if p.name.startswith(("checkpoint_", "final_model",
+                                                                                 "interrupted"))]
+        if not candidates:
+            log.info("--resume auto: no checkpoint in %s, starting fresh", self.run_dir)
+            return None
+        return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+    def _load(self, path: Path) -> None:
+        state = read_checkpoint(path, map_location=self.device)
+        saved_cfg = state.get("config") or {}
+        load_model_state(self.model, state["model"], path)
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if "data" in state:
+            self.sampler.load_state_dict(state["data"])
+        if "progress" in state:
+            self.progress = _Progress(**state["progress"])
+        self.progress.step = int(state["step"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"]["torch"])
+            if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        changed = {k: (v, getattr(self.cfg, k)) for k, v in saved_cfg.items()
+                   if hasattr(self.cfg, k) and _norm(v) != _norm(getattr(self.cfg, k))}
+        if changed:
+            log.warning("Resuming with changed config keys: %s",
+                        ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
+        log.info("Resumed from %s at step %d", path, self.progress.step)
+
+    # -- checkpoints and metrics ---------------------------------------------------------------------------
+
+    def _tokenizer_spec(self) -> str:
+        if self.tokenizer is None:
+            return "bytes"
+        if self.cfg.tokenizer == "train":
+            return "tokenizer"  # relative to the checkpoint's directory
+        return self.cfg.tokenizer if self.cfg.tokenizer == "gpt2" else str(Path(self.cfg.tokenizer).resolve())
+
+    def save(self, name: str) -> Path:
+        path = self.run_dir / name
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        save_checkpoint(self.model, self.optimizer, self.progress.step, path,
+                        schedule={"step": self.progress.step, "total_steps": self.total_steps},
+                        data=self.sampler.state_dict(), rng=rng, config=self.cfg.to_dict(),
+                        progress=vars(self.progress).copy(),
+                        meta={"tokenizer": self._tokenizer_spec(), "lmfast_version": _version()})
+        return path
+
+    def _metrics(self, **record) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if not c.use_lr_schedule:
+            return c.learning_rate
+        return cosine_lr(step, c.max_learning_rate, c.min_learning_rate, c.warmup_iters, c.cosine_cycle_iters)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step; returns (mean micro-batch loss, grad norm before clipping, lr)."""
+        # 1. learning rate for this step
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # 2. forward/backward over the micro-batches, averaging the loss
+        accum = self.cfg.gradient_accumulation_steps
+        total = torch.zeros((), device=self.device)
+        for _ in range(accum):
+            x, y = self.sampler()
+            with self._autocast():
+                loss = cross_entropy(self.step_model(x), y) / accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        # 3. clip the global gradient norm
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = clip_grad_norm_(params, self.cfg.grad_clip_norm) if self.cfg.grad_clip_norm > 0 else \
+            torch.zeros(())
+        # 4. step and reset
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, norm, lr
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over ``eval_iters`` validation batches, the same batches at every evaluation."""
+        self.model.eval()
+        sampler = BatchSampler(self.val_data, self.cfg.batch_size, self.cfg.context_length, self.device,
+                               seed=[self.cfg.seed, 1])
+        losses = []
+        for _ in range(self.cfg.eval_iters):
+            x, y = sampler()
+            with self._autocast():
+                losses.append(cross_entropy(self.step_model(x), y).float())
+        self.model.train()
+        return torch.stack(losses).mean().item()
+
+    def _validate(self, epoch: int) -> float | None:
+        if self.val_data is None:
+            return None
+        val_loss = self.evaluate()
+        ppl = math.exp(min(val_loss, 700.0))
+        self._metrics(step=self.progress.step, epoch=epoch, val_loss=val_loss, val_ppl=ppl)
+        if val_loss < self.progress.best_val_loss:
+            self.progress.best_val_loss = val_loss
+            log.info("New best model saved: %s", self.save("best_model.pt"))
+        return val_loss
+
+    def _log_step(self, epoch: int, loss: float, norm: float, lr: float, elapsed: float, tps: float) -> None:
+        s = self.progress.step
+        in_epoch = (s - 1) % self.steps_per_epoch
+        log.info("Epoch %d, Step %d/%d, Loss: %.4f, LR: %.6f, Time: %.2fs, Tokens/s: %s", epoch, in_epoch,
+                 self.steps_per_epoch, loss, lr, elapsed, f"{tps:,.0f}")
+        self._metrics(step=s, epoch=epoch, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tps,
+                      tokens_seen=self.progress.tokens_seen, time=elapsed)
+
+    def _end_epoch(self, epoch: int) -> None:
+        p = self.progress
+        train_loss = p.epoch_loss_sum / max(1, p.epoch_loss_count)
+        p.epoch_loss_sum, p.epoch_loss_count = 0.0, 0
+        val_loss = self._validate(epoch)
+        if val_loss is None:
+            log.info("Epoch %d - Train Loss: %.4f", epoch, train_loss)
+        else:
+            log.info("Epoch %d - Train Loss: %.4f, Val Loss: %.4f, Val PPL: %.2f", epoch, train_loss, val_loss,
+                     math.exp(min(val_loss, 700.0)))
+        if self.cfg.checkpoint_interval and epoch % self.cfg.checkpoint_interval == 0:
+            log.info("Checkpoint saved: %s", self.save(f"checkpoint_epoch_{epoch}.pt"))
+
+    def fit(self) -> dict:
+        """Train to ``total_steps``; returns a summary (final step, last train loss, best val loss)."""
+        cfg, p = self.cfg, self.progress
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log.info("Starting training...")
+        log.info("Model created with %s total parameters", f"{self.model.num_parameters():,}")
+        log.info("Training for %d steps (%d per epoch of %s tokens), batch %d x %d tokens x %d accumulation",
+                 self.total_steps, self.steps_per_epoch, f"{len(self.train_data):,}", cfg.batch_size,
+                 cfg.context_length, cfg.gradient_accumulation_steps)
+        tokens_per_step = cfg.batch_size * cfg.context_length * cfg.gradient_accumulation_steps
+        bar = _progress_bar(self.total_steps, p.step, cfg.progress)
+        last_loss = math.nan
+        epoch_start = window_start = time.perf_counter()
+        window_tokens = 0
+        try:
+            while p.step < self.total_steps:
+                epoch = p.step // self.steps_per_epoch + 1
+                if p.step % self.steps_per_epoch == 0:
+                    log.info("Epoch %d/%d", epoch, self.num_epochs)
+                    epoch_start = time.perf_counter()
+                loss, norm, lr = self.train_step(p.step)
+                p.step += 1
+                p.tokens_seen += tokens_per_step
+                window_tokens += tokens_per_step
+                last_loss = loss.item()
+                if not math.isfinite(last_loss):
+                    raise FloatingPointError(f"loss became {last_loss} at step {p.step}; lower max_learning_rate "
+                                             "or grad_clip_norm, then resume from the last good checkpoint")
+                p.epoch_loss_sum += last_loss
+                p.epoch_loss_count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+                if (p.step - 1) % cfg.log_interval == 0:  # step indices 0, log_interval, ... as the seed logs
+                    now = time.perf_counter()
+                    self._log_step(epoch, last_loss, float(norm), lr, now - epoch_start,
+                                   window_tokens / max(now - window_start, 1e-9))
+                    window_start, window_tokens = now, 0
+                if cfg.eval_interval and p.step % cfg.eval_interval == 0 and p.step % self.steps_per_epoch:
+                    val = self._validate(epoch)
+                    if val is not None:
+                        log.info("Step %d - Val Loss: %.4f, Val PPL: %.2f", p.step, val, math.exp(min(val, 700.0)))
+                if cfg.checkpoint_steps and p.step % cfg.checkpoint_steps == 0:
+                    log.info("Checkpoint saved: %s", self.save(f"checkpoint_step_{p.step}.pt"))
+                if p.step % self.steps_per_epoch == 0 or p.step == self.total_steps:
+                    self._end_epoch(epoch)
+        except KeyboardInterrupt:
+            bar.close()
+            path = self.save("interrupted.pt")
+            log.warning("Interrupted at step %d; saved %s. Continue with --resume auto", p.step, path)
+            raise
+        bar.close()
+        final = self.save("final_model.pt")
+        log.info("Training finished at step %d; final model saved: %s", p.step, final)
+        return {"step": p.step, "train_loss": last_loss, "best_val_loss": p.best_val_loss, "final": str(final)}
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                disable=None if enabled else True, leave=False)
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _version() -> str:
+    from lmfast import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lmfast.train", description="Train a Llama-style LM.")
+    parser.add_argument("--config", help="YAML config (see configs/); omitted = all defaults")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the config's device)")
+    parser.add_argument("--resume", help="a checkpoint .pt to continue from, or 'auto' for the newest in "
+                                         "checkpoint_dir")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                        help="override a config key, e.g. --set max_steps=100 (repeatable)")
+    return parser.parse_args(argv)
+
+
+def _archive_earlier_run(run_dir: Path) -> None:
+    """A fresh run into a directory holding an earlier run's checkpoints moves them aside, never over them."""
+    old = [p for p in run_dir.glob("*") if p.suffix == ".pt" or p.name == "metrics.jsonl"]
+    if not old:
+        return
+    dest = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+    dest.mkdir()
+    for p in old:
+        os.replace(p, dest / p.name)
+    log.info("Moved %d files of an earlier run in %s to %s (use --resume auto to continue a run instead)",
+             len(old), run_dir, dest)
+
+
+def build(argv: list[str] | None = None) -> Trainer:
+    """Parse arguments and build the trainer; raises ConfigError / SetupError / ValueError on bad input."""
+    args = _parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    if args.device:
+        overrides["device"] = args.device
+    cfg = load_config(args.config, overrides)
+    setup_logging(cfg.log_level, cfg.log_file)
+    device = resolve_device(cfg.device)
+    trainer = Trainer(cfg, device, resume=args.resume)
+    if trainer.resume_from is None:
+        _archive_earlier_run(trainer.run_dir)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        trainer = build(argv)
+    except (ConfigError, SetupError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = trainer.fit()
+    if trainer.cfg.sample_prompt is not None:
+        from lmfast.generate import generate_text
+
+        tok = trainer.tokenizer if trainer.tokenizer is not None else ByteTokenizer()
+        trainer.model.eval()
+        text = generate_text(trainer.model, tok, trainer.cfg.sample_prompt, trainer.cfg.sample_tokens,
+                             trainer.cfg.sample_temperature, trainer.cfg.sample_top_p, seed=trainer.cfg.seed)
+        log.info("Sample:\n%s", trainer.cfg.sample_prompt + text)
+    return 0 if math.isfinite(summary["train_loss"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
