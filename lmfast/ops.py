@@ -65,7 +65,14 @@ def _fused_ops() -> Ops:
     from lmfast.kernels.rmsnorm import rmsnorm
     from lmfast.kernels.rope import rope
 
-    return Ops("fused", rmsnorm, rope, attention)
+    def fused_attention(q, k, v, scale=None):
+        # On a GPU tl.dot rounds fp32 to tf32, so fp32 attention (dtype: float32, no autocast) keeps PyTorch's
+        # exact SDPA; bf16/fp16, the trainer's default on CUDA, takes the Triton kernel.
+        if q.dtype == torch.float32:
+            return functional.causal_attention(q, k, v, scale)
+        return attention(q, k, v, scale)
+
+    return Ops("fused", rmsnorm, rope, fused_attention)
 
 
 def get_ops(backend: str, device: torch.device | str) -> Ops:
