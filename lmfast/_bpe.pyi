@@ -1,0 +1,52 @@
+"""Typed stub of the C++ BPE core ``lmfast._bpe`` (csrc/bindings.cpp). The public API is ``lmfast.tokenizer``."""
+
+import os
+from collections.abc import Iterable
+
+CLASS_OTHER: int
+CLASS_LETTER: int
+CLASS_NUMBER: int
+CLASS_SPACE: int
+
+def char_class(codepoint: int) -> int:
+    """Class of a code point as the GPT-2 pattern sees it: CLASS_LETTER (\\p{L}), CLASS_NUMBER (\\p{N}),
+    CLASS_SPACE (\\s) or CLASS_OTHER. ValueError outside 0..0x10FFFF."""
+
+def pretokenize(text: str) -> list[str]:
+    """Split ``text`` with GPT-2's pre-tokenizer pattern, exactly as ``regex.findall`` does.
+
+    Lone surrogates become U+FFFD first, as in tiktoken."""
+
+class Engine:
+    """Byte-level BPE with a fixed vocabulary; the same interface as ``lmfast._bpe_reference.ReferenceEngine``.
+
+    ``vocab``: id -> token bytes (all 256 single bytes required); ``merges``: pairs in priority order, each part
+    and their concatenation in ``vocab``; ``special_tokens``: text -> id, each id in ``vocab``. ValueError on
+    anything else. Thread-safe: one engine may encode from many threads at once.
+    """
+
+    def __init__(
+        self, vocab: dict[int, bytes], merges: Iterable[tuple[bytes, bytes]], special_tokens: dict[str, int]
+    ) -> None: ...
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Pre-tokenize and BPE ``text``; special-token text is encoded as ordinary text. Releases the GIL."""
+    def encode(self, text: str, allowed_special: Iterable[str]) -> list[int]:
+        """Like ``encode_ordinary``, but occurrences of ``allowed_special`` become their ids (leftmost first, the
+        longest at one position). An unknown name raises ValueError. Releases the GIL."""
+    def encode_batch(self, texts: Iterable[str], allowed_special: Iterable[str], num_threads: int) -> list[list[int]]:
+        """``encode`` of each text on ``num_threads`` (>= 1) native threads, results in input order."""
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Concatenated token bytes; an id not in the vocab raises ValueError naming it."""
+    @property
+    def vocab_size(self) -> int:
+        """Largest id + 1."""
+
+def train_bpe(
+    input_path: str | bytes | os.PathLike[str], vocab_size: int, special_tokens: Iterable[str],
+    num_workers: int | None = None,
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train byte-level BPE on a UTF-8 file (CS336 semantics: specials, then 256 bytes, then one id per merge;
+    ties go to the greater (bytes, bytes) pair). Pre-tokenizes on ``num_workers`` threads (None: all cores).
+
+    ValueError for vocab_size < 256 + len(special_tokens) or a file that is not UTF-8 (naming the byte offset),
+    FileNotFoundError for a missing file."""
