@@ -1,0 +1,260 @@
+"""Fused multi-tensor AdamW step: every parameter of a dtype/device group updated by one kernel launch.
+
+Per element, in fp32, the arithmetic of ``torch.optim.AdamW`` (and :func:`lmfast.optim.adamw_step_reference`):
+``p *= 1 - lr * wd``;  ``m = b1 m + (1 - b1) g``;  ``v = b2 v + (1 - b2) g^2``;
+``p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``  with ``bc_i = 1 - b_i ** step``.
+
+Multi-tensor apply as in apex / torch's ``_foreach`` kernels: the launcher writes a table of the tensors'
+addresses (param, grad, exp_avg, exp_avg_sq) and a table of work chunks (which tensor, which offset), and
+each program casts the addresses back to pointers and updates one chunk. The tables are cached by the
+tensors' addresses, so a training loop whose tensors stay put pays the host-to-device copy once. ``lr``
+may be a float or a 0-d tensor (read on the device), so a schedule never recompiles anything.
+
+The kernel reaches memory through addresses that are not its arguments, which ``wrap_triton`` cannot see
+as mutations; so for torch.compile this op is registered as an opaque ``torch.library.custom_op`` that
+declares what it mutates, instead of a traced ``triton_op``. Eager calls skip the op's dispatch (its cost
+grows with the tensor count) and launch directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from lmfast.kernels._launch import FLOAT_DTYPES, TRITON_DTYPE, AotSpec, check_dtype, check_float_dtype
+from torch.autograd.graph import increment_version
+
+__all__ = ["adamw_step", "aot_specs"]
+
+_BLOCK = 4096  # elements per program
+_WARPS = 8
+_CACHE_SIZE = 8  # launch plans (address tables) kept per process
+
+
+@triton.jit
+def _adamw_update(
+    p_at, g_at, m_at, v_at,  # pointer blocks into param, grad, exp_avg, exp_avg_sq
+    mask,  # None on full chunks, so loads and stores are unpredicated and vectorize
+    lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt,
+):
+    p = tl.load(p_at, mask=mask).to(tl.float32)
+    g = tl.load(g_at, mask=mask).to(tl.float32)
+    m = tl.load(m_at, mask=mask)
+    v = tl.load(v_at, mask=mask)
+    p = p * (1.0 - lr * weight_decay)
+    m = m + (1.0 - beta1) * (g - m)  # lerp, as torch.optim.AdamW
+    v = beta2 * v + (1.0 - beta2) * g * g
+    p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / bias_correction2_sqrt + eps)
+    tl.store(p_at, p.to(p_at.dtype.element_ty), mask=mask)
+    tl.store(m_at, m, mask=mask)
+    tl.store(v_at, v, mask=mask)
+
+
+@triton.jit
+def _adamw_step_kernel(
+    ADDRS,  # int64 (tensors, 4): addresses of param, grad, exp_avg, exp_avg_sq
+    NUMELS,  # int64 (tensors,): element count of each tensor
+    CHUNK_TENSOR,  # int32 (chunks,): which tensor this program updates
+    CHUNK_START,  # int64 (chunks,): first element of this program's chunk
+    LR,  # fp32 (1,): the learning rate, read on the device so a schedule recompiles nothing
+    beta1, beta2, eps, weight_decay,
+    bias_correction1,  # 1 - beta1 ** step
+    bias_correction2_sqrt,  # sqrt(1 - beta2 ** step)
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,  # element types of params and grads (states are fp32)
+    BLOCK: tl.constexpr,  # elements per program
+):
+    pid = tl.program_id(0)
+    tensor = tl.load(CHUNK_TENSOR + pid).to(tl.int64)
+    start = tl.load(CHUNK_START + pid)
+    numel = tl.load(NUMELS + tensor)
+    lr = tl.load(LR)
+    # The launcher checks every address is 16-byte aligned; saying so (with unmasked full chunks) lets
+    # Triton emit 128-bit loads and stores through pointers it cannot otherwise reason about.
+    offs = start + tl.arange(0, BLOCK)
+    p_at = tl.multiple_of(tl.load(ADDRS + 4 * tensor).to(tl.pointer_type(P_DTYPE)) + offs, 16)
+    g_at = tl.multiple_of(tl.load(ADDRS + 4 * tensor + 1).to(tl.pointer_type(G_DTYPE)) + offs, 16)
+    m_at = tl.multiple_of(tl.load(ADDRS + 4 * tensor + 2).to(tl.pointer_type(tl.float32)) + offs, 16)
+    v_at = tl.multiple_of(tl.load(ADDRS + 4 * tensor + 3).to(tl.pointer_type(tl.float32)) + offs, 16)
+    if start + BLOCK <= numel:
+        _adamw_update(p_at, g_at, m_at, v_at, None,
+                      lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
+    else:
+        _adamw_update(p_at, g_at, m_at, v_at, offs < numel,
+                      lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
+
+
+class _Group(NamedTuple):
+    """One launch: the tensors of one (device, param dtype, grad dtype) and their device-side tables."""
+
+    device: torch.device
+    p_dtype: torch.dtype
+    g_dtype: torch.dtype
+    tables: tuple[torch.Tensor, ...]  # addresses (n, 4) int64, numels (n,) int64, chunk tensor int32, chunk start int64
+
+
+_plans: OrderedDict[tuple, list[_Group]] = OrderedDict()
+
+
+def _plan_key(params, grads, exp_avgs, exp_avg_sqs) -> tuple:
+    # Addresses, sizes and dtypes: everything the tables encode. A training loop keeps its parameters and
+    # states in place, so after the first step this key hits and the step skips validation and table building.
+    return tuple((p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), p.dtype, g.dtype)
+                 for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True))
+
+
+def _tables_for(tensors: list[list[torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, ...]:
+    params = tensors[0]
+    addresses = [[t.data_ptr() for t in quad] for quad in zip(*tensors, strict=True)]
+    numels = [p.numel() for p in params]
+    chunks = [math.ceil(n / _BLOCK) for n in numels]
+    chunk_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), torch.tensor(chunks))
+    chunk_start = torch.cat([torch.arange(c, dtype=torch.int64) * _BLOCK for c in chunks])
+    host = (torch.tensor(addresses, dtype=torch.int64), torch.tensor(numels, dtype=torch.int64), chunk_tensor,
+            chunk_start)
+    return tuple(t.to(device) for t in host)
+
+
+def _plan(params, grads, exp_avgs, exp_avg_sqs) -> list[_Group]:
+    """The launches for these tensors, cached by :func:`_plan_key`; validates the tensors on a cache miss."""
+    key = _plan_key(params, grads, exp_avgs, exp_avg_sqs)
+    if key in _plans:
+        _plans.move_to_end(key)
+        return _plans[key]
+    _check_group(params, grads, exp_avgs, exp_avg_sqs)
+    by_kind: dict[tuple, list[int]] = {}
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        by_kind.setdefault((p.device, p.dtype, g.dtype), []).append(i)
+    plan = []
+    for (device, p_dtype, g_dtype), idx in by_kind.items():
+        tensors = [[ts[i] for i in idx] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+        plan.append(_Group(device, p_dtype, g_dtype, _tables_for(tensors, device)))
+    _plans[key] = plan
+    if len(_plans) > _CACHE_SIZE:
+        _plans.popitem(last=False)
+    return plan
+
+
+def _check_group(params, grads, exp_avgs, exp_avg_sqs) -> None:
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)):
+        check_float_dtype(f"params[{i}]", p)
+        check_dtype(f"grads[{i}]", g, (p.dtype, torch.float32))
+        check_dtype(f"exp_avgs[{i}]", m, (torch.float32,))
+        check_dtype(f"exp_avg_sqs[{i}]", v, (torch.float32,))
+        if not (p.shape == g.shape == m.shape == v.shape):
+            raise ValueError(f"adamw_step needs params[{i}], its grad and states of one shape, got {tuple(p.shape)}, "
+                             f"{tuple(g.shape)}, {tuple(m.shape)}, {tuple(v.shape)}")
+        if not all(t.is_contiguous() for t in (p, g, m, v)) or len({t.device for t in (p, g, m, v)}) != 1:
+            raise ValueError(f"adamw_step needs params[{i}], its grad and states contiguous on one device; "
+                             "call .contiguous() or use lmfast.optim.adamw_step_reference")
+        if any(t.data_ptr() % 16 for t in (p, g, m, v)):
+            raise ValueError(f"adamw_step needs params[{i}], its grad and states 16-byte aligned (a view at an odd "
+                             "offset is not); clone the tensor or use lmfast.optim.adamw_step_reference")
+
+
+def _launch(group: _Group, lr: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
+            step: int) -> None:
+    addrs, numels, chunk_tensor, chunk_start = group.tables
+    _adamw_step_kernel[(chunk_tensor.numel(),)](
+        addrs, numels, chunk_tensor, chunk_start, lr, beta1, beta2, eps, weight_decay,
+        1.0 - beta1**step, math.sqrt(1.0 - beta2**step),
+        P_DTYPE=_TL[group.p_dtype], G_DTYPE=_TL[group.g_dtype], BLOCK=_BLOCK, num_warps=_WARPS, num_stages=1,
+    )
+
+
+def _lr_on(device: torch.device, lr: float | torch.Tensor) -> torch.Tensor:
+    """``lr`` as a one-element fp32 tensor on ``device``; a float is written into a cached tensor with ``fill_``
+    (a tiny kernel on a GPU, no host sync), so both kinds of lr launch the same compiled kernel."""
+    if isinstance(lr, torch.Tensor):
+        return lr.detach().to(device=device, dtype=torch.float32).reshape(1)
+    return _lr_buffer(device).fill_(float(lr))
+
+
+@functools.cache
+def _lr_buffer(device: torch.device) -> torch.Tensor:
+    return torch.empty(1, dtype=torch.float32, device=device)
+
+
+_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def _step(params, grads, exp_avgs, exp_avg_sqs, lr: torch.Tensor | float, step: int, beta1: float, beta2: float,
+          eps: float, weight_decay: float) -> None:
+    for group in _plan(params, grads, exp_avgs, exp_avg_sqs):
+        _launch(group, _lr_on(group.device, lr), beta1, beta2, eps, weight_decay, step)
+
+
+@torch.library.custom_op("lmfast::adamw_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
+def _adamw_step_op(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor], lr: torch.Tensor | None, lr_value: float, step: int, beta1: float,
+    beta2: float, eps: float, weight_decay: float,
+) -> None:
+    _step(params, grads, exp_avgs, exp_avg_sqs, lr_value if lr is None else lr, step, beta1, beta2, eps, weight_decay)
+
+
+@_adamw_step_op.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, lr, lr_value, step, beta1, beta2, eps, weight_decay) -> None:
+    return None
+
+
+def adamw_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    *,
+    step: int,
+    lr: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """One AdamW step on every tensor, in place, one launch per (device, param dtype, grad dtype) group.
+
+    Same signature and arithmetic as :func:`lmfast.optim.adamw_step_reference`. params: fp32/fp16/bf16,
+    contiguous, 16-byte aligned; grads: the param's dtype or fp32; exp_avgs, exp_avg_sqs: fp32, the params'
+    shapes. ``lr``: a float or a one-element tensor (read on the device, so changing it recompiles nothing).
+    Eager calls launch directly (the custom op's dispatch costs more than the launch on a 100-tensor model)
+    and bump the tensors' autograd version counters themselves; under torch.compile the step is the opaque
+    custom op ``lmfast::adamw_step``.
+    """
+    if step < 1:
+        raise ValueError(f"AdamW step counts from 1, got step={step}")
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError(f"adamw_step needs lr as a float or a one-element tensor, got shape {tuple(lr.shape)}")
+    lengths = {len(params), len(grads), len(exp_avgs), len(exp_avg_sqs)}
+    if len(lengths) != 1:
+        raise ValueError("adamw_step needs params, grads, exp_avgs and exp_avg_sqs lists of one length, got "
+                         f"{len(params)}, {len(grads)}, {len(exp_avgs)}, {len(exp_avg_sqs)}")
+    if not params:
+        return
+    params = [p.detach() for p in params]
+    lr = lr.detach() if isinstance(lr, torch.Tensor) else float(lr)
+    if torch.compiler.is_compiling():
+        lr_tensor, lr_value = (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
+        _adamw_step_op(params, grads, exp_avgs, exp_avg_sqs, lr_tensor, lr_value, step, beta1, beta2, eps,
+                       weight_decay)
+        return
+    _step(params, grads, exp_avgs, exp_avg_sqs, lr, step, beta1, beta2, eps, weight_decay)
+    increment_version(params + list(exp_avgs) + list(exp_avg_sqs))
+
+
+def aot_specs() -> list[AotSpec]:
+    """Every configuration the launcher can pick: each param dtype with a grad of its dtype or fp32."""
+    specs = []
+    for pd in FLOAT_DTYPES:
+        for gd in dict.fromkeys((pd, torch.float32)):
+            sig = {"ADDRS": "*i64", "NUMELS": "*i64", "CHUNK_TENSOR": "*i32", "CHUNK_START": "*i64", "LR": "*fp32",
+                   "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "weight_decay": "fp32", "bias_correction1": "fp32",
+                   "bias_correction2_sqrt": "fp32", "P_DTYPE": "constexpr", "G_DTYPE": "constexpr",
+                   "BLOCK": "constexpr"}
+            const = {"P_DTYPE": _TL[pd], "G_DTYPE": _TL[gd], "BLOCK": _BLOCK}
+            name = f"adamw_step {TRITON_DTYPE[pd]} param, {TRITON_DTYPE[gd]} grad"
+            specs.append(AotSpec(name, _adamw_step_kernel, sig, const, _WARPS, 1))
+    return specs
