@@ -62,35 +62,38 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-class _TqdmHandler(logging.StreamHandler):
-    """Console logging that prints above an active progress bar instead of through it."""
+class _TqdmHandler(logging.Handler):
+    """Console logging to the current stderr that prints above an active progress bar instead of through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never kill training
             self.handleError(record)
 
 
 def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
-    """Console (+ appended file) logging in the seed's format for the ``train`` and ``lmfast`` loggers."""
+    """Console (+ appended file) handlers in the seed's format on the root logger; ``level`` for lmfast's loggers.
+
+    Handlers from an earlier call are replaced; other libraries keep their own levels.
+    """
     formatter = logging.Formatter(_LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [_TqdmHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [_TqdmHandler()]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_lmfast", False)]:
+        root.removeHandler(h)
+        h.close()
+    for h in handlers:
+        h._lmfast = True
+        h.setFormatter(formatter)
+        root.addHandler(h)
     for name in ("train", "lmfast"):
-        logger = logging.getLogger(name)
-        for h in list(logger.handlers):
-            logger.removeHandler(h)
-            h.close()
-        for h in handlers:
-            h.setFormatter(formatter)
-            logger.addHandler(h)
-        logger.setLevel(level)
-        logger.propagate = False
+        logging.getLogger(name).setLevel(level)
 
 
 def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
