@@ -168,10 +168,14 @@ class MultiHeadSelfAttention(nn.Module):
         b, s, _ = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         if self.rope is not None:
-            if token_positions is None:
+            if token_positions is None:  # consecutive positions: a slice of the tables, no gather
                 start = cache.length if cache is not None else 0
-                token_positions = torch.arange(start, start + s, device=x.device)
-            cos, sin = self.rope.cos_sin(token_positions)
+                if start + s > self.rope.max_seq_len:
+                    raise ValueError(f"positions up to {start + s} exceed the RoPE tables' max_seq_len="
+                                     f"{self.rope.max_seq_len}; build the layer with a larger max_seq_len")
+                cos, sin = self.rope.cos[start:start + s], self.rope.sin[start:start + s]
+            else:
+                cos, sin = self.rope.cos_sin(token_positions)
             q, k = self.ops.rope(q, k, cos, sin)
         if cache is None or (cache.length == 0 and s > 0):
             if cache is not None:
