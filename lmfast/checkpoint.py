@@ -14,7 +14,8 @@ from typing import IO, Any, BinaryIO
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state", "unwrap_model", "atomic_torch_save"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state", "unwrap_model",
+           "atomic_torch_save"]
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 

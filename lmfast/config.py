@@ -163,7 +163,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         else:
             value = str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: cannot use {value!r}; expected {_expected(kind, rules)} ({rules['help']})") from None
+        expected = _expected(kind, rules)
+        raise ConfigError(f"{name}: cannot use {value!r}; expected {expected} ({rules['help']})") from None
     _check_rules(name, value, rules, kind)
     return value
 
@@ -253,6 +254,6 @@ def config_table() -> str:
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{f.name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` "
-                    f"| {f.metadata['help']} |")
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        rows.append(f"| `{f.name}` | `{shown}` | {f.metadata['help']} |")
     return "\n".join(rows)

@@ -43,7 +43,7 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install 'lmfast[plot]' (or pip install matplotlib)") from None
+        raise RuntimeError("plotting needs matplotlib: pip install 'lmfast[plot]' (or matplotlib)") from None
     if not runs:
         raise ValueError("give at least one run directory or metrics.jsonl to plot")
     fig, (ax_loss, ax_lr, ax_tps) = plt.subplots(1, 3, figsize=(15, 4))

@@ -32,7 +32,8 @@ def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, atol: 
     bad = ~torch.isclose(a, e, atol=atol, rtol=rtol, equal_nan=True)
     if bad.any():
         idx = bad.nonzero()[:max_print]
-        rows = [f"  at {tuple(i.tolist())}: got {a[tuple(i)].item():.6g}, expected {e[tuple(i)].item():.6g}" for i in idx]
+        rows = [f"  at {tuple(i.tolist())}: got {a[tuple(i)].item():.6g}, expected {e[tuple(i)].item():.6g}"
+                for i in idx]
         max_abs = (a - e).abs()[bad].max().item()
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {bad.numel()} elements differ beyond atol={atol}, rtol={rtol} "
