@@ -419,13 +419,14 @@ class Trainer:
                     self._log_step(epoch, last_loss, float(norm), lr, now - epoch_start,
                                    window_tokens / max(now - window_start, 1e-9))
                     window_start, window_tokens = now, 0
-                if cfg.eval_interval and p.step % cfg.eval_interval == 0 and p.step % self.steps_per_epoch:
+                epoch_ends = p.step % self.steps_per_epoch == 0 or p.step == self.total_steps
+                if cfg.eval_interval and p.step % cfg.eval_interval == 0 and not epoch_ends:  # epoch ends validate
                     val = self._validate(epoch)
                     if val is not None:
                         log.info("Step %d - Val Loss: %.4f, Val PPL: %.2f", p.step, val, math.exp(min(val, 700.0)))
                 if cfg.checkpoint_steps and p.step % cfg.checkpoint_steps == 0:
                     log.info("Checkpoint saved: %s", self.save(f"checkpoint_step_{p.step}.pt"))
-                if p.step % self.steps_per_epoch == 0 or p.step == self.total_steps:
+                if epoch_ends:
                     self._end_epoch(epoch)
         except KeyboardInterrupt:
             bar.close()
@@ -513,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         text = generate_text(trainer.model, tok, trainer.cfg.sample_prompt, trainer.cfg.sample_tokens,
                              trainer.cfg.sample_temperature, trainer.cfg.sample_top_p, seed=trainer.cfg.seed)
         log.info("Sample:\n%s", trainer.cfg.sample_prompt + text)
+    log.info("Sample more with: python -m lmfast.generate --checkpoint %s --prompt \"...\"", summary["final"])
     return 0 if math.isfinite(summary["train_loss"]) else 1
 
 
