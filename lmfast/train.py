@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ from lmfast.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from lmfast.config import ConfigError, TrainConfig, load_config, parse_overrides
 from lmfast.data import BatchSampler, load_dataset
 from lmfast.functional import cross_entropy
+from lmfast.metrics import MetricsLogger, MissingPackageError
 from lmfast.model import TransformerLM
 from lmfast.optim import AdamW, clip_grad_norm_, cosine_lr
 
@@ -199,6 +199,7 @@ class Trainer:
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * self.steps_per_epoch))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.progress = _Progress()
+        self.metrics = MetricsLogger(self.run_dir)  # build() adds TensorBoard / W&B once the run dir is settled
         self.resume_from = self._find_resume(resume)
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -293,10 +294,6 @@ class Trainer:
                         meta={"tokenizer": self._tokenizer_spec(), "lmfast_version": _version()})
         return path
 
-    def _metrics(self, **record) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
     # -- the loop ------------------------------------------------------------------------------------------
 
     def lr_at(self, step: int) -> float:
@@ -355,7 +352,7 @@ class Trainer:
             return None
         val_loss = self.evaluate()
         ppl = math.exp(min(val_loss, 700.0))
-        self._metrics(step=self.progress.step, epoch=epoch, val_loss=val_loss, val_ppl=ppl)
+        self.metrics.log(step=self.progress.step, epoch=epoch, val_loss=val_loss, val_ppl=ppl)
         if val_loss < self.progress.best_val_loss:
             self.progress.best_val_loss = val_loss
             log.info("New best model saved: %s", self.save("best_model.pt"))
@@ -366,7 +363,7 @@ class Trainer:
         in_epoch = (s - 1) % self.steps_per_epoch
         log.info("Epoch %d, Step %d/%d, Loss: %.4f, LR: %.6f, Time: %.2fs, Tokens/s: %s", epoch, in_epoch,
                  self.steps_per_epoch, loss, lr, elapsed, f"{tps:,.0f}")
-        self._metrics(step=s, epoch=epoch, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tps,
+        self.metrics.log(step=s, epoch=epoch, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tps,
                       tokens_seen=self.progress.tokens_seen, time=elapsed)
 
     def _end_epoch(self, epoch: int) -> None:
@@ -434,6 +431,7 @@ class Trainer:
             log.warning("Interrupted at step %d; saved %s. Continue with --resume auto", p.step, path)
             raise
         bar.close()
+        self.metrics.close()
         final = self.save("final_model.pt")
         log.info("Training finished at step %d; final model saved: %s", p.step, final)
         return {"step": p.step, "train_loss": last_loss, "best_val_loss": p.best_val_loss, "final": str(final)}
@@ -496,13 +494,15 @@ def build(argv: list[str] | None = None) -> Trainer:
     trainer = Trainer(cfg, device, resume=args.resume)
     if trainer.resume_from is None:
         _archive_earlier_run(trainer.run_dir)
+    if cfg.tensorboard or cfg.wandb_project:
+        trainer.metrics = MetricsLogger(trainer.run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb_project)
     return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         trainer = build(argv)
-    except (ConfigError, SetupError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, SetupError, MissingPackageError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = trainer.fit()

@@ -133,3 +133,37 @@ def test_resuming_with_another_model_shape_is_a_clear_error(run, tmp_path, capsy
     capsys.readouterr()
     assert run("--resume", "auto", d_model=32) == 2
     assert "another shape" in capsys.readouterr().err
+
+
+def test_tensorboard_and_wandb_receive_the_same_numbers_as_metrics_jsonl(run, tmp_path, monkeypatch):
+    import types
+
+    from lmfast import metrics
+
+    scalars, wandb_logs = [], []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, key, value, global_step):
+            scalars.append((key, value, global_step))
+
+        def close(self):
+            scalars.append("closed")
+
+    fake_wandb = types.SimpleNamespace(init=lambda **kw: types.SimpleNamespace(
+        log=lambda values, step: wandb_logs.append((step, values)), finish=lambda: wandb_logs.append("finished")))
+    monkeypatch.setattr(metrics, "_summary_writer", lambda log_dir: FakeWriter(log_dir))
+    monkeypatch.setitem(__import__("sys").modules, "wandb", fake_wandb)
+    assert run(max_steps=3, tensorboard=True, wandb_project="lmfast-test") == 0
+    records = _metrics(tmp_path / "ck" / "metrics.jsonl")
+    assert ("loss", records[0]["loss"], 1) in scalars and scalars[-1] == "closed"
+    assert wandb_logs[0] == (1, {k: v for k, v in records[0].items() if k != "step"}) and wandb_logs[-1] == "finished"
+
+
+def test_missing_tensorboard_package_is_an_error_before_training(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)
+    assert run(tensorboard=True) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "ck" / "final_model.pt").exists()
