@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lmfast import _pypi
-from lmfast.data import _file_lock
+from lmfast._cache import _file_lock
 
 __all__ = [
     "SHAKESPEARE_VAL_WORKS",

