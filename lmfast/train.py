@@ -5,12 +5,25 @@
 ``main()`` parses and builds (everything that can be wrong with the input fails here, before anything is
 written); :class:`Trainer` runs the loop in small named steps. Logs follow the CS336 training script's
 format, plus tokens/s; ``metrics.jsonl`` in ``checkpoint_dir`` has one JSON object per log/eval line.
+
+Data-parallel training on several GPUs or nodes runs the same script under ``torchrun`` (DDP; helpers in
+:mod:`lmfast.distributed`): ``torchrun --nproc_per_node=N -m lmfast.train --config X.yaml`` gives each rank
+``cuda:LOCAL_RANK`` with NCCL (gloo on CPU), wraps the compiled model in ``DistributedDataParallel`` (the order
+the torch docs recommend) and samples each rank's batches from its own stream, ``seed=[seed, rank]``, so an
+optimizer step sees ``batch_size x gradient_accumulation_steps x N`` sequences and an epoch has N times fewer
+steps. The logged loss is the mean over ranks and tokens/s counts all of them. Only rank 0 logs (the others
+at WARNING), writes metrics, checkpoints, the trained tokenizer and the sample; checkpoints hold every rank's
+sampler state, so a resume with the same N continues each rank's stream, and one with another N warns and
+reseeds each rank with ``[seed, rank, step]``. Validation splits the ``eval_iters`` batches a single process
+would draw: rank r evaluates batches ``r*k .. r*k+k-1`` of that fixed stream (``k = max(1, eval_iters // N)``)
+and the mean is all-reduced, so with ``eval_iters`` a multiple of N the validation loss is that of one process.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -24,6 +37,7 @@ import torch
 from lmfast.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from lmfast.config import ConfigError, TrainConfig, load_config, parse_overrides
 from lmfast.data import BatchSampler, load_dataset
+from lmfast.distributed import DistContext, PeerFailedError, from_env, shutdown
 from lmfast.functional import cross_entropy
 from lmfast.metrics import MetricsLogger, MissingPackageError
 from lmfast.model import TransformerLM
@@ -176,15 +190,43 @@ class _Progress:
     tokens_seen: int = 0
 
 
-class Trainer:
-    """One training run: built from a validated config, then :meth:`fit`."""
+class _NoMetrics:
+    """The metrics sink of ranks other than 0: only rank 0 writes metrics."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, resume: str | None = None):
+    def log(self, **record) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Trainer:
+    """One training run: built from a validated config, then :meth:`fit`.
+
+    ``dist`` places the run in a torchrun process group (see :mod:`lmfast.distributed`); None = one process.
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, resume: str | None = None,
+                 dist: DistContext | None = None):
         self.cfg, self.device = cfg, device
+        self.dist = dist or DistContext()
         self.run_dir = Path(cfg.checkpoint_dir)
         torch.manual_seed(cfg.seed)
-        train_path, val_path = _resolve_paths(cfg)
-        self.tokenizer = build_tokenizer(cfg, train_path, self.run_dir)
+        # Rank 0 fetches a named corpus and trains/saves the BPE first; the other ranks then load what it wrote.
+        self.tokenizer, train_path, val_path = self.dist.main_first(self._build_tokenizer)
+        # Every rank builds its own data, model and optimizer; a failure on any rank stops all of them here,
+        # before DDP's first collective.
+        self.dist.agree(self._build_run, train_path, val_path, resume)
+        self.step_model = self._wrap_model()
+
+    # -- building --------------------------------------------------------------------------------------------
+
+    def _build_tokenizer(self):
+        train_path, val_path = _resolve_paths(self.cfg)
+        return build_tokenizer(self.cfg, train_path, self.run_dir), train_path, val_path
+
+    def _build_run(self, train_path: Path, val_path: Path | None, resume: str | None) -> None:
+        cfg, device = self.cfg, self.device
         self._check_tokenizer_fits()
         common = dict(tokenizer=self.tokenizer, vocab_size=cfg.vocab_size, cache_dir=cfg.cache_dir,
                       context_length=cfg.context_length)
@@ -193,21 +235,27 @@ class Trainer:
         self.model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads,
                                    cfg.d_ff, cfg.rope_theta, backend=cfg.backend, device=device)
         self.optimizer = self._build_optimizer()
-        self.sampler = BatchSampler(self.train_data, cfg.batch_size, cfg.context_length, device, seed=cfg.seed)
-        tokens_per_step = cfg.batch_size * cfg.context_length * cfg.gradient_accumulation_steps
-        self.steps_per_epoch = max(1, len(self.train_data) // tokens_per_step)
+        self.sampler = self._train_sampler([cfg.seed, self.dist.rank] if self.dist.enabled else cfg.seed)
+        self.steps_per_epoch = max(1, len(self.train_data) // self.tokens_per_step)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * self.steps_per_epoch))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.progress = _Progress()
-        self.metrics = MetricsLogger(self.run_dir)  # build() adds TensorBoard / W&B once the run dir is settled
+        # build() adds TensorBoard / W&B once the run dir is settled
+        self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else _NoMetrics()
         self.resume_from = self._find_resume(resume)
         if self.resume_from is not None:
             self._load(self.resume_from)
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
-        self.step_model = self._maybe_compile()
 
-    # -- building --------------------------------------------------------------------------------------------
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on, all ranks together."""
+        c = self.cfg
+        return c.batch_size * c.context_length * c.gradient_accumulation_steps * self.dist.world_size
+
+    def _train_sampler(self, seed) -> BatchSampler:
+        return BatchSampler(self.train_data, self.cfg.batch_size, self.cfg.context_length, self.device, seed=seed)
 
     def _check_tokenizer_fits(self) -> None:
         if self.tokenizer is not None and self.tokenizer.vocab_size > self.cfg.vocab_size:
@@ -240,6 +288,19 @@ class Trainer:
         log.info("Compiling the model with torch.compile (the first steps are slower)")
         return torch.compile(self.model)
 
+    def _wrap_model(self) -> torch.nn.Module:
+        model = self._maybe_compile()
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Compile, then wrap: torch's "Where to apply torch.compile?" advises compiling the module DDP wraps.
+        # No buffer sync before each forward: the only buffers are the RoPE tables, equal on every rank.
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        params = inspect.signature(DistributedDataParallel).parameters
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+        return DistributedDataParallel(model, device_ids=ids, **no_sync)
+
     def _find_resume(self, resume: str | None) -> Path | None:
         if resume is None:
             return None
@@ -258,11 +319,11 @@ class Trainer:
         load_model_state(self.model, state["model"], path)
         if state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        if "data" in state:
-            self.sampler.load_state_dict(state["data"])
         if "progress" in state:
             self.progress = _Progress(**state["progress"])
         self.progress.step = int(state["step"])
+        if "data" in state:
+            self._load_sampler(state["data"])
         if "rng" in state:
             torch.set_rng_state(state["rng"]["torch"])
             if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
@@ -274,6 +335,19 @@ class Trainer:
                         ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
         log.info("Resumed from %s at step %d", path, self.progress.step)
 
+    def _load_sampler(self, data: dict | list) -> None:
+        """Each rank continues its own saved stream; another world size reseeds every rank deterministically."""
+        states = [data] if isinstance(data, dict) else list(data)  # a one-process checkpoint holds one dict
+        if len(states) == self.dist.world_size:
+            self.sampler.load_state_dict(states[self.dist.rank])
+            return
+        if self.dist.is_main:
+            log.warning("The checkpoint holds the data-sampler state of %d rank(s) but this run has %d; each rank "
+                        "draws from a new stream seeded with [seed, rank, %d], so the batches differ from the run "
+                        "that wrote it (resume with --nproc_per_node=%d to continue it exactly)", len(states),
+                        self.dist.world_size, self.progress.step, len(states))
+        self.sampler = self._train_sampler([self.cfg.seed, self.dist.rank, self.progress.step])
+
     # -- checkpoints and metrics ---------------------------------------------------------------------------
 
     def _tokenizer_spec(self) -> str:
@@ -284,14 +358,20 @@ class Trainer:
         return self.cfg.tokenizer if self.cfg.tokenizer == "gpt2" else str(Path(self.cfg.tokenizer).resolve())
 
     def save(self, name: str) -> Path:
+        """Write a checkpoint (rank 0); under torchrun every rank must call it, as it gathers the sampler states."""
         path = self.run_dir / name
+        data, extra = self.sampler.state_dict(), {}
+        if self.dist.enabled:
+            data, extra = self.dist.gather_object(data), {"world_size": self.dist.world_size}
+        if not self.dist.is_main:
+            return path
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         save_checkpoint(self.model, self.optimizer, self.progress.step, path,
                         schedule={"step": self.progress.step, "total_steps": self.total_steps},
-                        data=self.sampler.state_dict(), rng=rng, config=self.cfg.to_dict(),
+                        data=data, rng=rng, config=self.cfg.to_dict(),
                         progress=vars(self.progress).copy(),
-                        meta={"tokenizer": self._tokenizer_spec(), "lmfast_version": _version()})
+                        meta={"tokenizer": self._tokenizer_spec(), "lmfast_version": _version()}, **extra)
         return path
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -316,11 +396,12 @@ class Trainer:
         # 2. forward/backward over the micro-batches, averaging the loss
         accum = self.cfg.gradient_accumulation_steps
         total = torch.zeros((), device=self.device)
-        for _ in range(accum):
+        for i in range(accum):
             x, y = self.sampler()
-            with self._autocast():
-                loss = cross_entropy(self.step_model(x), y) / accum
-            self.scaler.scale(loss).backward()
+            with self._no_sync(last=i == accum - 1):  # DDP: all-reduce the gradients once, after the last one
+                with self._autocast():
+                    loss = cross_entropy(self.step_model(x), y) / accum
+                self.scaler.scale(loss).backward()
             total += loss.detach()
         # 3. clip the global gradient norm
         self.scaler.unscale_(self.optimizer)
@@ -331,21 +412,33 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, norm, lr
+        return self.dist.all_reduce_mean(total), norm, lr
+
+    def _no_sync(self, last: bool):
+        if last or not self.dist.enabled:
+            return contextlib.nullcontext()
+        return self.step_model.no_sync()
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over ``eval_iters`` validation batches, the same batches at every evaluation."""
+        """Mean loss over ``eval_iters`` validation batches, the same batches at every evaluation.
+
+        Under torchrun rank r takes batches ``r*k .. r*k+k-1`` of the same stream, ``k = max(1, eval_iters //
+        world_size)``, and the ranks' means are averaged.
+        """
         self.model.eval()
         sampler = BatchSampler(self.val_data, self.cfg.batch_size, self.cfg.context_length, self.device,
                                seed=[self.cfg.seed, 1])
+        count = max(1, self.cfg.eval_iters // self.dist.world_size)
+        for _ in range(self.dist.rank * count):  # skip the lower ranks' share
+            sampler()
         losses = []
-        for _ in range(self.cfg.eval_iters):
+        for _ in range(count):
             x, y = sampler()
             with self._autocast():
                 losses.append(cross_entropy(self.step_model(x), y).float())
         self.model.train()
-        return torch.stack(losses).mean().item()
+        return self.dist.all_reduce_mean(torch.stack(losses).mean()).item()
 
     def _validate(self, epoch: int) -> float | None:
         if self.val_data is None:
@@ -385,11 +478,12 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log.info("Starting training...")
         log.info("Model created with %s total parameters", f"{self.model.num_parameters():,}")
-        log.info("Training for %d steps (%d per epoch of %s tokens), batch %d x %d tokens x %d accumulation",
+        log.info("Training for %d steps (%d per epoch of %s tokens), batch %d x %d tokens x %d accumulation%s",
                  self.total_steps, self.steps_per_epoch, f"{len(self.train_data):,}", cfg.batch_size,
-                 cfg.context_length, cfg.gradient_accumulation_steps)
-        tokens_per_step = cfg.batch_size * cfg.context_length * cfg.gradient_accumulation_steps
-        bar = _progress_bar(self.total_steps, p.step, cfg.progress)
+                 cfg.context_length, cfg.gradient_accumulation_steps,
+                 f" x {self.dist.world_size} ranks" if self.dist.enabled else "")
+        tokens_per_step = self.tokens_per_step
+        bar = _progress_bar(self.total_steps, p.step, cfg.progress and self.dist.is_main)
         last_loss = math.nan
         epoch_start = window_start = time.perf_counter()
         window_tokens = 0
@@ -427,6 +521,10 @@ class Trainer:
                     self._end_epoch(epoch)
         except KeyboardInterrupt:
             bar.close()
+            if self.dist.enabled:  # the ranks stop at different points, so a checkpoint's gather could hang
+                log.warning("Interrupted at step %d; under torchrun no checkpoint is written on interrupt. Continue "
+                            "from the last saved one with --resume auto", p.step)
+                raise
             path = self.save("interrupted.pt")
             log.warning("Interrupted at step %d; saved %s. Continue with --resume auto", p.step, path)
             raise
@@ -483,29 +581,53 @@ def _archive_earlier_run(run_dir: Path) -> None:
 
 
 def build(argv: list[str] | None = None) -> Trainer:
-    """Parse arguments and build the trainer; raises ConfigError / SetupError / ValueError on bad input."""
+    """Parse arguments and build the trainer; raises ConfigError / SetupError / ValueError on bad input.
+
+    Under torchrun this also joins the process group; input every rank shares is checked before that.
+    """
     args = _parse_args(argv)
+    ctx = from_env()
     overrides = parse_overrides(args.overrides)
     if args.device:
         overrides["device"] = args.device
     cfg = load_config(args.config, overrides)
-    setup_logging(cfg.log_level, cfg.log_file)
-    device = resolve_device(cfg.device)
-    trainer = Trainer(cfg, device, resume=args.resume)
-    if trainer.resume_from is None:
-        _archive_earlier_run(trainer.run_dir)
-    if cfg.tensorboard or cfg.wandb_project:
-        trainer.metrics = MetricsLogger(trainer.run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb_project)
+    if ctx.is_main:
+        setup_logging(cfg.log_level, cfg.log_file)
+    else:
+        setup_logging("WARNING")
+    device = ctx.resolve_device(resolve_device(cfg.device))
+    ctx.init(device)
+    trainer = Trainer(cfg, device, resume=args.resume, dist=ctx)
+
+    def settle_run_dir() -> None:  # rank 0 only: the other ranks never write to the run directory
+        if trainer.resume_from is None:
+            _archive_earlier_run(trainer.run_dir)
+        if cfg.tensorboard or cfg.wandb_project:
+            trainer.metrics = MetricsLogger(trainer.run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb_project)
+
+    ctx.agree(settle_run_dir if ctx.is_main else lambda: None)
     return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        return _run(argv)
+    finally:
+        shutdown()  # the torchrun process group, on success and on error alike
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
         trainer = build(argv)
+    except PeerFailedError:
+        return 2  # the rank that failed printed the error
     except (ConfigError, SetupError, MissingPackageError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = trainer.fit()
+    if not trainer.dist.is_main:
+        return 0 if math.isfinite(summary["train_loss"]) else 1
+    shutdown()  # rank 0 samples alone; the process group is no longer needed
     if trainer.cfg.sample_prompt is not None:
         from lmfast.generate import generate_text
 
