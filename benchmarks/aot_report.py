@@ -30,6 +30,8 @@ import traceback
 import warnings
 from pathlib import Path
 
+from _machine import commit
+
 MODULES = ("rmsnorm", "rope", "attention", "adamw")
 TARGETS = (80, 90)
 _RESULTS = Path(__file__).resolve().parent / "results"
@@ -134,15 +136,6 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def build_report(modules: list[str], jobs: int) -> dict:
     """Compile every spec of ``modules`` for every target; returns the report dict written to JSON."""
     import torch
@@ -158,7 +151,7 @@ def build_report(modules: list[str], jobs: int) -> dict:
         results = [_compile_one(job) for job in work]
     for r in results:
         r["spill_allowed"] = allowed.get(r["name"]) if r.get("spill_bytes") else None
-    return {"triton": triton.__version__, "torch": torch.__version__, "commit": _commit(),
+    return {"triton": triton.__version__, "torch": torch.__version__, "commit": commit(),
             "targets": [f"sm_{cc}" for cc in TARGETS], "modules": modules, "module_errors": errors,
             "total": len(results), "compiled": sum(r["ok"] for r in results), "results": results}
 

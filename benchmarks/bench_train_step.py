@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from _machine import commit, cpu_name
 
 from lmfast import functional
 from lmfast.model import TransformerLM
@@ -161,32 +160,13 @@ def test_train_step_tokens_per_second_cuda(benchmark, provider, mode):
 # ---------------------------------------------------------------------------------------------- summary
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str:
-    try:
-        # "-dirty" when the working tree has uncommitted changes: the numbers are then not of HEAD alone
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _machine(device: str) -> dict[str, str]:
     if device == "cuda":
         name = torch.cuda.get_device_name()
     else:
-        name = f"{_cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)"
+        name = f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)"
     return {"machine": name, "torch": torch.__version__, "transformers": transformers.__version__,
-            "commit": _commit()}
+            "commit": commit()}
 
 
 def _command(device: str, timer: str, min_rounds: int) -> str:

@@ -8,55 +8,28 @@ JSON's ``machine_info``), and the autouse fixture below copies the same facts in
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import platform
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from _machine import commit, cpu_name, run, version
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _run(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 @functools.cache
 def machine() -> dict[str, str]:
     """The facts every benchmark result carries (strings, JSON-ready)."""
     info = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name(),
-        "cpu": _cpu_name(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
+        "cpu": cpu_name(),
         "torch": torch.__version__,
-        "triton": _version("triton"),
+        "triton": version("triton"),
         "cuda": str(torch.version.cuda),
-        "commit": _run(["git", "rev-parse", "--short", "HEAD"]),
-        "dirty": str(bool(_run(["git", "status", "--porcelain", "--untracked-files=no"]))),
+        "commit": commit(),
     }
     if torch.cuda.is_available():
-        driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        driver = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
         info["driver"] = (driver.splitlines() or ["unknown"])[0]
     return info
 

@@ -1,0 +1,46 @@
+"""The facts every benchmark result names: CPU model, package versions, the git commit.
+
+Imported by the benchmark modules, their conftest and aot_report.py (pytest and ``python benchmarks/...`` both put
+this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str]) -> str:
+    """stdout of ``cmd`` run in the repository root, or ``"unknown"`` when it cannot run."""
+    try:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def commit() -> str:
+    """The short commit, with ``-dirty`` when tracked files have uncommitted changes (numbers not of HEAD alone)."""
+    return run(["git", "describe", "--always", "--dirty"])
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def version(package: str) -> str:
+    """An installed distribution's version, or ``"not installed"``."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
