@@ -500,8 +500,14 @@ std::vector<std::vector<uint32_t>> Engine::encode_batch(const std::vector<std::s
     run_workers(workers, [&](int) {
         PieceCache& cache = PieceCache::for_this_thread();
         for (size_t i; (i = next.fetch_add(1)) < texts.size();) {
-            results[i].reserve(texts[i].size() / 4 + 16);
-            encode_into(texts[i], allowed, results[i], cache);
+            // Encode into a vector of this thread's own and move it in at the end: push_back straight into
+            // results[i] rewrites that vector's header, which shares a cache line with its neighbours' being
+            // filled by the other threads (false sharing). That kept 2 threads at 1.03x of one on Shakespeare
+            // in 100 kB texts, with both cores busy.
+            std::vector<uint32_t> ids;
+            ids.reserve(texts[i].size() / 4 + 16);
+            encode_into(texts[i], allowed, ids, cache);
+            results[i] = std::move(ids);
         }
     });
     return results;
