@@ -1,7 +1,8 @@
 """lmfast: train Llama-style language models from raw text, fast and correct.
 
-Modules, one job each: ``config``, ``tokenizer``, ``model``, ``functional`` (reference ops), ``ops``
-(reference/fused dispatch), ``optim``, ``data``, ``corpus``, ``checkpoint``, ``train``, ``generate``.
+Modules, one job each: ``config``, ``tokenizer`` (+ ``tokenize`` CLI), ``model``, ``functional`` (reference ops),
+``ops`` (reference/fused dispatch), ``optim``, ``data``, ``corpus``, ``checkpoint``, ``metrics``, ``distributed``
+(torchrun/DDP), ``train``, ``generate``, ``plot``. Underscored modules are their private parts.
 """
 
 __version__ = "0.1.0"
