@@ -75,7 +75,7 @@ def generate_text(model: TransformerLM, tokenizer, prompt: str, max_new_tokens: 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[TransformerLM, object, dict]:
     """Rebuild the model of a training checkpoint (its saved config) with its tokenizer; returns (model, tok, state)."""
-    from lmfast.train import load_run_tokenizer  # the trainer owns where a run keeps its tokenizer
+    from lmfast._run_setup import load_run_tokenizer  # the trainer owns where a run keeps its tokenizer
 
     state = read_checkpoint(checkpoint, map_location=device)
     if not isinstance(state.get("config"), dict):
