@@ -12,11 +12,10 @@ Data-parallel training on several GPUs or nodes runs the same script under ``tor
 the torch docs recommend) and samples each rank's batches from its own stream, ``seed=[seed, rank]``, so an
 optimizer step sees ``batch_size x gradient_accumulation_steps x N`` sequences and an epoch has N times fewer
 steps. The logged loss is the mean over ranks and tokens/s counts all of them. Only rank 0 logs (the others
-at WARNING), writes metrics, checkpoints, the trained tokenizer and the sample; checkpoints hold every rank's
-sampler state, so a resume with the same N continues each rank's stream, and one with another N warns and
-reseeds each rank with ``[seed, rank, step]``. Validation splits the ``eval_iters`` batches a single process
-would draw: rank r evaluates batches ``r*k .. r*k+k-1`` of that fixed stream (``k = max(1, eval_iters // N)``)
-and the mean is all-reduced, so with ``eval_iters`` a multiple of N the validation loss is that of one process.
+at WARNING), writes metrics, checkpoints (with every rank's sampler state: :mod:`lmfast._run_state`), the
+trained tokenizer and the sample. Validation splits the ``eval_iters`` batches a single process would draw:
+rank r evaluates batches ``r*k .. r*k+k-1`` of that fixed stream (``k = max(1, eval_iters // N)``) and the mean
+is all-reduced, so with ``eval_iters`` a multiple of N the validation loss is that of one process.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,7 +41,7 @@ from lmfast._run_setup import (
     resolve_device,
     setup_logging,
 )
-from lmfast.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from lmfast._run_state import _Progress, find_resume, load_run, save_interrupted, save_run
 from lmfast.config import ConfigError, TrainConfig, load_config, parse_overrides
 from lmfast.data import BatchSampler, load_dataset
 from lmfast.distributed import DistContext, PeerFailedError, from_env, shutdown
@@ -60,17 +58,6 @@ log = logging.getLogger("train")
 
 # ---------------------------------------------------------------------------------------------------------------
 # The trainer
-
-
-@dataclass
-class _Progress:
-    """What the loop has done; saved in checkpoints so a resumed run continues the same curve."""
-
-    step: int = 0
-    best_val_loss: float = math.inf
-    epoch_loss_sum: float = 0.0
-    epoch_loss_count: int = 0
-    tokens_seen: int = 0
 
 
 class _NoMetrics:
@@ -118,16 +105,16 @@ class Trainer:
         self.model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads,
                                    cfg.d_ff, cfg.rope_theta, backend=cfg.backend, device=device)
         self.optimizer = self._build_optimizer()
-        self.sampler = self._train_sampler([cfg.seed, self.dist.rank] if self.dist.enabled else cfg.seed)
+        self.sampler = self.train_sampler([cfg.seed, self.dist.rank] if self.dist.enabled else cfg.seed)
         self.steps_per_epoch = max(1, len(self.train_data) // self.tokens_per_step)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * self.steps_per_epoch))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.progress = _Progress()
         # build() adds TensorBoard / W&B once the run dir is settled
         self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else _NoMetrics()
-        self.resume_from = self._find_resume(resume)
+        self.resume_from = find_resume(resume, self.run_dir)
         if self.resume_from is not None:
-            self._load(self.resume_from)
+            load_run(self, self.resume_from)
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
 
@@ -137,7 +124,8 @@ class Trainer:
         c = self.cfg
         return c.batch_size * c.context_length * c.gradient_accumulation_steps * self.dist.world_size
 
-    def _train_sampler(self, seed) -> BatchSampler:
+    def train_sampler(self, seed) -> BatchSampler:
+        """A sampler of training batches for this rank, seeded with ``seed``."""
         return BatchSampler(self.train_data, self.cfg.batch_size, self.cfg.context_length, self.device, seed=seed)
 
     def _check_tokenizer_fits(self) -> None:
@@ -184,78 +172,9 @@ class Trainer:
         no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
         return DistributedDataParallel(model, device_ids=ids, **no_sync)
 
-    def _find_resume(self, resume: str | None) -> Path | None:
-        if resume is None:
-            return None
-        if resume != "auto":
-            return Path(resume)
-        candidates = [p for p in self.run_dir.glob("*.pt") if p.name.startswith(("checkpoint_", "final_model",
-                                                                                 "interrupted"))]
-        if not candidates:
-            log.info("--resume auto: no checkpoint in %s, starting fresh", self.run_dir)
-            return None
-        return max(candidates, key=lambda p: p.stat().st_mtime_ns)
-
-    def _load(self, path: Path) -> None:
-        state = read_checkpoint(path, map_location=self.device)
-        saved_cfg = state.get("config") or {}
-        load_model_state(self.model, state["model"], path)
-        if state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        if "progress" in state:
-            self.progress = _Progress(**state["progress"])
-        self.progress.step = int(state["step"])
-        if "data" in state:
-            self._load_sampler(state["data"])
-        if "rng" in state:
-            torch.set_rng_state(state["rng"]["torch"])
-            if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        changed = {k: (v, getattr(self.cfg, k)) for k, v in saved_cfg.items()
-                   if hasattr(self.cfg, k) and _norm(v) != _norm(getattr(self.cfg, k))}
-        if changed:
-            log.warning("Resuming with changed config keys: %s",
-                        ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
-        log.info("Resumed from %s at step %d", path, self.progress.step)
-
-    def _load_sampler(self, data: dict | list) -> None:
-        """Each rank continues its own saved stream; another world size reseeds every rank deterministically."""
-        states = [data] if isinstance(data, dict) else list(data)  # a one-process checkpoint holds one dict
-        if len(states) == self.dist.world_size:
-            self.sampler.load_state_dict(states[self.dist.rank])
-            return
-        if self.dist.is_main:
-            log.warning("The checkpoint holds the data-sampler state of %d rank(s) but this run has %d; each rank "
-                        "draws from a new stream seeded with [seed, rank, %d], so the batches differ from the run "
-                        "that wrote it (resume with --nproc_per_node=%d to continue it exactly)", len(states),
-                        self.dist.world_size, self.progress.step, len(states))
-        self.sampler = self._train_sampler([self.cfg.seed, self.dist.rank, self.progress.step])
-
-    # -- checkpoints and metrics ---------------------------------------------------------------------------
-
-    def _tokenizer_spec(self) -> str:
-        if self.tokenizer is None:
-            return "bytes"
-        if self.cfg.tokenizer == "train":
-            return "tokenizer"  # relative to the checkpoint's directory
-        return self.cfg.tokenizer if self.cfg.tokenizer == "gpt2" else str(Path(self.cfg.tokenizer).resolve())
-
     def save(self, name: str) -> Path:
         """Write a checkpoint (rank 0); under torchrun every rank must call it, as it gathers the sampler states."""
-        path = self.run_dir / name
-        data, extra = self.sampler.state_dict(), {}
-        if self.dist.enabled:
-            data, extra = self.dist.gather_object(data), {"world_size": self.dist.world_size}
-        if not self.dist.is_main:
-            return path
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        save_checkpoint(self.model, self.optimizer, self.progress.step, path,
-                        schedule={"step": self.progress.step, "total_steps": self.total_steps},
-                        data=data, rng=rng, config=self.cfg.to_dict(),
-                        progress=vars(self.progress).copy(),
-                        meta={"tokenizer": self._tokenizer_spec(), "lmfast_version": _version()}, **extra)
-        return path
+        return save_run(self, self.run_dir / name)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -343,9 +262,7 @@ class Trainer:
                       tokens_seen=self.progress.tokens_seen, time=elapsed)
 
     def _end_epoch(self, epoch: int) -> None:
-        p = self.progress
-        train_loss = p.epoch_loss_sum / max(1, p.epoch_loss_count)
-        p.epoch_loss_sum, p.epoch_loss_count = 0.0, 0
+        train_loss = self.progress.end_epoch()
         val_loss = self._validate(epoch)
         if val_loss is None:
             log.info("Epoch %d - Train Loss: %.4f", epoch, train_loss)
@@ -377,15 +294,9 @@ class Trainer:
                     log.info("Epoch %d/%d", epoch, self.num_epochs)
                     epoch_start = time.perf_counter()
                 loss, norm, lr = self.train_step(p.step)
-                p.step += 1
-                p.tokens_seen += tokens_per_step
-                window_tokens += tokens_per_step
                 last_loss = loss.item()
-                if not math.isfinite(last_loss):
-                    raise FloatingPointError(f"loss became {last_loss} at step {p.step}; lower max_learning_rate "
-                                             "or grad_clip_norm, then resume from the last good checkpoint")
-                p.epoch_loss_sum += last_loss
-                p.epoch_loss_count += 1
+                p.add_step(last_loss, tokens_per_step)
+                window_tokens += tokens_per_step
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
                 if (p.step - 1) % cfg.log_interval == 0:  # step indices 0, log_interval, ... as the seed logs
@@ -404,12 +315,7 @@ class Trainer:
                     self._end_epoch(epoch)
         except KeyboardInterrupt:
             bar.close()
-            if self.dist.enabled:  # the ranks stop at different points, so a checkpoint's gather could hang
-                log.warning("Interrupted at step %d; under torchrun no checkpoint is written on interrupt. Continue "
-                            "from the last saved one with --resume auto", p.step)
-                raise
-            path = self.save("interrupted.pt")
-            log.warning("Interrupted at step %d; saved %s. Continue with --resume auto", p.step, path)
+            save_interrupted(self)
             raise
         bar.close()
         self.metrics.close()
@@ -423,16 +329,6 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
                 disable=None if enabled else True, leave=False)
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
-def _version() -> str:
-    from lmfast import __version__
-
-    return __version__
 
 
 # ---------------------------------------------------------------------------------------------------------------
