@@ -6,8 +6,10 @@ they log to the ``train`` logger, as the rest of the trainer does.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -91,6 +93,7 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
     if kind == "train":
         saved = run_dir / "tokenizer"
         if (saved / "vocab.json").is_file():
+            _check_saved_tokenizer_is_for(saved, cfg)
             log.info("Using the BPE tokenizer trained earlier for this run: %s", saved)
             return Tokenizer.load(saved)
         if train_path.suffix != ".txt":
@@ -100,6 +103,7 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
         vocab, merges = train_bpe(str(train_path), cfg.vocab_size, cfg.special_tokens)
         tokenizer = Tokenizer(vocab, merges, cfg.special_tokens)
         tokenizer.save(saved)
+        (saved / _TRAINED_FOR).write_text(json.dumps(_trained_for(cfg)), encoding="utf-8")
         log.info("Tokenizer trained in %.1fs, saved to %s", time.perf_counter() - start, saved)
         return tokenizer
     path = Path(kind)
@@ -107,6 +111,25 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
         raise SetupError(f"tokenizer: {kind!r} is not a directory with vocab.json + merges.txt; "
                          "use null (bytes), train, gpt2, or such a directory")
     return Tokenizer.load(path)
+
+
+_TRAINED_FOR = "trained_for.json"  # the settings a run's trained tokenizer was made with
+
+
+def _trained_for(cfg: TrainConfig) -> dict:
+    return {"vocab_size": cfg.vocab_size, "special_tokens": list(cfg.special_tokens)}
+
+
+def _check_saved_tokenizer_is_for(saved: Path, cfg: TrainConfig) -> None:
+    """A tokenizer an earlier run left in checkpoint_dir is reused only if it was trained with these settings."""
+    marker = saved / _TRAINED_FOR
+    if not marker.is_file():
+        return
+    earlier = json.loads(marker.read_text(encoding="utf-8"))
+    if earlier != _trained_for(cfg):
+        raise SetupError(f"{saved} holds the BPE tokenizer of an earlier run in this checkpoint_dir, trained for "
+                         f"{earlier}, but this config asks for {_trained_for(cfg)}; choose another checkpoint_dir, "
+                         f"or move {saved} away to train a new one")
 
 
 def load_run_tokenizer(spec: str | None, run_dir: Path):
@@ -153,5 +176,7 @@ def _archive_earlier_run(run_dir: Path) -> None:
     dest.mkdir()
     for p in old:
         os.replace(p, dest / p.name)
+    if (run_dir / "tokenizer").is_dir():  # the moved checkpoints name it relative to their own directory
+        shutil.copytree(run_dir / "tokenizer", dest / "tokenizer")
     log.info("Moved %d files of an earlier run in %s to %s (use --resume auto to continue a run instead)",
              len(old), run_dir, dest)

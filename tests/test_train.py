@@ -167,3 +167,14 @@ def test_missing_tensorboard_package_is_an_error_before_training(run, tmp_path, 
     assert run(tensorboard=True) == 2
     assert "pip install tensorboard" in capsys.readouterr().err
     assert not (tmp_path / "ck" / "final_model.pt").exists()
+
+
+def test_a_trained_tokenizer_is_reused_only_for_the_same_settings(run, tmp_path, capsys):
+    assert run(max_steps=2, tokenizer="train", vocab_size=300) == 0
+    assert run(max_steps=2, tokenizer="train", vocab_size=300) == 0  # a fresh run, same settings: reused
+    archived = list((tmp_path / "ck").glob("previous-*/tokenizer/vocab.json"))
+    assert len(archived) == 1  # the moved checkpoints keep the tokenizer they name
+    capsys.readouterr()
+    assert run(max_steps=2, tokenizer="train", vocab_size=320) == 2
+    err = capsys.readouterr().err
+    assert "holds the BPE tokenizer of an earlier run" in err and "'vocab_size': 300" in err
