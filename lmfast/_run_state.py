@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lmfast import __version__
 from lmfast.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from lmfast.config import TrainConfig
 
@@ -87,7 +88,7 @@ def save_run(run: Trainer, path: Path) -> Path:
                     schedule={"step": run.progress.step, "total_steps": run.total_steps},
                     data=data, rng=rng, config=run.cfg.to_dict(),
                     progress=vars(run.progress).copy(),
-                    meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": _version()}, **extra)
+                    meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": __version__}, **extra)
     return path
 
 
@@ -107,12 +108,6 @@ def _tokenizer_spec(run: Trainer) -> str:
     if run.cfg.tokenizer == "train":
         return "tokenizer"  # relative to the checkpoint's directory
     return run.cfg.tokenizer if run.cfg.tokenizer == "gpt2" else str(Path(run.cfg.tokenizer).resolve())
-
-
-def _version() -> str:
-    from lmfast import __version__
-
-    return __version__
 
 
 # -- resuming -------------------------------------------------------------------------------------------------

@@ -246,8 +246,7 @@ class Trainer:
         if self.val_data is None:
             return None
         val_loss = self.evaluate()
-        ppl = math.exp(min(val_loss, 700.0))
-        self.metrics.log(step=self.progress.step, epoch=epoch, val_loss=val_loss, val_ppl=ppl)
+        self.metrics.log(step=self.progress.step, epoch=epoch, val_loss=val_loss, val_ppl=_perplexity(val_loss))
         if val_loss < self.progress.best_val_loss:
             self.progress.best_val_loss = val_loss
             log.info("New best model saved: %s", self.save("best_model.pt"))
@@ -268,7 +267,7 @@ class Trainer:
             log.info("Epoch %d - Train Loss: %.4f", epoch, train_loss)
         else:
             log.info("Epoch %d - Train Loss: %.4f, Val Loss: %.4f, Val PPL: %.2f", epoch, train_loss, val_loss,
-                     math.exp(min(val_loss, 700.0)))
+                     _perplexity(val_loss))
         if self.cfg.checkpoint_interval and epoch % self.cfg.checkpoint_interval == 0:
             log.info("Checkpoint saved: %s", self.save(f"checkpoint_epoch_{epoch}.pt"))
 
@@ -308,7 +307,7 @@ class Trainer:
                 if cfg.eval_interval and p.step % cfg.eval_interval == 0 and not epoch_ends:  # epoch ends validate
                     val = self._validate(epoch)
                     if val is not None:
-                        log.info("Step %d - Val Loss: %.4f, Val PPL: %.2f", p.step, val, math.exp(min(val, 700.0)))
+                        log.info("Step %d - Val Loss: %.4f, Val PPL: %.2f", p.step, val, _perplexity(val))
                 if cfg.checkpoint_steps and p.step % cfg.checkpoint_steps == 0:
                     log.info("Checkpoint saved: %s", self.save(f"checkpoint_step_{p.step}.pt"))
                 if epoch_ends:
@@ -322,6 +321,10 @@ class Trainer:
         final = self.save("final_model.pt")
         log.info("Training finished at step %d; final model saved: %s", p.step, final)
         return {"step": p.step, "train_loss": last_loss, "best_val_loss": p.best_val_loss, "final": str(final)}
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))  # exp overflows float64 past ~709 nats
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
