@@ -134,6 +134,10 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def reset(self) -> None:
+        """Forget every position (the memory is kept): the next append is a prefill from position 0."""
+        self.length = 0
+
 
 class MultiHeadSelfAttention(nn.Module):
     """Causal multi-head self-attention; RoPE on queries and keys when ``theta`` is given.
@@ -178,9 +182,14 @@ class MultiHeadSelfAttention(nn.Module):
                 cos, sin = self.rope.cos_sin(token_positions)
             q, k = self.ops.rope(q, k, cos, sin)
         if cache is None or (cache.length == 0 and s > 0):
-            if cache is not None:
+            if cache is not None:  # prefill from an empty cache: plain causal attention, the fused kernel on CUDA
                 cache.append(k, v)
             out = self.ops.attention(q, k, v)
+        elif s == 1:
+            # one new query sees every cached key, so no mask is needed; SDPA without attn_mask can take its
+            # flash / memory-efficient kernels, which an explicit mask rules out
+            k, v = cache.append(k, v)
+            out = F.scaled_dot_product_attention(q, k, v)
         else:
             past = cache.length
             k, v = cache.append(k, v)
@@ -250,11 +259,19 @@ class TransformerLM(nn.Module):
             x = layer(x, token_positions, caches[i] if caches else None)
         return self.lm_head(self.ln_final(x))
 
-    def new_kv_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
-        """Empty KV caches (one per layer) for incremental decoding of up to ``max_len`` positions."""
+    def new_kv_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
+                      ) -> list[KVCache]:
+        """Empty KV caches (one per layer) for incremental decoding of up to ``max_len`` positions.
+
+        ``dtype`` defaults to what the projections produce where the caches are made: the autocast dtype when
+        autocast is on for the model's device (bf16 keys under bf16 autocast), else the weights' dtype.
+        """
         attn = self.layers[0].attn
         p = self.lm_head.weight
-        return [KVCache.empty(batch, attn.num_heads, max_len or self.context_length, attn.d_k, p.device, p.dtype)
+        if dtype is None:
+            on = torch.is_autocast_enabled(p.device.type)
+            dtype = torch.get_autocast_dtype(p.device.type) if on else p.dtype
+        return [KVCache.empty(batch, attn.num_heads, max_len or self.context_length, attn.d_k, p.device, dtype)
                 for _ in self.layers]
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
