@@ -402,9 +402,13 @@ def _run(argv: list[str] | None) -> int:
 
         tok = trainer.tokenizer if trainer.tokenizer is not None else ByteTokenizer()
         trainer.model.eval()
-        text = generate_text(trainer.model, tok, trainer.cfg.sample_prompt, trainer.cfg.sample_tokens,
-                             trainer.cfg.sample_temperature, trainer.cfg.sample_top_p, seed=trainer.cfg.seed)
-        log.info("Sample:\n%s", trainer.cfg.sample_prompt + text)
+        try:  # the run's own ops and autocast dtype (bf16 and the fused kernels on CUDA), as training used
+            text = generate_text(trainer.model, tok, trainer.cfg.sample_prompt, trainer.cfg.sample_tokens,
+                                 trainer.cfg.sample_temperature, trainer.cfg.sample_top_p, seed=trainer.cfg.seed,
+                                 autocast_dtype=trainer.autocast_dtype)
+            log.info("Sample:\n%s", trainer.cfg.sample_prompt + text)
+        except ValueError as e:  # an empty prompt, or NaN logits from a diverged run
+            log.warning("No sample: %s", e)
     log.info("Sample more with: python -m lmfast.generate --checkpoint %s --prompt \"...\"", summary["final"])
     return 0 if math.isfinite(summary["train_loss"]) else 1
 
