@@ -318,6 +318,18 @@ def test_the_end_of_training_sample_runs_under_the_runs_autocast_dtype(tmp_path,
     assert seen == [torch.bfloat16] * 4
 
 
+@pytest.mark.gpu
+def test_on_cuda_generation_takes_the_fused_ops_in_bf16_past_the_window():
+    torch.manual_seed(0)
+    model = TransformerLM(**{**SHAPE, "vocab_size": 256, "d_model": 128}, device="cuda").eval()  # head dim 64
+    caches = []
+    new_kv_caches = model.new_kv_caches
+    model.new_kv_caches = lambda *a, **k: caches.extend(new_kv_caches(*a, **k)) or caches
+    (sample,) = generate_samples(model, ByteTokenizer(), "to be", 50, seed=0, autocast_dtype=torch.bfloat16)
+    assert model.ops.name == "fused" and caches[0].k.dtype == torch.bfloat16
+    assert sample.new_tokens == 50  # three times the context of 16
+
+
 # -- the command line ---------------------------------------------------------------------------------------------
 
 
