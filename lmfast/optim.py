@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable
 
 import torch
@@ -123,10 +124,12 @@ class AdamW(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
             state["step"] += 1
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
+            # An FSDP parameter, its gradient and its state are DTensors sharded alike, and AdamW is elementwise:
+            # the step runs on this rank's shards as plain tensors (views), on every path, the Triton kernel's too.
+            params.append(_local(p))
+            grads.append(_local(p.grad))
+            exp_avgs.append(_local(state["exp_avg"]))
+            exp_avg_sqs.append(_local(state["exp_avg_sq"]))
             steps.append(int(state["step"].item()))
         return params, grads, exp_avgs, exp_avg_sqs, steps
 
@@ -187,6 +190,19 @@ def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, eps: 
         return torch.tensor(0.0)
     norms = torch._foreach_norm(grads, 2.0)
     total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
+    if _is_dtensor(total):  # FSDP: DTensor ops reduced the shards' norms over the ranks
+        total = total.full_tensor()
     scale = torch.clamp(max_norm / (total + eps), max=1.0)
-    torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+    torch._foreach_mul_([_local(g) for g in grads], scale.to(grads[0].dtype))
     return total
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    # A DTensor exists only once torch.distributed.tensor is imported; looking it up spares importing it (~1 s)
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor, as a plain tensor sharing its storage; any other tensor as it is."""
+    return t.to_local() if _is_dtensor(t) else t
