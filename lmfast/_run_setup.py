@@ -172,7 +172,7 @@ def _resolve_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
 
 def _archive_earlier_run(run_dir: Path) -> None:
     """A fresh run into a directory holding an earlier run's checkpoints moves them aside, never over them."""
-    old = [p for p in run_dir.glob("*") if p.suffix == ".pt" or p.name == "metrics.jsonl"]
+    old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".dcp") or p.name == "metrics.jsonl"]  # .dcp: fsdp
     if not old:
         return
     dest = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")

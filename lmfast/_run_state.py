@@ -1,11 +1,14 @@
 """A training run's state in a checkpoint: what a save writes, what a resume restores, what the loop has done.
 
 A training checkpoint is :func:`lmfast.checkpoint.save_checkpoint`'s dict (``model``, ``optimizer``, ``step``) plus
-``schedule``, ``data`` (the data-sampler state: one dict, or under torchrun every rank's in rank order with
-``world_size`` beside it), ``rng``, ``config``, ``progress`` and ``meta`` (the tokenizer, the lmfast version).
-Under torchrun every rank calls :func:`save_run`, as it gathers the sampler states, and rank 0 alone writes. A
-resume with the same number of ranks continues each rank's stream; one with another number warns and reseeds
-each rank with ``[seed, rank, step]``. ``--resume auto`` takes the newest checkpoint in the run directory.
+``schedule``, ``data`` (the data-sampler state: one dict, or under torchrun every stream's, one per rank in a
+fresh run, with ``world_size`` beside it), ``rng``, ``config``, ``progress`` and ``meta`` (the tokenizer, the
+lmfast version). Under torchrun every rank calls :func:`save_run`, as it gathers the sampler states, and rank 0
+alone writes. An fsdp run writes its training checkpoints as ``.dcp`` directories instead, every rank its shards
+(:mod:`lmfast._sharded`), and ``best_model.pt`` / ``final_model.pt`` as plain files; any run resumes from either
+kind. A resume continues the saved sampler streams whenever the global batch is unchanged, with any number of
+ranks that divides or is a multiple of the number of streams (:mod:`lmfast._streams`); otherwise it warns and
+reseeds each rank with ``[seed, rank, step]``. ``--resume auto`` takes the newest checkpoint in the run directory.
 :class:`lmfast.train.Trainer` calls these; they log to the ``train`` logger, as it does.
 """
 
@@ -20,8 +23,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from lmfast import __version__
-from lmfast.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from lmfast._sharded import (
+    SHARDED_SUFFIX,
+    gather_full,
+    is_sharded,
+    is_sharded_checkpoint,
+    load_full,
+    load_sharded,
+    read_run_state,
+    save_sharded,
+)
+from lmfast._streams import resume_sampler, saved_streams
+from lmfast.checkpoint import atomic_torch_save, load_model_state, read_checkpoint, save_checkpoint
 from lmfast.config import TrainConfig
+from lmfast.data import BatchSampler
 
 if TYPE_CHECKING:
     from lmfast.train import Trainer
@@ -64,8 +79,9 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
         return None
     if resume != "auto":
         return Path(resume)
-    candidates = [p for p in run_dir.glob("*.pt") if p.name.startswith(("checkpoint_", "final_model",
-                                                                        "interrupted"))]
+    candidates = [p for p in [*run_dir.glob("*.pt"), *run_dir.glob(f"*{SHARDED_SUFFIX}")]
+                  if p.name.startswith(("checkpoint_", "final_model", "interrupted"))
+                  and (p.suffix == ".pt" or is_sharded_checkpoint(p))]
     if not candidates:
         log.info("--resume auto: no checkpoint in %s, starting fresh", run_dir)
         return None
@@ -75,21 +91,34 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
 # -- saving ---------------------------------------------------------------------------------------------------
 
 
+_PLAIN_UNDER_FSDP = ("best_model.pt", "final_model.pt")  # the files generate and export take
+
+
 def save_run(run: Trainer, path: Path) -> Path:
-    """Write ``run``'s checkpoint to path (rank 0); under torchrun every rank calls it: it gathers sampler states."""
-    data, extra = run.sampler.state_dict(), {}
-    if run.dist.enabled:
-        data, extra = run.dist.gather_object(data), {"world_size": run.dist.world_size}
-    if not run.dist.is_main:
+    """Write ``run``'s checkpoint to path (rank 0) and return where it went; under torchrun every rank calls it: it
+    gathers the sampler states (and under fsdp the model and optimizer shards)."""
+    data, extra = saved_streams(run.sampler, run.dist)
+    rest = _run_extras(run, data, extra) if run.dist.is_main else None
+    if run.cfg.distributed == "fsdp" and path.name not in _PLAIN_UNDER_FSDP:
+        run_state = {"step": run.progress.step, **rest} if rest is not None else None
+        return save_sharded(run.model, run.optimizer, path.with_suffix(SHARDED_SUFFIX), run_state, run.dist)
+    if is_sharded(run.model):
+        model_state, optim_state = gather_full(run.model, run.optimizer)
+        if run.dist.is_main:
+            atomic_torch_save({"model": model_state, "optimizer": optim_state, "step": run.progress.step, **rest}, path)
         return path
+    if run.dist.is_main:
+        save_checkpoint(run.model, run.optimizer, run.progress.step, path, **rest)
+    return path
+
+
+def _run_extras(run: Trainer, data, extra: dict) -> dict:
+    """Every checkpoint key but model, optimizer and step."""
     rng = {"torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    save_checkpoint(run.model, run.optimizer, run.progress.step, path,
-                    schedule={"step": run.progress.step, "total_steps": run.total_steps},
-                    data=data, rng=rng, config=run.cfg.to_dict(),
-                    progress=vars(run.progress).copy(),
-                    meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": __version__}, **extra)
-    return path
+    return dict(schedule={"step": run.progress.step, "total_steps": run.total_steps}, data=data, rng=rng,
+                config=run.cfg.to_dict(), progress=vars(run.progress).copy(),
+                meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": __version__}, **extra)
 
 
 def save_interrupted(run: Trainer) -> None:
@@ -114,12 +143,22 @@ def _tokenizer_spec(run: Trainer) -> str:
 
 
 def load_run(run: Trainer, path: Path) -> None:
-    """Restore model, optimizer, progress, this rank's sampler and the RNG from path; warn on changed config keys."""
-    state = read_checkpoint(path, map_location=run.device)
+    """Restore model, optimizer, progress, this rank's sampler and the RNG from path; warn on changed config keys.
+
+    No collectives: under torchrun a failure here stops every rank through ``DistContext.agree``.
+    """
+    if is_sharded_checkpoint(path):
+        state = read_run_state(path)
+        load_sharded(run.model, run.optimizer, path)
+    elif is_sharded(run.model):
+        state = read_checkpoint(path)  # to CPU: each rank moves only its shards to the device
+        load_full(run.model, run.optimizer, state["model"], state.get("optimizer"), path)
+    else:
+        state = read_checkpoint(path, map_location=run.device)
+        load_model_state(run.model, state["model"], path)
+        if state.get("optimizer") is not None:
+            run.optimizer.load_state_dict(state["optimizer"])
     saved_cfg = state.get("config") or {}
-    load_model_state(run.model, state["model"], path)
-    if state.get("optimizer") is not None:
-        run.optimizer.load_state_dict(state["optimizer"])
     if "progress" in state:
         run.progress = _Progress(**state["progress"])
     run.progress.step = int(state["step"])
@@ -129,22 +168,33 @@ def load_run(run: Trainer, path: Path) -> None:
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    _warn_changed_config(saved_cfg, run.cfg)
+    if run.dist.is_main:
+        _warn_changed_config(saved_cfg, run.cfg)
     log.info("Resumed from %s at step %d", path, run.progress.step)
 
 
 def _load_sampler(run: Trainer, data: dict | list) -> None:
-    """Each rank continues its own saved stream; another world size reseeds every rank deterministically."""
-    states = [data] if isinstance(data, dict) else list(data)  # a one-process checkpoint holds one dict
-    if len(states) == run.dist.world_size:
-        run.sampler.load_state_dict(states[run.dist.rank])
+    """Continue the saved streams (:mod:`lmfast._streams`); when the batches cannot be continued, another world size
+    reseeds every rank deterministically and the same one continues each rank's stream with its new batch size."""
+    cfg, dist = run.cfg, run.dist
+    sampler = resume_sampler(data, dist.rank, dist.world_size, cfg.batch_size,
+                             lambda batch: BatchSampler(run.train_data, batch, cfg.context_length, run.device))
+    if sampler is not None:
+        run.sampler = sampler
         return
-    if run.dist.is_main:
-        log.warning("The checkpoint holds the data-sampler state of %d rank(s) but this run has %d; each rank "
-                    "draws from a new stream seeded with [seed, rank, %d], so the batches differ from the run "
-                    "that wrote it (resume with --nproc_per_node=%d to continue it exactly)", len(states),
-                    run.dist.world_size, run.progress.step, len(states))
-    run.sampler = run.train_sampler([run.cfg.seed, run.dist.rank, run.progress.step])
+    states = [data] if isinstance(data, dict) else list(data)  # a one-process checkpoint holds one dict
+    if len(states) == dist.world_size:  # BatchSampler warns that the batches differ
+        run.sampler.load_state_dict(states[dist.rank])
+        return
+    if dist.is_main:
+        batch = states[0].get("batch_size", "?")
+        log.warning("The checkpoint holds the data-sampler state of %d stream(s) of batch %s but this run has %d "
+                    "rank(s) of batch_size %d; each rank draws from a new stream seeded with [seed, rank, %d], so the "
+                    "batches differ from the run that wrote it (to continue them, keep ranks x batch_size = %s with "
+                    "a number of ranks that divides or is a multiple of %d)", len(states), batch, dist.world_size,
+                    cfg.batch_size, run.progress.step, len(states) * batch if isinstance(batch, int) else "?",
+                    len(states))
+    run.sampler = run.train_sampler([cfg.seed, dist.rank, run.progress.step])
 
 
 def _warn_changed_config(saved_cfg: dict, cfg: TrainConfig) -> None:

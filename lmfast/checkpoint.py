@@ -14,8 +14,8 @@ from typing import IO, Any, BinaryIO
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state", "unwrap_model",
-           "atomic_torch_save"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state", "check_model_shapes",
+           "unwrap_model", "atomic_torch_save"]
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
@@ -64,6 +64,9 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
 def read_checkpoint(src: PathOrFile, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``); errors name the file and what to do."""
     name = str(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<file object>")
+    if isinstance(src, (str, os.PathLike)) and (Path(src) / ".metadata").is_file():
+        raise ValueError(f"{name!r} is a sharded checkpoint (a directory an fsdp run writes), which only training "
+                         "resumes from; pass the run's final_model.pt or best_model.pt, single files")
     if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
         raise FileNotFoundError(f"checkpoint {name!r} does not exist; pass a .pt file written by lmfast "
                                 "(or --resume auto to take the newest in checkpoint_dir)")
@@ -89,17 +92,22 @@ def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.op
 def load_model_state(model: torch.nn.Module, model_state: dict[str, torch.Tensor], src: Any = "checkpoint") -> None:
     """``load_state_dict`` whose shape-mismatch error says which tensors differ and how to fix the config."""
     target = unwrap_model(model)
-    own = target.state_dict()
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in model_state.items() if k in own and own[k].shape != v.shape]
-    missing = sorted(set(own) - set(model_state))
-    unexpected = sorted(set(model_state) - set(own))
+    check_model_shapes(target, {k: v.shape for k, v in model_state.items()}, src)
+    target.load_state_dict(model_state)
+
+
+def check_model_shapes(model: torch.nn.Module, saved: dict[str, torch.Size], src: Any = "checkpoint") -> None:
+    """Raise a ValueError naming the tensors whose ``saved`` shapes differ from ``model``'s, and the config fix."""
+    own = {k: v.shape for k, v in model.state_dict().items()}  # a sharded parameter's shape is the whole tensor's
+    mismatched = [f"{k}: checkpoint {tuple(v)} vs model {tuple(own[k])}" for k, v in saved.items()
+                  if k in own and own[k] != v]
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
     if mismatched or missing or unexpected:
         parts = mismatched[:4] + [f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]]
         name = str(src) if isinstance(src, (str, os.PathLike)) else "the checkpoint"
         raise ValueError(f"{name} was saved from a model of another shape ({'; '.join(parts)}). Use the model keys "
                          "(vocab_size, d_model, num_layers, num_heads, d_ff, context_length) of the run that wrote it")
-    target.load_state_dict(model_state)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

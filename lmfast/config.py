@@ -82,6 +82,9 @@ class TrainConfig:
                       choices=("auto", "true", "false"))
     backend: str = _f("auto", "ops backend: auto (fused Triton on CUDA), reference, fused",
                       choices=("auto", "reference", "fused"))
+    distributed: str = _f("ddp", "under torchrun: ddp (every rank holds the whole model) or fsdp (FSDP2 shards "
+                          "parameters, gradients and optimizer state over the ranks; sharded checkpoints)",
+                          choices=("ddp", "fsdp"))
     tokenizer: str | None = _f(None, "null = byte-level (vocab 256); train = BPE of vocab_size trained on the "
                                "training text; gpt2; or a directory with vocab.json + merges.txt")
     special_tokens: list[str] = _f(["<|endoftext|>"], "special tokens of a trained BPE tokenizer")

@@ -1,4 +1,5 @@
-"""Data-parallel runs under ``torchrun``: which process this is, the process group, the collectives the trainer needs.
+"""Data-parallel runs under ``torchrun``: which process this is, the process group (and the device mesh FSDP shards
+over), the collectives the trainer needs.
 
 ``torchrun --nproc_per_node=N -m lmfast.train ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in each
 process; :func:`from_env` reads them. Without them (plain ``python -m lmfast.train``), or with a world of one,
@@ -68,6 +69,7 @@ class DistContext:
     def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0):
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device = torch.device("cpu")  # where collective tensors live; cuda:LOCAL_RANK under NCCL
+        self._mesh = None
 
     @property
     def enabled(self) -> bool:
@@ -113,7 +115,23 @@ class DistContext:
         else:
             dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size)
 
+    def device_mesh(self):
+        """The one-dimensional ``DeviceMesh`` of all ranks that FSDP shards over (made once, on first call).
+
+        Call it on every rank at the same point: on a machine with CUDA, a mesh over a gloo group makes a new group.
+        """
+        if self._mesh is None:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self._mesh = init_device_mesh(self.device.type, (self.world_size,))
+        return self._mesh
+
     # -- collectives ------------------------------------------------------------------------------------------
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in a world of one)."""
+        if self.enabled:
+            dist.barrier()
 
     def agree(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on this rank, then stop every rank if any rank raised (see the module docstring)."""

@@ -16,6 +16,10 @@ at WARNING), writes metrics, checkpoints (with every rank's sampler state: :mod:
 trained tokenizer and the sample. Validation splits the ``eval_iters`` batches a single process would draw:
 rank r evaluates batches ``r*k .. r*k+k-1`` of that fixed stream (``k = max(1, eval_iters // N)``) and the mean
 is all-reduced, so with ``eval_iters`` a multiple of N the validation loss is that of one process.
+
+``distributed: fsdp`` shards the model instead of replicating it (FSDP2, :mod:`lmfast._sharded`): parameters,
+gradients and optimizer state are split over the ranks, and training checkpoints are ``.dcp`` directories that any
+world size resumes from. Everything above holds for it as well.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from lmfast._run_setup import (
     setup_logging,
 )
 from lmfast._run_state import _Progress, find_resume, load_run, save_interrupted, save_run
+from lmfast._sharded import accumulating, shard_model
+from lmfast.checkpoint import load_model_state, read_checkpoint
 from lmfast.config import ConfigError, TrainConfig, load_config, parse_overrides
 from lmfast.data import BatchSampler, load_dataset
 from lmfast.distributed import DistContext, PeerFailedError, from_env, shutdown
@@ -81,6 +87,9 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.dist = dist or DistContext()
         self.run_dir = Path(cfg.checkpoint_dir)
+        # FSDP over a world of one has nothing to shard: the model stays whole, checkpoints are still .dcp
+        self.sharded = cfg.distributed == "fsdp" and self.dist.enabled
+        self.mesh = self.dist.device_mesh() if self.sharded else None  # on every rank, before anything can fail
         torch.manual_seed(cfg.seed)
         # Rank 0 fetches a named corpus and trains/saves the BPE first; the other ranks then load what it wrote.
         self.tokenizer, train_path, val_path = self.dist.main_first(self._build_tokenizer)
@@ -102,8 +111,13 @@ class Trainer:
                       context_length=cfg.context_length)
         self.train_data = load_dataset(train_path, key="train_data_path", **common)
         self.val_data = load_dataset(val_path, key="val_data_path", **common) if val_path else None
-        self.model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads,
-                                   cfg.d_ff, cfg.rope_theta, backend=cfg.backend, device=device)
+        self.model = self.new_model()
+        self.autocast_dtype = self._autocast_dtype()
+        if self.sharded:  # before the optimizer: fully_shard replaces the parameters with sharded ones
+            compile_blocks = self._compile_enabled()
+            log.info("Sharding the model over %d ranks with FSDP2%s", self.dist.world_size,
+                     ", each block compiled with torch.compile" if compile_blocks else "")
+            shard_model(self.model, self.mesh, self.autocast_dtype, "inductor" if compile_blocks else None)
         self.optimizer = self._build_optimizer()
         self.sampler = self.train_sampler([cfg.seed, self.dist.rank] if self.dist.enabled else cfg.seed)
         self.steps_per_epoch = max(1, len(self.train_data) // self.tokens_per_step)
@@ -115,8 +129,13 @@ class Trainer:
         self.resume_from = find_resume(resume, self.run_dir)
         if self.resume_from is not None:
             load_run(self, self.resume_from)
-        self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+
+    def new_model(self) -> TransformerLM:
+        """A freshly initialised model of this run's shape, on its device."""
+        c = self.cfg
+        return TransformerLM(c.vocab_size, c.context_length, c.d_model, c.num_layers, c.num_heads, c.d_ff,
+                             c.rope_theta, backend=c.backend, device=self.device)
 
     @property
     def tokens_per_step(self) -> int:
@@ -152,14 +171,18 @@ class Trainer:
             raise SetupError("dtype: float16 autocast is not supported on CPU; use bfloat16 or float32")
         return getattr(torch, name)
 
+    def _compile_enabled(self) -> bool:
+        return self.cfg.compile == "true" or (self.cfg.compile == "auto" and self.device.type == "cuda")
+
     def _maybe_compile(self) -> torch.nn.Module:
-        enabled = self.cfg.compile == "true" or (self.cfg.compile == "auto" and self.device.type == "cuda")
-        if not enabled:
+        if not self._compile_enabled():
             return self.model
         log.info("Compiling the model with torch.compile (the first steps are slower)")
         return torch.compile(self.model)
 
     def _wrap_model(self) -> torch.nn.Module:
+        if self.sharded:  # fully_shard wrapped it in place, each block compiled first (torchtitan's order)
+            return self.model
         model = self._maybe_compile()
         if not self.dist.enabled:
             return model
@@ -185,7 +208,7 @@ class Trainer:
         return cosine_lr(step, c.max_learning_rate, c.min_learning_rate, c.warmup_iters, c.cosine_cycle_iters)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
+        if self.autocast_dtype is None or self.sharded:  # FSDP's mixed-precision policy casts the parameters
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
@@ -219,7 +242,7 @@ class Trainer:
     def _no_sync(self, last: bool):
         if last or not self.dist.enabled:
             return contextlib.nullcontext()
-        return self.step_model.no_sync()
+        return accumulating(self.model) if self.sharded else self.step_model.no_sync()
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -401,9 +424,13 @@ def _run(argv: list[str] | None) -> int:
         from lmfast.generate import generate_text
 
         tok = trainer.tokenizer if trainer.tokenizer is not None else ByteTokenizer()
-        trainer.model.eval()
+        model = trainer.model
+        if trainer.sharded:  # the shards went with the process group: sample from the gathered final model
+            model = trainer.new_model()
+            load_model_state(model, read_checkpoint(summary["final"])["model"], summary["final"])
+        model.eval()
         try:  # the run's own ops and autocast dtype (bf16 and the fused kernels on CUDA), as training used
-            text = generate_text(trainer.model, tok, trainer.cfg.sample_prompt, trainer.cfg.sample_tokens,
+            text = generate_text(model, tok, trainer.cfg.sample_prompt, trainer.cfg.sample_tokens,
                                  trainer.cfg.sample_temperature, trainer.cfg.sample_top_p, seed=trainer.cfg.seed,
                                  autocast_dtype=trainer.autocast_dtype)
             log.info("Sample:\n%s", trainer.cfg.sample_prompt + text)

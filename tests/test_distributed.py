@@ -1,66 +1,29 @@
 """Data-parallel training under torchrun, on CPU with gloo: two ranks train one model, rank 0 alone writes,
-one DDP step equals one single-process step on both ranks' batches, resume continues the same curve, and a
-failure on one rank stops every rank instead of hanging them."""
+DDP steps equal single-process steps on both ranks' batches, resume continues the same curve, and a failure on
+one rank stops every rank instead of hanging them. (FSDP: tests/test_fsdp.py.)"""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
+from _torchrun import ACCUM, BATCH, STEPS, WORLD, make_data, torchrun, write_config
+from _torchrun import losses as _losses
 
 from lmfast import distributed, train
+from lmfast._streams import RankStreams
 from lmfast.checkpoint import read_checkpoint
 from lmfast.config import load_config
 from lmfast.data import BatchSampler
-
-WORLD, BATCH, ACCUM, STEPS = 2, 8, 2, 12
-TINY = dict(vocab_size=256, context_length=32, d_model=64, num_layers=2, num_heads=4, d_ff=128, batch_size=BATCH,
-            gradient_accumulation_steps=ACCUM, max_steps=STEPS, warmup_iters=4, cosine_cycle_iters=40,
-            max_learning_rate=3e-3, min_learning_rate=1e-4,
-            checkpoint_interval=1, checkpoint_steps=1, log_interval=1, eval_iters=2, compile="false", progress=False)
-
-
-def _text(n_lines, seed):
-    rng = np.random.default_rng(seed)
-    words = ["to be", "or not", "that is", "the question", "whether", "tis nobler", "in the mind", "to suffer"]
-    return "\n".join(" ".join(rng.choice(words, 6)) for _ in range(n_lines)) + "\n"
-
-
-def _torchrun(args, cwd, timeout=180):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _config(root: Path, name: str, **overrides) -> Path:
-    cfg = {**TINY, "train_data_path": str(root / "train.txt"), "val_data_path": str(root / "val.txt"),
-           "checkpoint_dir": str(root / "ck"), "log_file": str(root / "ck" / "train.log"),
-           "cache_dir": str(root / "cache"), **overrides}
-    path = root / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in records if "loss" in r]
-    assert len(steps) == len(set(steps)), f"a step was logged twice (by two ranks?): {steps}"
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """One torchrun run of two ranks (shared by the tests below: each launch costs seconds)."""
     root = tmp_path_factory.mktemp("ddp")
-    (root / "train.txt").write_text(_text(400, seed=0))
-    (root / "val.txt").write_text(_text(100, seed=1))
-    result = _torchrun(["-m", "lmfast.train", "--config", str(_config(root, "tiny.yaml"))], cwd=root)
+    make_data(root)
+    result = torchrun(["-m", "lmfast.train", "--config", str(write_config(root, "tiny.yaml"))], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
@@ -84,22 +47,13 @@ def test_two_ranks_train_and_rank_zero_alone_writes_one_set_of_files(ddp_run):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in final["model"])
 
 
-def _one_process_trainer(root: Path, resume: Path, batch_size: int = WORLD * BATCH) -> train.Trainer:
-    """A single-process trainer whose micro-batch holds both ranks' batches, resumed from a DDP checkpoint."""
-    cfg = load_config(str(root / "tiny.yaml"), {"batch_size": batch_size, "checkpoint_dir": str(root / "one")})
-    trainer = train.Trainer(cfg, torch.device("cpu"), resume=str(resume))
-    samplers = []
-    for state in read_checkpoint(resume)["data"]:
-        sampler = BatchSampler(trainer.train_data, BATCH, cfg.context_length, "cpu")
-        sampler.load_state_dict(state)
-        samplers.append(sampler)
-
-    def both_ranks():
-        xs, ys = zip(*(s() for s in samplers), strict=True)
-        return torch.cat(xs), torch.cat(ys)
-
-    trainer.sampler = both_ranks
-    return trainer
+def _one_process_trainer(root: Path, resume: Path, batch_size: int = WORLD * BATCH, run_dir: str = "one",
+                         **overrides) -> train.Trainer:
+    """A single-process trainer resumed from a DDP checkpoint; with the ranks' batches together in its batch (the
+    default), it draws both ranks' saved streams side by side (lmfast._streams)."""
+    cfg = load_config(str(root / "tiny.yaml"), {"batch_size": batch_size, "checkpoint_dir": str(root / run_dir),
+                                                "log_file": None, **overrides})
+    return train.Trainer(cfg, torch.device("cpu"), resume=str(resume))
 
 
 @pytest.mark.slow
@@ -108,6 +62,7 @@ def test_one_ddp_step_equals_one_process_step_on_both_ranks_batches(ddp_run):
     ck = ddp_run / "ck"
     # from step 1 (not 0: warmup gives step 0 a learning rate of 0, which would leave the weights unchanged)
     trainer = _one_process_trainer(ddp_run, ck / "checkpoint_step_1.pt")
+    assert isinstance(trainer.sampler, RankStreams) and len(trainer.sampler.samplers) == WORLD
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     loss, _, lr = trainer.train_step(1)
     assert lr > 0
@@ -116,6 +71,17 @@ def test_one_ddp_step_equals_one_process_step_on_both_ranks_batches(ddp_run):
     for name, value in trainer.model.state_dict().items():
         assert not torch.equal(before[name], ddp[name]), name
         torch.testing.assert_close(value, ddp[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.slow
+def test_the_same_global_batch_gives_the_same_loss_curve_under_ddp_as_in_one_process(ddp_run):
+    ddp = _losses(ddp_run / "ck")
+    trainer = _one_process_trainer(ddp_run, ddp_run / "ck" / "checkpoint_step_1.pt", run_dir="curve",
+                                   checkpoint_steps=0, checkpoint_interval=0)
+    trainer.fit()
+    one = _losses(ddp_run / "curve")
+    assert sorted(one) == list(range(2, STEPS + 1))
+    assert one == pytest.approx({s: ddp[s] for s in one}, rel=1e-5)
 
 
 @pytest.mark.slow
@@ -132,7 +98,8 @@ def test_validation_under_torchrun_equals_one_process_on_the_same_batches(ddp_ru
 def test_resuming_with_another_world_size_warns_and_reseeds_each_rank(ddp_run, caplog):
     cfg = load_config(str(ddp_run / "tiny.yaml"), {"checkpoint_dir": str(ddp_run / "one")})
     trainer = train.Trainer(cfg, torch.device("cpu"), resume=str(ddp_run / "ck" / "checkpoint_step_6.pt"))
-    assert "holds the data-sampler state of 2 rank(s) but this run has 1" in caplog.text
+    assert "holds the data-sampler state of 2 stream(s) of batch 8 but this run has 1 rank(s) of batch_size 8" \
+        in caplog.text
     assert trainer.progress.step == 6
     expected = BatchSampler(trainer.train_data, BATCH, cfg.context_length, "cpu", seed=[cfg.seed, 0, 6])
     assert torch.equal(trainer.sampler()[0], expected()[0])
@@ -141,9 +108,8 @@ def test_resuming_with_another_world_size_warns_and_reseeds_each_rank(ddp_run, c
 @pytest.mark.slow
 def test_resume_under_torchrun_continues_the_same_loss_curve(ddp_run):
     ck, ck2 = ddp_run / "ck", ddp_run / "ck2"
-    config = _config(ddp_run, "resume.yaml", checkpoint_dir=str(ck2), log_file=str(ck2 / "train.log"),
-                     checkpoint_steps=0)
-    result = _torchrun(["-m", "lmfast.train", "--config", str(config), "--resume", str(ck / "checkpoint_step_6.pt")],
+    config = write_config(ddp_run, "resume.yaml", "ck2", checkpoint_steps=0)
+    result = torchrun(["-m", "lmfast.train", "--config", str(config), "--resume", str(ck / "checkpoint_step_6.pt")],
                        cwd=ddp_run)
     assert result.returncode == 0, result.stderr[-3000:]
     whole, resumed = _losses(ck), _losses(ck2)
@@ -184,7 +150,7 @@ with open(f"rank{ctx.rank}.txt", "w") as f:  # a file per rank: lines printed by
 def test_a_failure_on_one_rank_stops_every_rank_instead_of_hanging(tmp_path):
     script = tmp_path / "failing_rank.py"
     script.write_text(_FAILING_RANK)
-    result = _torchrun([str(script)], cwd=tmp_path, timeout=120)
+    result = torchrun([str(script)], cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     # agree: rank 1 raises its own error, rank 0 learns of it; main_first: rank 0 has not run fn when rank 1 fails
     outcomes = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
