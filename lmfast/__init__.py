@@ -2,7 +2,8 @@
 
 Modules, one job each: ``config``, ``tokenizer`` (+ ``tokenize`` CLI), ``model``, ``functional`` (reference ops),
 ``ops`` (reference/fused dispatch), ``optim``, ``data``, ``corpus``, ``checkpoint``, ``metrics``, ``mfu`` (peak
-FLOPs table), ``distributed`` (torchrun/DDP), ``train``, ``generate``, ``plot``. Underscored modules are their
+FLOPs table), ``distributed`` (torchrun/DDP), ``train``, ``generate``, ``plot``, ``hf`` (Hugging Face Llama
+folders to and from TransformerLM), ``export`` (checkpoint -> such a folder). Underscored modules are their
 private parts.
 """
 

@@ -259,6 +259,17 @@ class TransformerLM(nn.Module):
             x = layer(x, token_positions, caches[i] if caches else None)
         return self.lm_head(self.ln_final(x))
 
+    @classmethod
+    def from_hf(cls, directory, backend: str = "auto", device=None, dtype=None) -> TransformerLM:
+        """A model with the shape and weights of a Hugging Face Llama folder (config.json + model.safetensors).
+
+        Unsupported folders (grouped-query attention, biases, RoPE scaling ...) raise an error naming the field;
+        see :mod:`lmfast.hf`. ``python -m lmfast.export`` writes such folders.
+        """
+        from lmfast.hf import load_hf  # lmfast.hf builds on this module
+
+        return load_hf(directory, backend=backend, device=device, dtype=dtype)
+
     def new_kv_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
                       ) -> list[KVCache]:
         """Empty KV caches (one per layer) for incremental decoding of up to ``max_len`` positions.

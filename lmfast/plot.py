@@ -1,8 +1,9 @@
-"""Plot training runs from their ``metrics.jsonl``: loss (train and validation), learning rate, tokens/s.
+"""Plot training runs from their ``metrics.jsonl``: loss (train and validation), learning rate, tokens/s, MFU.
 
     python -m lmfast.plot checkpoints/quickstart [checkpoints/other_run ...] --out runs.png
 
 Each argument is a run directory (or its metrics.jsonl); several runs share the axes, labelled by directory.
+The MFU panel appears when a run logged MFU (training on a GPU of :mod:`lmfast.mfu`'s table).
 Needs matplotlib (``pip install lmfast[plot]``).
 """
 
@@ -13,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["read_metrics", "plot_runs", "main"]
+__all__ = ["read_metrics", "draw_runs", "plot_runs", "main"]
 
 
 def read_metrics(run: str | Path) -> tuple[list[dict], list[dict]]:
@@ -35,8 +36,8 @@ def read_metrics(run: str | Path) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
-def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
-    """Draw loss / lr / tokens-per-second against step for each run into one PNG at ``out``."""
+def draw_runs(runs: list[str | Path]):
+    """A matplotlib figure of loss / lr / tokens per second (and MFU in %, when logged) against step per run."""
     try:
         import matplotlib
 
@@ -46,23 +47,37 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
         raise RuntimeError("plotting needs matplotlib: pip install 'lmfast[plot]' (or matplotlib)") from None
     if not runs:
         raise ValueError("give at least one run directory or metrics.jsonl to plot")
-    fig, (ax_loss, ax_lr, ax_tps) = plt.subplots(1, 3, figsize=(15, 4))
-    for run in runs:
-        train, val = read_metrics(run)
+    records = [(run, *read_metrics(run)) for run in runs]
+    with_mfu = any("mfu" in r for _, train, _ in records for r in train)
+    fig, axes = plt.subplots(1, 4 if with_mfu else 3, figsize=(20 if with_mfu else 15, 4))
+    for run, train, val in records:
         label = Path(run).name if Path(run).is_dir() else Path(run).parent.name
         steps = [r["step"] for r in train]
-        (line,) = ax_loss.plot(steps, [r["loss"] for r in train], label=f"{label} train")
+        (line,) = axes[0].plot(steps, [r["loss"] for r in train], label=f"{label} train")
         if val:
-            ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o--", color=line.get_color(),
+            axes[0].plot([r["step"] for r in val], [r["val_loss"] for r in val], "o--", color=line.get_color(),
                          label=f"{label} val")
-        ax_lr.plot(steps, [r["lr"] for r in train], color=line.get_color(), label=label)
-        ax_tps.plot(steps, [r["tokens_per_s"] for r in train], color=line.get_color(), label=label)
-    for ax, title in ((ax_loss, "loss (nats/token)"), (ax_lr, "learning rate"), (ax_tps, "tokens / s")):
+        axes[1].plot(steps, [r["lr"] for r in train], color=line.get_color(), label=label)
+        axes[2].plot(steps, [r["tokens_per_s"] for r in train], color=line.get_color(), label=label)
+        logged = [r for r in train if "mfu" in r]
+        if logged:
+            axes[3].plot([r["step"] for r in logged], [100 * r["mfu"] for r in logged], color=line.get_color(),
+                         label=label)
+    titles = ("loss (nats/token)", "learning rate", "tokens / s", "MFU (%)")
+    for ax, title in zip(axes, titles, strict=False):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
+    """Draw :func:`draw_runs` into one PNG at ``out``."""
+    fig = draw_runs(runs)
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -1,10 +1,12 @@
 """Train a Transformer LM from a YAML config: ``python -m lmfast.train --config configs/quickstart.yaml``.
 
-    python -m lmfast.train --config X.yaml [--device auto|cpu|cuda|mps] [--resume PATH|auto] [--set key=value ...]
+    python -m lmfast.train --config X.yaml [--device auto|cpu|cuda|mps] [--resume PATH|auto] [--init-from DIR]
+        [--set key=value ...]
 
 ``main()`` parses and builds (everything that can be wrong with the input fails here, before anything is
 written); :class:`Trainer` runs the loop in small named steps. Logs follow the CS336 training script's
-format, plus tokens/s; ``metrics.jsonl`` in ``checkpoint_dir`` has one JSON object per log/eval line.
+format, plus tokens/s and, on a GPU of :mod:`lmfast.mfu`'s table, MFU; ``metrics.jsonl`` in ``checkpoint_dir``
+has one JSON object per log/eval line. ``--init-from`` starts from a Hugging Face Llama folder (:mod:`lmfast.hf`).
 
 Data-parallel training on several GPUs or nodes runs the same script under ``torchrun`` (DDP; helpers in
 :mod:`lmfast.distributed`): ``torchrun --nproc_per_node=N -m lmfast.train --config X.yaml`` gives each rank
@@ -52,7 +54,9 @@ from lmfast.config import ConfigError, TrainConfig, load_config, parse_overrides
 from lmfast.data import BatchSampler, load_dataset
 from lmfast.distributed import DistContext, PeerFailedError, from_env, shutdown
 from lmfast.functional import cross_entropy
+from lmfast.hf import init_from_hf
 from lmfast.metrics import MetricsLogger, MissingPackageError
+from lmfast.mfu import device_peak_flops, mfu
 from lmfast.model import TransformerLM
 from lmfast.optim import AdamW, clip_grad_norm_, cosine_lr
 
@@ -83,8 +87,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, device: torch.device, resume: str | None = None,
-                 dist: DistContext | None = None):
-        self.cfg, self.device = cfg, device
+                 dist: DistContext | None = None, init_from: str | None = None):
+        self.cfg, self.device, self.init_from = cfg, device, init_from
         self.dist = dist or DistContext()
         self.run_dir = Path(cfg.checkpoint_dir)
         # FSDP over a world of one has nothing to shard: the model stays whole, checkpoints are still .dcp
@@ -111,7 +115,11 @@ class Trainer:
                       context_length=cfg.context_length)
         self.train_data = load_dataset(train_path, key="train_data_path", **common)
         self.val_data = load_dataset(val_path, key="val_data_path", **common) if val_path else None
+        self.resume_from = find_resume(resume, self.run_dir)
         self.model = self.new_model()
+        if self.init_from is not None and self.resume_from is None:  # a resume continues its own weights
+            init_from_hf(self.model, self.init_from)  # before sharding: the folder's tensors are whole
+            log.info("Initialised the model's weights from %s", self.init_from)
         self.autocast_dtype = self._autocast_dtype()
         if self.sharded:  # before the optimizer: fully_shard replaces the parameters with sharded ones
             compile_blocks = self._compile_enabled()
@@ -126,7 +134,6 @@ class Trainer:
         self.progress = _Progress()
         # build() adds TensorBoard / W&B once the run dir is settled
         self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else _NoMetrics()
-        self.resume_from = find_resume(resume, self.run_dir)
         if self.resume_from is not None:
             load_run(self, self.resume_from)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
@@ -278,10 +285,16 @@ class Trainer:
     def _log_step(self, epoch: int, loss: float, norm: float, lr: float, elapsed: float, tps: float) -> None:
         s = self.progress.step
         in_epoch = (s - 1) % self.steps_per_epoch
-        log.info("Epoch %d, Step %d/%d, Loss: %.4f, LR: %.6f, Time: %.2fs, Tokens/s: %s", epoch, in_epoch,
-                 self.steps_per_epoch, loss, lr, elapsed, f"{tps:,.0f}")
+        util = self.mfu(tps)
+        log.info("Epoch %d, Step %d/%d, Loss: %.4f, LR: %.6f, Time: %.2fs, Tokens/s: %s%s", epoch, in_epoch,
+                 self.steps_per_epoch, loss, lr, elapsed, f"{tps:,.0f}", "" if util is None else f", MFU: {util:.1%}")
         self.metrics.log(step=s, epoch=epoch, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tps,
-                      tokens_seen=self.progress.tokens_seen, time=elapsed)
+                         tokens_seen=self.progress.tokens_seen, time=elapsed, **({} if util is None else {"mfu": util}))
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation of each device at ``tokens_per_s`` (all ranks together); None off a known GPU."""
+        peak = device_peak_flops(self.device, self.autocast_dtype)
+        return mfu(tokens_per_s / self.dist.world_size, self.model.flops_per_token(), peak)
 
     def _end_epoch(self, epoch: int) -> None:
         train_loss = self.progress.end_epoch()
@@ -367,6 +380,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the config's device)")
     parser.add_argument("--resume", help="a checkpoint .pt to continue from, or 'auto' for the newest in "
                                          "checkpoint_dir")
+    parser.add_argument("--init-from", metavar="DIR", help="start a fresh run from the weights of a Hugging Face "
+                                                           "Llama folder (e.g. one written by lmfast.export)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
                         help="override a config key, e.g. --set max_steps=100 (repeatable)")
     return parser.parse_args(argv)
@@ -389,7 +404,7 @@ def build(argv: list[str] | None = None) -> Trainer:
         setup_logging("WARNING")
     device = ctx.resolve_device(resolve_device(cfg.device))
     ctx.init(device)
-    trainer = Trainer(cfg, device, resume=args.resume, dist=ctx)
+    trainer = Trainer(cfg, device, resume=args.resume, dist=ctx, init_from=args.init_from)
 
     def settle_run_dir() -> None:  # rank 0 only: the other ranks never write to the run directory
         if trainer.resume_from is None:

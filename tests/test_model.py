@@ -9,6 +9,7 @@ import torch
 from _kernel_utils import assert_verbose_allclose
 
 from lmfast import functional
+from lmfast.hf import to_hf_state_dict
 from lmfast.model import (
     Embedding,
     Linear,
@@ -215,28 +216,7 @@ def _hf_llama_from(model: TransformerLM):
         tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="eager",
     )
     hf = transformers.LlamaForCausalLM(config).eval()
-
-    def rope_rows(w: torch.Tensor) -> torch.Tensor:
-        # Meta -> HF permutation: per head, rows (2i, 2i+1) of adjacent-pair RoPE become (i, i + d_k/2) of
-        # rotate_half RoPE.
-        return w.view(attn.num_heads, attn.d_k // 2, 2, attn.d_model).transpose(1, 2).reshape(w.shape)
-
-    sd = model.state_dict()
-    hf_sd = {"model.embed_tokens.weight": sd["token_embeddings.weight"], "model.norm.weight": sd["ln_final.weight"],
-             "lm_head.weight": sd["lm_head.weight"]}
-    for i in range(len(model.layers)):
-        src, dst = f"layers.{i}.", f"model.layers.{i}."
-        hf_sd |= {
-            dst + "self_attn.q_proj.weight": rope_rows(sd[src + "attn.q_proj.weight"]),
-            dst + "self_attn.k_proj.weight": rope_rows(sd[src + "attn.k_proj.weight"]),
-            dst + "self_attn.v_proj.weight": sd[src + "attn.v_proj.weight"],
-            dst + "self_attn.o_proj.weight": sd[src + "attn.output_proj.weight"],
-            dst + "mlp.gate_proj.weight": sd[src + "ffn.w1.weight"],
-            dst + "mlp.up_proj.weight": sd[src + "ffn.w3.weight"],
-            dst + "mlp.down_proj.weight": sd[src + "ffn.w2.weight"],
-            dst + "input_layernorm.weight": sd[src + "ln1.weight"],
-            dst + "post_attention_layernorm.weight": sd[src + "ln2.weight"],
-        }
+    hf_sd = to_hf_state_dict(model.state_dict(), attn.num_heads)  # names, and q/k rows permuted for HF's RoPE
     missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     return hf

@@ -2,6 +2,7 @@
 and every kind of bad input stops before training with one message and nothing written is lost."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,27 @@ def test_tiny_run_trains_loss_falls_and_writes_checkpoints(run):
     for line in ["Starting training...", "Model created with", "Epoch 1/1", "Epoch 1, Step 0/", "Loss:", "LR:",
                  "Time:", "Tokens/s:", "Train Loss:", "Val Loss:", "Val PPL:", "New best model saved:"]:
         assert line in log, line
+    assert "MFU" not in log and not any("mfu" in m for m in _metrics(ck / "metrics.jsonl"))  # CPU: no known peak
     vals = [m["val_loss"] for m in _metrics(ck / "metrics.jsonl") if "val_loss" in m]
     assert vals and vals[-1] < np.log(256)  # well below a uniform guess over bytes
+
+
+def test_mfu_is_logged_beside_tokens_per_s_on_a_gpu_of_the_table(run, tmp_path, monkeypatch):
+    from lmfast.mfu import peak_flops
+    from lmfast.model import TransformerLM
+
+    # the run is on CPU; the trainer is told it runs on an H100 (fp32 without tf32: 67 TFLOPS)
+    monkeypatch.setattr(train, "device_peak_flops", lambda device, dtype: peak_flops("NVIDIA H100 80GB HBM3",
+                                                                                      dtype or torch.float32))
+    assert run(max_steps=3, val_data_path=None) == 0
+    records = [m for m in _metrics(tmp_path / "ck" / "metrics.jsonl") if "loss" in m]
+    shape = {k: TINY[k] for k in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")}
+    flops = TransformerLM(**shape, rope_theta=10000.0, device="meta").flops_per_token()
+    assert len(records) == 3
+    for r in records:
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 67e12)
+    lines = [x for x in (tmp_path / "ck" / "train.log").read_text().splitlines() if "Tokens/s:" in x]
+    assert len(lines) == 3 and all(re.search(r", Tokens/s: [\d,]+, MFU: \d+\.\d%$", x) for x in lines)
 
 
 def test_resume_continues_the_same_loss_curve(run, tmp_path):

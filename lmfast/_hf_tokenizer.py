@@ -1,0 +1,89 @@
+"""lmfast's tokenizer as Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` (a byte-level BPE).
+
+The HF pipeline that gives lmfast's ids: a ``BPE`` model over GPT-2's byte<->unicode strings with the merges in
+priority order, the ``ByteLevel`` pre-tokenizer (GPT-2's split pattern, the one lmfast uses, no prefix space), the
+``ByteLevel`` decoder, and each special token as an added token (matched in the raw text before the split, as
+lmfast's ``encode`` does by default). A byte-level model (``tokenizer: null``) is the same with 256 byte tokens
+and no merges, so its ids are the raw UTF-8 bytes. The file is built with the ``tokenizers`` library's own
+classes when it is installed; without it, the same document is written in the library's documented format.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lmfast._tokenizer_files import _to_str
+from lmfast.tokenizer import EOT
+
+__all__ = ["tokenizer_json", "tokenizer_config"]
+
+
+def _parts(tokenizer) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], dict[str, int]]:
+    """(vocab, merges, special tokens) of an lmfast Tokenizer, or of the byte level for None / ByteTokenizer."""
+    if getattr(tokenizer, "vocab", None) is None:
+        return {i: bytes([i]) for i in range(256)}, [], {}
+    return tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens
+
+
+def _hf_strings(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], specials: dict[str, int]
+                ) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocab as string -> id (special tokens under their own text) and merges as string pairs."""
+    special_at = {i: s for s, i in specials.items()}
+    strings: dict[str, int] = {}
+    for i in sorted(vocab):
+        s = special_at.get(i, _to_str(vocab[i]))
+        if s in strings:
+            raise ValueError(f"ids {strings[s]} and {i} both map to the token string {s!r}; tokenizer.json maps "
+                             "each string to one id, so this vocabulary cannot be exported")
+        strings[s] = i
+    pairs = [(_to_str(a), _to_str(b)) for a, b in merges]
+    for a, b in pairs:
+        if a not in strings or b not in strings or a + b not in strings:
+            raise ValueError(f"the merge {a!r} + {b!r} uses a token whose bytes are also a special token's; "
+                             "tokenizer.json cannot hold both, so this vocabulary cannot be exported")
+    return strings, pairs
+
+
+def tokenizer_json(tokenizer) -> str:
+    """The ``tokenizer.json`` text of an lmfast tokenizer (None or a ByteTokenizer = byte level)."""
+    vocab, merges, specials = _parts(tokenizer)
+    strings, pairs = _hf_strings(vocab, merges, specials)
+    ordered = sorted(specials, key=specials.get)
+    try:
+        import tokenizers
+    except ImportError:
+        return json.dumps(_document(strings, pairs, ordered, specials), ensure_ascii=False, indent=2)
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+
+    tok = tokenizers.Tokenizer(models.BPE(strings, pairs))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in ordered])
+    return tok.to_str(pretty=True)
+
+
+def _document(strings: dict[str, int], pairs: list[tuple[str, str]], ordered: list[str], specials: dict[str, int]
+              ) -> dict:
+    """The same tokenizer in the ``tokenizers`` serialization format (version 1.0), for when it is not installed."""
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    added = [{"id": specials[s], "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for s in ordered]
+    model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+             "vocab": strings, "merges": [list(p) for p in pairs]}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+            "pre_tokenizer": byte_level, "post_processor": None, "decoder": {**byte_level, "add_prefix_space": True},
+            "model": model}
+
+
+def tokenizer_config(tokenizer, context_length: int) -> dict:
+    """``tokenizer_config.json``: the fast tokenizer class, no BOS/EOS added, ``<|endoftext|>`` as EOS if present.
+
+    ``model_input_names`` leaves out ``token_type_ids``, which ``LlamaForCausalLM.generate`` refuses.
+    """
+    _, _, specials = _parts(tokenizer)
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "model_input_names": ["input_ids", "attention_mask"],
+            "model_max_length": context_length,
+            "bos_token": None, "eos_token": EOT if EOT in specials else None, "unk_token": None,
+            "pad_token": None, "add_bos_token": False, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False}

@@ -1,0 +1,89 @@
+"""Export a trained model as a Hugging Face ``LlamaForCausalLM`` folder that ``transformers`` loads without lmfast.
+
+    python -m lmfast.export --checkpoint checkpoints/quickstart/final_model.pt --out exported/quickstart
+
+writes ``config.json``, ``model.safetensors``, ``generation_config.json``, ``tokenizer.json`` and
+``tokenizer_config.json`` (see :mod:`lmfast.hf` for the weight layout, :mod:`lmfast._hf_tokenizer` for the
+tokenizer). Then, with or without lmfast installed::
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained("exported/quickstart")
+    tokenizer = AutoTokenizer.from_pretrained("exported/quickstart")
+
+Each file is written to a temporary name and moved into place, so an interrupted export leaves no half file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lmfast._cache import _atomic_path
+from lmfast._hf_tokenizer import tokenizer_config, tokenizer_json
+from lmfast.hf import LlamaShape, llama_config, to_hf_state_dict
+from lmfast.model import TransformerLM
+
+__all__ = ["save_hf", "export_checkpoint", "main"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def save_hf(model: TransformerLM, out: str | Path, tokenizer=None, dtype: torch.dtype = torch.float32,
+            temperature: float = 0.8, top_p: float = 0.95) -> Path:
+    """Write ``model`` (and ``tokenizer``: an lmfast Tokenizer, or None for bytes) as a HF Llama folder at ``out``.
+
+    ``temperature`` / ``top_p`` become the defaults of ``generation_config.json``.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shape = LlamaShape.of(model)
+    eos = getattr(tokenizer, "eot_id", None)
+    state = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
+    with _atomic_path(out / "model.safetensors") as tmp:
+        save_file(to_hf_state_dict(state, shape.num_heads), tmp, metadata={"format": "pt"})
+    generation = {"bos_token_id": None, "eos_token_id": eos, "pad_token_id": None, "do_sample": True,
+                  "temperature": temperature, "top_p": top_p}
+    files = {"config.json": json.dumps(llama_config(shape, eos, dtype), indent=2),
+             "generation_config.json": json.dumps(generation, indent=2),
+             "tokenizer.json": tokenizer_json(tokenizer),
+             "tokenizer_config.json": json.dumps(tokenizer_config(tokenizer, shape.context_length), indent=2)}
+    for name, text in files.items():
+        with _atomic_path(out / name) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
+    return out
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Export a checkpoint written by ``lmfast.train`` (its model, tokenizer and sampling defaults) to ``out``."""
+    from lmfast.generate import load_model  # rebuilds the model and tokenizer a training checkpoint names
+
+    model, tokenizer, state = load_model(checkpoint, "cpu")
+    cfg = state["config"]
+    return save_hf(model, out, tokenizer, dtype, temperature=cfg.get("sample_temperature", 0.8),
+                   top_p=cfg.get("sample_top_p", 0.95))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmfast.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a .pt file written by python -m lmfast.train")
+    parser.add_argument("--out", required=True, help="the folder to write (created if missing)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES),
+                        help="dtype of the saved weights (default float32, as trained)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_checkpoint(args.checkpoint, args.out, _DTYPES[args.dtype])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
