@@ -24,6 +24,7 @@ import torch
 
 from lmfast._cache import _atomic_path
 from lmfast._hf_tokenizer import tokenizer_config, tokenizer_json
+from lmfast.checkpoint import unwrap_model
 from lmfast.hf import LlamaShape, llama_config, to_hf_state_dict
 from lmfast.model import TransformerLM
 
@@ -36,10 +37,11 @@ def save_hf(model: TransformerLM, out: str | Path, tokenizer=None, dtype: torch.
             temperature: float = 0.8, top_p: float = 0.95) -> Path:
     """Write ``model`` (and ``tokenizer``: an lmfast Tokenizer, or None for bytes) as a HF Llama folder at ``out``.
 
-    ``temperature`` / ``top_p`` become the defaults of ``generation_config.json``.
+    ``temperature`` / ``top_p`` become the defaults of ``generation_config.json`` (temperature 0: greedy).
     """
     from safetensors.torch import save_file
 
+    model = unwrap_model(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shape = LlamaShape.of(model)
@@ -47,8 +49,9 @@ def save_hf(model: TransformerLM, out: str | Path, tokenizer=None, dtype: torch.
     state = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
     with _atomic_path(out / "model.safetensors") as tmp:
         save_file(to_hf_state_dict(state, shape.num_heads), tmp, metadata={"format": "pt"})
-    generation = {"bos_token_id": None, "eos_token_id": eos, "pad_token_id": None, "do_sample": True,
-                  "temperature": temperature, "top_p": top_p}
+    generation = {"bos_token_id": None, "eos_token_id": eos, "pad_token_id": None, "do_sample": temperature > 0}
+    if temperature > 0:
+        generation |= {"temperature": temperature, "top_p": top_p}
     files = {"config.json": json.dumps(llama_config(shape, eos, dtype), indent=2),
              "generation_config.json": json.dumps(generation, indent=2),
              "tokenizer.json": tokenizer_json(tokenizer),

@@ -151,3 +151,10 @@ def test_init_from_hf_loads_a_folder_of_the_same_shape_and_names_the_keys_that_d
     _edit_config(folder, rms_norm_eps=1e-6)
     with pytest.raises(UnsupportedModelError, match="rms_norm_eps=1e-06 is not supported for training"):
         init_from_hf(model, folder)
+
+
+def test_generation_config_carries_the_sampling_defaults_and_temperature_zero_is_greedy(tmp_path):
+    sampled = json.loads((save_hf(_lm(), tmp_path / "s") / "generation_config.json").read_text())
+    assert sampled["do_sample"] is True and sampled["temperature"] == 0.8 and sampled["top_p"] == 0.95
+    greedy = json.loads((save_hf(_lm(), tmp_path / "g", temperature=0.0) / "generation_config.json").read_text())
+    assert greedy["do_sample"] is False and "temperature" not in greedy and greedy["eos_token_id"] is None
