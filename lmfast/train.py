@@ -285,13 +285,13 @@ class Trainer:
     def _log_step(self, epoch: int, loss: float, norm: float, lr: float, elapsed: float, tps: float) -> None:
         s = self.progress.step
         in_epoch = (s - 1) % self.steps_per_epoch
-        util = self.mfu(tps)
+        util = self.mfu_at(tps)
         log.info("Epoch %d, Step %d/%d, Loss: %.4f, LR: %.6f, Time: %.2fs, Tokens/s: %s%s", epoch, in_epoch,
                  self.steps_per_epoch, loss, lr, elapsed, f"{tps:,.0f}", "" if util is None else f", MFU: {util:.1%}")
         self.metrics.log(step=s, epoch=epoch, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tps,
                          tokens_seen=self.progress.tokens_seen, time=elapsed, **({} if util is None else {"mfu": util}))
 
-    def mfu(self, tokens_per_s: float) -> float | None:
+    def mfu_at(self, tokens_per_s: float) -> float | None:
         """Model FLOPs utilisation of each device at ``tokens_per_s`` (all ranks together); None off a known GPU."""
         peak = device_peak_flops(self.device, self.autocast_dtype)
         return mfu(tokens_per_s / self.dist.world_size, self.model.flops_per_token(), peak)
