@@ -1,5 +1,6 @@
-"""lmfast.hf: Hugging Face Llama folders to and from TransformerLM — round trips, folders transformers wrote, and
-one clear error for every folder lmfast cannot read."""
+"""lmfast.hf and lmfast.export's writer: Hugging Face Llama folders to and from TransformerLM — round trips,
+folders transformers wrote, and one clear error for every folder or checkpoint lmfast cannot read.
+End to end (training runs exported and loaded by transformers without lmfast): tests/test_export.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from _kernel_utils import assert_verbose_allclose
 from safetensors.torch import load_file, save_file
 
+from lmfast import export
 from lmfast.export import save_hf
 from lmfast.hf import (
     UnsupportedModelError,
@@ -158,3 +160,12 @@ def test_generation_config_carries_the_sampling_defaults_and_temperature_zero_is
     assert sampled["do_sample"] is True and sampled["temperature"] == 0.8 and sampled["top_p"] == 0.95
     greedy = json.loads((save_hf(_lm(), tmp_path / "g", temperature=0.0) / "generation_config.json").read_text())
     assert greedy["do_sample"] is False and "temperature" not in greedy and greedy["eos_token_id"] is None
+
+
+def test_export_of_a_missing_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys):
+    assert export.main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "out")]) == 2
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    assert export.main(["--checkpoint", str(tmp_path / "foreign.pt"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "does not exist" in err[0]
+    assert not (tmp_path / "out").exists()
