@@ -6,9 +6,10 @@ targets (sm_80, sm_90) on a machine without a GPU, and read their registers and 
 
 Under ``TRITON_INTERPRET=1`` (the CPU test path) ``torch.library.wrap_triton`` hands back the interpreted
 kernel itself, so ops registered with ``triton_op`` run eagerly on CPU tensors unchanged (checked with torch
-2.13 + triton 3.9). What the interpreter cannot do is trace them: ``torch.compile`` of a fused op fails there
-(the functional decomposition feeds functional tensors to the interpreted kernel), so compiled-graph tests of
-the kernels run only on a GPU.
+2.13 + triton 3.9). Dynamo can trace them there too, given explicit fake kernels (each op registers one), so
+``torch.compile(fullgraph=True, backend="eager")`` tests run on CPU (tests/test_kernel_tracing.py). What the
+interpreter cannot do is AOT autograd: inductor and aot_eager feed functional tensors to the interpreted kernel,
+so those backends are tested on a GPU only.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class AotSpec(NamedTuple):
 
     ``signature`` maps every kernel argument name to a Triton type ("*bf16", "i32", "fp32", "constexpr");
     ``constexprs`` gives the value of each constexpr argument. ``name`` is a readable label, unique per
-    module, e.g. ``"rmsnorm_fwd bf16 BLOCK_N=1024"``.
+    module, e.g. ``"rmsnorm_fwd bf16 BLOCK_N=1024"``. ``targets``: the compute capabilities whose launches pick
+    this configuration (a table tuned for one GPU generation is built for that one only).
     """
 
     name: str
@@ -54,6 +56,7 @@ class AotSpec(NamedTuple):
     constexprs: dict[str, object]
     num_warps: int
     num_stages: int
+    targets: tuple[int, ...] = (80, 90)
 
 
 def pointer(dtype: torch.dtype) -> str:

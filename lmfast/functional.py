@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "softmax",
@@ -174,5 +175,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
     q, k, v: (batch, heads, seq, head_dim). Uses PyTorch's fused SDPA, which computes the same function
     as :func:`scaled_dot_product_attention` with a lower-triangular mask (the tests hold the two equal).
+    A scale <= 0 takes SDPA's math backend: its fused CPU kernel returns NaN for one (torch 2.13).
     """
+    if scale is not None and scale <= 0:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)

@@ -23,6 +23,29 @@ def kernel_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def force_cuda_attention_dtypes(monkeypatch) -> None:
+    """Make the attention kernel apply CUDA's dtype rule (fp16/bf16 only, no fp32) to CPU tensors too.
+
+    A test-only switch: the unmarked kernel tests run on a GPU under that rule, so running them under it on CPU
+    shows, without a GPU, that they build inputs the kernel takes there.
+    """
+    from lmfast.kernels import attention
+
+    cuda_rule = attention._allowed_dtypes(torch.device("cuda"))
+    monkeypatch.setattr(attention, "_allowed_dtypes", lambda device: cuda_rule)
+
+
+def force_fused_ops_on_cpu(monkeypatch) -> None:
+    """Let ``backend: fused`` (and ``AdamW(fused=None)``) pick the Triton kernels for CPU tensors.
+
+    A test-only switch: the kernels then run under the interpreter, so the fused model, its dispatch and its
+    torch.compile trace can be tested without a GPU.
+    """
+    from lmfast import ops
+
+    monkeypatch.setattr(ops, "fused_unavailable_reason", lambda device: None)
+
+
 def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float,
                             name: str = "tensor", max_print: int = 5) -> None:
     """Like torch.testing.assert_close, but names the first mismatching indices and their values."""
