@@ -191,6 +191,20 @@ def _rmsnorm_bwd_op(
     return rmsnorm_bwd(dy, x, weight, rstd)
 
 
+# Explicit fake (meta) kernels, so torch.compile traces the ops: the default fake of a triton_op runs its body,
+# whose launch cannot take fake tensors under the interpreter ("Cannot access data pointer of Tensor").
+@_rmsnorm_op.register_fake
+def _rmsnorm_fake(x, weight, eps):
+    _check_inputs(x, weight)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:-1].numel(),
+                                                                                   dtype=torch.float32)
+
+
+@_rmsnorm_bwd_op.register_fake
+def _rmsnorm_bwd_fake(dy, x, weight, rstd):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, _ = inputs
     ctx.save_for_backward(x, weight, output[1])

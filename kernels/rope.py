@@ -155,6 +155,19 @@ def _rope_bwd_op(dq: torch.Tensor, dk: torch.Tensor, cos: torch.Tensor, sin: tor
     return rope_bwd(dq, dk, cos, sin)
 
 
+# Explicit fake (meta) kernels, so torch.compile traces the ops: the default fake of a triton_op runs its body,
+# whose launch cannot take fake tensors under the interpreter ("Cannot access data pointer of Tensor").
+@_rope_op.register_fake
+def _rope_fake(q, k, cos, sin):
+    _check_inputs(q, k, cos, sin)
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
+
+
+@_rope_bwd_op.register_fake
+def _rope_bwd_fake(dq, dk, cos, sin):
+    return _rope_fake(dq, dk, cos, sin)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     _, _, cos, sin = inputs
     ctx.save_for_backward(cos, sin)
