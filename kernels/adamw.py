@@ -5,10 +5,13 @@ Per element, in fp32, the arithmetic of ``torch.optim.AdamW`` (and :func:`lmfast
 ``p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``  with ``bc_i = 1 - b_i ** step``.
 
 Multi-tensor apply as in apex / torch's ``_foreach`` kernels: the launcher writes a table of the tensors'
-addresses (param, grad, exp_avg, exp_avg_sq) and a table of work chunks (which tensor, which offset), and
-each program casts the addresses back to pointers and updates one chunk. The tables are cached by the
-tensors' addresses, so a training loop whose tensors stay put pays the host-to-device copy once. ``lr``
-may be a float or a 0-d tensor (read on the device), so a schedule never recompiles anything.
+addresses (param, exp_avg, exp_avg_sq; the grads' in a table of their own) and a table of work chunks (which
+tensor, which offset), and each program casts the addresses back to pointers and updates one chunk. The tables
+are cached by the parameters' and states' addresses, which stay put for a whole run. The grads do not: a trainer
+that calls ``zero_grad(set_to_none=True)`` gets fresh gradient tensors each step. So the grad table alone is
+re-pointed when their addresses change, from pinned memory without a host sync (and not at all when the
+allocator hands back the same addresses, as it usually does). ``lr`` may be a float or a 0-d tensor (read on
+the device), so a schedule never recompiles anything.
 
 The kernel reaches memory through addresses that are not its arguments, which ``wrap_triton`` cannot see
 as mutations; so for torch.compile this op is registered as an opaque ``torch.library.custom_op`` that
@@ -21,7 +24,6 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict
-from typing import NamedTuple
 
 import torch
 import triton
@@ -31,7 +33,8 @@ from torch.autograd.graph import increment_version
 
 __all__ = ["adamw_step", "aot_specs"]
 
-_BLOCK = 4096  # elements per program
+_BLOCK = 4096  # elements per program: one chunk-table entry each
+_SUB_BLOCK = 1024  # elements per loop step: one 16-byte fp32 vector per tensor and thread at 8 warps
 _WARPS = 8
 _CACHE_SIZE = 8  # launch plans (address tables) kept per process
 
@@ -57,7 +60,8 @@ def _adamw_update(
 
 @triton.jit
 def _adamw_step_kernel(
-    ADDRS,  # int64 (tensors, 4): addresses of param, grad, exp_avg, exp_avg_sq
+    ADDRS,  # int64 (tensors, 3): addresses of param, exp_avg, exp_avg_sq
+    GRAD_ADDRS,  # int64 (tensors,): address of each grad (re-pointed when the grads move)
     NUMELS,  # int64 (tensors,): element count of each tensor
     CHUNK_TENSOR,  # int32 (chunks,): which tensor this program updates
     CHUNK_START,  # int64 (chunks,): first element of this program's chunk
@@ -67,56 +71,68 @@ def _adamw_step_kernel(
     bias_correction2_sqrt,  # sqrt(1 - beta2 ** step)
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,  # element types of params and grads (states are fp32)
     BLOCK: tl.constexpr,  # elements per program
+    SUB_BLOCK: tl.constexpr,  # elements per loop step: a few 16-byte vectors a thread, so few live registers
 ):
     pid = tl.program_id(0)
     tensor = tl.load(CHUNK_TENSOR + pid).to(tl.int64)
-    start = tl.load(CHUNK_START + pid)
+    chunk = tl.load(CHUNK_START + pid)
     numel = tl.load(NUMELS + tensor)
     lr = tl.load(LR)
-    # The launcher checks every address is 16-byte aligned; saying so (with unmasked full chunks) lets
-    # Triton emit 128-bit loads and stores through pointers it cannot otherwise reason about.
-    offs = start + tl.arange(0, BLOCK)
-    p_at = tl.multiple_of(tl.load(ADDRS + 4 * tensor).to(tl.pointer_type(P_DTYPE)) + offs, 16)
-    g_at = tl.multiple_of(tl.load(ADDRS + 4 * tensor + 1).to(tl.pointer_type(G_DTYPE)) + offs, 16)
-    m_at = tl.multiple_of(tl.load(ADDRS + 4 * tensor + 2).to(tl.pointer_type(tl.float32)) + offs, 16)
-    v_at = tl.multiple_of(tl.load(ADDRS + 4 * tensor + 3).to(tl.pointer_type(tl.float32)) + offs, 16)
-    if start + BLOCK <= numel:
-        _adamw_update(p_at, g_at, m_at, v_at, None,
-                      lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
-    else:
-        _adamw_update(p_at, g_at, m_at, v_at, offs < numel,
-                      lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
+    p_base = tl.load(ADDRS + 3 * tensor).to(tl.pointer_type(P_DTYPE))
+    g_base = tl.load(GRAD_ADDRS + tensor).to(tl.pointer_type(G_DTYPE))
+    m_base = tl.load(ADDRS + 3 * tensor + 1).to(tl.pointer_type(tl.float32))
+    v_base = tl.load(ADDRS + 3 * tensor + 2).to(tl.pointer_type(tl.float32))
+    for start in range(chunk, tl.minimum(chunk + BLOCK, numel), SUB_BLOCK):
+        # The launcher checks every address is 16-byte aligned; saying so (with unmasked full blocks) lets
+        # Triton emit 128-bit loads and stores through pointers it cannot otherwise reason about.
+        offs = start + tl.arange(0, SUB_BLOCK)
+        p_at = tl.multiple_of(p_base + offs, 16)
+        g_at = tl.multiple_of(g_base + offs, 16)
+        m_at = tl.multiple_of(m_base + offs, 16)
+        v_at = tl.multiple_of(v_base + offs, 16)
+        if start + SUB_BLOCK <= numel:
+            _adamw_update(p_at, g_at, m_at, v_at, None,
+                          lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
+        else:
+            _adamw_update(p_at, g_at, m_at, v_at, offs < numel,
+                          lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
 
 
-class _Group(NamedTuple):
-    """One launch: the tensors of one (device, param dtype, grad dtype) and their device-side tables."""
+class _Group:
+    """One launch: the tensors of one (device, param dtype, grad dtype), their device-side tables, and the grad
+    addresses the grad table holds now."""
 
-    device: torch.device
-    p_dtype: torch.dtype
-    g_dtype: torch.dtype
-    tables: tuple[torch.Tensor, ...]  # addresses (n, 4) int64, numels (n,) int64, chunk tensor int32, chunk start int64
+    def __init__(self, device: torch.device, p_dtype: torch.dtype, g_dtype: torch.dtype, index: list[int],
+                 tables: tuple[torch.Tensor, ...], grad_addrs: torch.Tensor, grad_ptrs: list[int]):
+        self.device, self.p_dtype, self.g_dtype, self.index = device, p_dtype, g_dtype, index
+        self.tables = tables  # addresses (n, 3) int64, numels (n,) int64, chunk tensor int32, chunk start int64
+        self.grad_addrs, self.grad_ptrs = grad_addrs, grad_ptrs  # (n,) int64 on the device; the same, on the host
 
 
 _plans: OrderedDict[tuple, list[_Group]] = OrderedDict()
 
 
 def _plan_key(params, grads, exp_avgs, exp_avg_sqs) -> tuple:
-    # Addresses, sizes and dtypes: everything the tables encode. A training loop keeps its parameters and
-    # states in place, so after the first step this key hits and the step skips validation and table building.
-    return tuple((p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), p.dtype, g.dtype)
+    # Addresses of params and states, sizes and dtypes: everything the cached tables encode. A training loop
+    # keeps these in place, so after the first step this key hits and the step skips validation and table
+    # building. The grads' addresses are not in the key (see _repoint_grads).
+    return tuple((p.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), p.dtype, g.dtype)
                  for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True))
 
 
+def _to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype).to(device)
+
+
 def _tables_for(tensors: list[list[torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, ...]:
-    params = tensors[0]
-    addresses = [[t.data_ptr() for t in quad] for quad in zip(*tensors, strict=True)]
+    params, _, exp_avgs, exp_avg_sqs = tensors
     numels = [p.numel() for p in params]
     chunks = [math.ceil(n / _BLOCK) for n in numels]
     chunk_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), torch.tensor(chunks))
     chunk_start = torch.cat([torch.arange(c, dtype=torch.int64) * _BLOCK for c in chunks])
-    host = (torch.tensor(addresses, dtype=torch.int64), torch.tensor(numels, dtype=torch.int64), chunk_tensor,
-            chunk_start)
-    return tuple(t.to(device) for t in host)
+    addresses = [[t.data_ptr() for t in trio] for trio in zip(params, exp_avgs, exp_avg_sqs, strict=True)]
+    return (_to_device(addresses, torch.int64, device), _to_device(numels, torch.int64, device),
+            chunk_tensor.to(device), chunk_start.to(device))
 
 
 def _plan(params, grads, exp_avgs, exp_avg_sqs) -> list[_Group]:
@@ -132,17 +148,44 @@ def _plan(params, grads, exp_avgs, exp_avg_sqs) -> list[_Group]:
     plan = []
     for (device, p_dtype, g_dtype), idx in by_kind.items():
         tensors = [[ts[i] for i in idx] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-        plan.append(_Group(device, p_dtype, g_dtype, _tables_for(tensors, device)))
+        grad_ptrs = [g.data_ptr() for g in tensors[1]]
+        plan.append(_Group(device, p_dtype, g_dtype, idx, _tables_for(tensors, device),
+                           _to_device(grad_ptrs, torch.int64, device), grad_ptrs))
     _plans[key] = plan
     if len(_plans) > _CACHE_SIZE:
         _plans.popitem(last=False)
     return plan
 
 
+def _repoint_grads(group: _Group, params, grads) -> None:
+    """Point ``group``'s grad table at ``grads`` when they moved since the last step (checked once, like a miss)."""
+    ptrs = [grads[i].data_ptr() for i in group.index]
+    if ptrs == group.grad_ptrs:
+        return
+    for i in group.index:
+        _check_grad(i, params[i], grads[i])
+    host = torch.tensor(ptrs, dtype=torch.int64)
+    if group.device.type == "cuda":
+        # Pinned, so the copy is asynchronous; the caching host allocator keeps the block until the copy ran.
+        host = host.pin_memory()
+    group.grad_addrs.copy_(host, non_blocking=True)
+    group.grad_ptrs = ptrs
+
+
+def _check_grad(i: int, p: torch.Tensor, g: torch.Tensor) -> None:
+    check_dtype(f"grads[{i}]", g, (p.dtype, torch.float32))
+    if g.shape != p.shape:
+        raise ValueError(f"adamw_step needs params[{i}] and its grad of one shape, got {tuple(p.shape)} and "
+                         f"{tuple(g.shape)}")
+    if not g.is_contiguous() or g.device != p.device or g.data_ptr() % 16:
+        raise ValueError(f"adamw_step needs grads[{i}] contiguous, 16-byte aligned and on params[{i}]'s device; "
+                         "call .contiguous() or use lmfast.optim.adamw_step_reference")
+
+
 def _check_group(params, grads, exp_avgs, exp_avg_sqs) -> None:
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)):
         check_float_dtype(f"params[{i}]", p)
-        check_dtype(f"grads[{i}]", g, (p.dtype, torch.float32))
+        _check_grad(i, p, g)
         check_dtype(f"exp_avgs[{i}]", m, (torch.float32,))
         check_dtype(f"exp_avg_sqs[{i}]", v, (torch.float32,))
         if not (p.shape == g.shape == m.shape == v.shape):
@@ -160,9 +203,10 @@ def _launch(group: _Group, lr: torch.Tensor, beta1: float, beta2: float, eps: fl
             step: int) -> None:
     addrs, numels, chunk_tensor, chunk_start = group.tables
     _adamw_step_kernel[(chunk_tensor.numel(),)](
-        addrs, numels, chunk_tensor, chunk_start, lr, beta1, beta2, eps, weight_decay,
+        addrs, group.grad_addrs, numels, chunk_tensor, chunk_start, lr, beta1, beta2, eps, weight_decay,
         1.0 - beta1**step, math.sqrt(1.0 - beta2**step),
-        P_DTYPE=_TL[group.p_dtype], G_DTYPE=_TL[group.g_dtype], BLOCK=_BLOCK, num_warps=_WARPS, num_stages=1,
+        P_DTYPE=_TL[group.p_dtype], G_DTYPE=_TL[group.g_dtype], BLOCK=_BLOCK, SUB_BLOCK=_SUB_BLOCK, num_warps=_WARPS,
+        num_stages=1,
     )
 
 
@@ -185,6 +229,7 @@ _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.
 def _step(params, grads, exp_avgs, exp_avg_sqs, lr: torch.Tensor | float, step: int, beta1: float, beta2: float,
           eps: float, weight_decay: float) -> None:
     for group in _plan(params, grads, exp_avgs, exp_avg_sqs):
+        _repoint_grads(group, params, grads)
         _launch(group, _lr_on(group.device, lr), beta1, beta2, eps, weight_decay, step)
 
 
@@ -250,11 +295,12 @@ def aot_specs() -> list[AotSpec]:
     specs = []
     for pd in FLOAT_DTYPES:
         for gd in dict.fromkeys((pd, torch.float32)):
-            sig = {"ADDRS": "*i64", "NUMELS": "*i64", "CHUNK_TENSOR": "*i32", "CHUNK_START": "*i64", "LR": "*fp32",
+            sig = {"ADDRS": "*i64", "GRAD_ADDRS": "*i64", "NUMELS": "*i64", "CHUNK_TENSOR": "*i32",
+                   "CHUNK_START": "*i64", "LR": "*fp32",
                    "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "weight_decay": "fp32", "bias_correction1": "fp32",
                    "bias_correction2_sqrt": "fp32", "P_DTYPE": "constexpr", "G_DTYPE": "constexpr",
-                   "BLOCK": "constexpr"}
-            const = {"P_DTYPE": _TL[pd], "G_DTYPE": _TL[gd], "BLOCK": _BLOCK}
+                   "BLOCK": "constexpr", "SUB_BLOCK": "constexpr"}
+            const = {"P_DTYPE": _TL[pd], "G_DTYPE": _TL[gd], "BLOCK": _BLOCK, "SUB_BLOCK": _SUB_BLOCK}
             name = f"adamw_step {TRITON_DTYPE[pd]} param, {TRITON_DTYPE[gd]} grad"
             specs.append(AotSpec(name, _adamw_step_kernel, sig, const, _WARPS, 1))
     return specs

@@ -56,14 +56,71 @@ def _run_both(shapes, param_dtype, lrs, device=None, grad_dtype=None):
     return fused, ref
 
 
-@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
-def test_adamw_step_matches_reference_over_several_steps_and_tensor_sizes(param_dtype):
-    (params, ms, vs), (params_ref, ms_ref, vs_ref) = _run_both(ODD_SHAPES, param_dtype, [1e-2, 3e-3, 1e-3])
-    atol, rtol = TOLERANCES[param_dtype]
+def _ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of ``dtype`` at each value of ``x`` (one unit in the last place)."""
+    return torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(x.float().abs().clamp_min(1e-30))))
+
+
+def test_adamw_step_matches_reference_over_several_steps_and_tensor_sizes_in_fp32():
+    (params, ms, vs), (params_ref, ms_ref, vs_ref) = _run_both(ODD_SHAPES, torch.float32, [1e-2, 3e-3, 1e-3])
     for i in range(len(ODD_SHAPES)):
-        assert_verbose_allclose(params[i], params_ref[i].to(param_dtype), atol, rtol, name=f"param {i}")
+        assert_verbose_allclose(params[i], params_ref[i], 1e-6, 1e-6, name=f"param {i}")
         assert_verbose_allclose(ms[i], ms_ref[i], 1e-6, 1e-5, name=f"exp_avg {i}")
         assert_verbose_allclose(vs[i], vs_ref[i], 1e-6, 1e-5, name=f"exp_avg_sq {i}")
+
+
+def test_adamw_step_of_bf16_params_is_within_one_rounding_of_the_reference():
+    # The reference copies are rounded to bf16 as the kernel rounds after each step, so the two may differ only
+    # by one bf16 rounding of the last step: one unit in the last place. The update is many units, so a wrong one
+    # (no weight decay, no bias correction, a wrong lr) fails.
+    lrs = [5e-2, 3e-2, 2e-2]
+    start = [p.float().clone() for p in _state(ODD_SHAPES, torch.bfloat16, kernel_device())[0]]
+    (params, ms, vs), (params_ref, ms_ref, vs_ref) = _run_both(ODD_SHAPES, torch.bfloat16, lrs)
+    moved = torch.cat([(p.float() - p0).abs().flatten() for p, p0 in zip(params_ref, start, strict=True)])
+    ulps = torch.cat([_ulp(p, torch.bfloat16).flatten() for p in params_ref])
+    assert (moved > 4 * ulps).float().mean() > 0.9  # the test can tell a right update from a wrong one
+    for i in range(len(ODD_SHAPES)):
+        diff = (params[i].float() - params_ref[i].float()).abs()
+        assert_verbose_allclose(params[i], params_ref[i], 0.0, 2**-7, name=f"param {i}")
+        assert (diff <= _ulp(params_ref[i], torch.bfloat16)).all()
+        assert_verbose_allclose(ms[i], ms_ref[i], 1e-6, 1e-5, name=f"exp_avg {i}")
+        assert_verbose_allclose(vs[i], vs_ref[i], 1e-6, 1e-5, name=f"exp_avg_sq {i}")
+
+
+def test_adamw_step_keeps_its_address_tables_when_zero_grad_frees_the_gradients(monkeypatch):
+    # The trainer calls zero_grad(set_to_none=True), so each step's grads are new tensors at new addresses. The
+    # tables of params and states stay cached; only the grad table is re-pointed, and the kernel reads the new grads.
+    from lmfast.kernels import adamw
+
+    builds = []
+    real = adamw._tables_for
+    monkeypatch.setattr(adamw, "_tables_for", lambda *a: builds.append(1) or real(*a))
+    adamw._plans.clear()
+    device = kernel_device()
+    fused = _state(ODD_SHAPES, torch.float32, device, seed=3)
+    ref = [[t.clone() for t in ts] for ts in fused]
+    gen = torch.Generator().manual_seed(4)
+    kept = []  # earlier grads stay alive, so each step's grads really sit at new addresses
+    for step in range(1, 4):
+        grads = [torch.randn(s, generator=gen).to(device) for s in ODD_SHAPES]
+        assert not {g.data_ptr() for g in grads} & {g.data_ptr() for g in kept}
+        kept += grads
+        adamw.adamw_step(fused[0], grads, fused[1], fused[2], step=step, lr=1e-2, **HYPER)
+        adamw_step_reference(ref[0], grads, ref[1], ref[2], step=step, lr=1e-2, **HYPER)
+    assert builds == [1]
+    for i in range(len(ODD_SHAPES)):
+        assert_verbose_allclose(fused[0][i], ref[0][i], 1e-6, 1e-6, name=f"param {i}")
+
+
+def test_adamw_step_checks_gradients_that_moved(monkeypatch):
+    from lmfast.kernels.adamw import adamw_step
+
+    device = kernel_device()
+    params, ms, vs = _state([(8,)], torch.float32, device)
+    adamw_step(params, [torch.ones(8, device=device)], ms, vs, step=1, lr=1e-3, **HYPER)
+    odd_view = torch.ones(9, device=device)[1:]  # a new grad at an address 4 bytes past a 16-byte boundary
+    with pytest.raises(ValueError, match="grads\\[0\\] contiguous, 16-byte aligned"):
+        adamw_step(params, [odd_view], ms, vs, step=2, lr=1e-3, **HYPER)
 
 
 def test_adamw_step_takes_lr_as_a_tensor_and_matches_a_float_lr():
@@ -85,10 +142,12 @@ def test_adamw_step_launches_once_per_dtype_group(monkeypatch):
     real = adamw._launch
     monkeypatch.setattr(adamw, "_launch", lambda group, *a: launches.append(group.tables[1].numel()) or real(group, *a))
     device = kernel_device()
+    gen = torch.Generator().manual_seed(2)
     dtypes = [torch.float32, torch.bfloat16, torch.float32, torch.float32, torch.bfloat16]
-    params = [torch.randn(9, device=device).to(d) for d in dtypes]
+    params = [torch.randn(9, generator=gen).to(device, d) for d in dtypes]
     states = [[torch.zeros(9, device=device) for _ in params] for _ in range(2)]
-    adamw.adamw_step(params, [torch.randn_like(p) for p in params], *states, step=1, lr=1e-3, **HYPER)
+    grads = [torch.randn(9, generator=gen).to(device, p.dtype) for p in params]
+    adamw.adamw_step(params, grads, *states, step=1, lr=1e-3, **HYPER)
     assert sorted(launches) == [2, 3]
 
 
