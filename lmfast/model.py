@@ -238,7 +238,7 @@ class TransformerLM(nn.Module):
             raise ValueError(f"RoPE needs an even head dim, but d_model / num_heads = {d_model // num_heads}; "
                              "change d_model or num_heads")
         self.vocab_size, self.context_length = vocab_size, context_length
-        self.ops = get_ops(backend, device if device is not None else "cpu")
+        self.ops = get_ops(backend, device if device is not None else "cpu", d_model, d_model // num_heads)
         kw = dict(device=device, dtype=dtype)
         self.token_embeddings = Embedding(vocab_size, d_model, **kw)
         self.layers = nn.ModuleList(

@@ -1,7 +1,11 @@
 """Pick the reference or fused (Triton) implementation of each op, once, when the model is built.
 
 ``auto`` means fused on CUDA when Triton imports, reference everywhere else. An explicit ``fused`` on a
-machine that cannot run it is an error that says why, never a silent fallback.
+machine that cannot run it, or for a model shape its kernels do not take, is an error that says why, never a
+silent fallback. Under ``auto`` an op whose kernel does not take the model's shape (attention beyond head dim 256,
+say) runs its reference, and the one log line of the choice says so. The same rules on every op: the fused
+Ops are the kernels only where the CUDA dtype rule allows (attention in fp32 keeps PyTorch's exact SDPA), and
+the trainer's AdamW follows the resolved backend too.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import torch
 
 from lmfast import functional
 
-__all__ = ["Ops", "BACKENDS", "resolve_backend", "get_ops", "fused_unavailable_reason", "adamw_step_fn"]
+__all__ = ["Ops", "BACKENDS", "resolve_backend", "get_ops", "fused_unavailable_reason", "fused_shape_limits",
+           "adamw_step_fn"]
 
 BACKENDS = ("auto", "reference", "fused")
 _log = logging.getLogger("lmfast")
@@ -47,15 +52,41 @@ def fused_unavailable_reason(device: torch.device | str) -> str | None:
     return None
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """Turn ``auto | reference | fused`` into ``reference`` or ``fused`` for ``device``; logs the choice once."""
+# The largest sizes the fused kernels take, checked where the model is built (kernels/*.py hold the same limits).
+_MAX_HIDDEN, _MAX_ROPE_HEAD_DIM, _MAX_ATTENTION_HEAD_DIM = 16384, 512, 256
+
+
+def fused_shape_limits(d_model: int | None, head_dim: int | None) -> list[str]:
+    """The fused ops that cannot take a model of this shape, each as a sentence; empty when all can."""
+    limits = []
+    if d_model is not None and d_model > _MAX_HIDDEN:
+        limits.append(f"the RMSNorm kernel takes d_model up to {_MAX_HIDDEN}, got {d_model}")
+    if head_dim is not None and head_dim > _MAX_ROPE_HEAD_DIM:
+        limits.append(f"the RoPE kernel takes head dims up to {_MAX_ROPE_HEAD_DIM}, got {head_dim}")
+    if head_dim is not None and head_dim > _MAX_ATTENTION_HEAD_DIM:
+        limits.append(f"the attention kernel takes head dims up to {_MAX_ATTENTION_HEAD_DIM}, got {head_dim}")
+    return limits
+
+
+def resolve_backend(backend: str, device: torch.device | str, d_model: int | None = None,
+                    head_dim: int | None = None) -> str:
+    """Turn ``auto | reference | fused`` into ``reference`` or ``fused`` for ``device``; logs the choice once.
+
+    With the model's ``d_model`` / ``head_dim``, an explicit ``fused`` also checks the kernels take that shape.
+    Raises ValueError when ``fused`` cannot run (the trainer prints it as one line, exit code 2).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     reason = fused_unavailable_reason(device)
     if backend == "fused" and reason is not None:
-        raise RuntimeError(f"backend 'fused' cannot run here: {reason}. Use backend: reference (or auto).")
+        raise ValueError(f"backend 'fused' cannot run here: {reason}. Use backend: reference (or auto).")
+    limits = fused_shape_limits(d_model, head_dim)
+    if backend == "fused" and limits:
+        raise ValueError(f"backend 'fused' cannot run this model: {'; '.join(limits)}. Use backend: auto (the "
+                         "reference op where a kernel does not fit) or reference, or change d_model / num_heads.")
     chosen = "reference" if backend == "reference" or reason is not None else "fused"
-    _log.info("ops backend: %s (asked %s, device %s)", chosen, backend, torch.device(device))
+    note = f"; reference where {'; '.join(limits)}" if chosen == "fused" and limits else ""
+    _log.info("ops backend: %s (asked %s, device %s%s)", chosen, backend, torch.device(device), note)
     return chosen
 
 
@@ -65,19 +96,33 @@ def _fused_ops() -> Ops:
     from lmfast.kernels.rmsnorm import rmsnorm
     from lmfast.kernels.rope import rope
 
+    # Each wrapper decides on static facts (dtype, sizes), so under torch.compile the choice is a guard, not a
+    # graph break. Shapes past a kernel's limit only arrive here under backend: auto (resolve_backend refuses
+    # them for an explicit fused).
+    def fused_rmsnorm(x, weight, eps=1e-5):
+        if x.shape[-1] > _MAX_HIDDEN:
+            return functional.rmsnorm(x, weight, eps)
+        return rmsnorm(x, weight, eps)
+
+    def fused_rope(q, k, cos, sin):
+        if q.shape[-1] > _MAX_ROPE_HEAD_DIM:
+            return functional.rope(q, k, cos, sin)
+        return rope(q, k, cos, sin)
+
     def fused_attention(q, k, v, scale=None):
         # On a GPU tl.dot rounds fp32 to tf32, so fp32 attention (dtype: float32, no autocast) keeps PyTorch's
         # exact SDPA; bf16/fp16, the trainer's default on CUDA, takes the Triton kernel.
-        if q.dtype == torch.float32:
+        if q.dtype == torch.float32 or q.shape[-1] > _MAX_ATTENTION_HEAD_DIM:
             return functional.causal_attention(q, k, v, scale)
         return attention(q, k, v, scale)
 
-    return Ops("fused", rmsnorm, rope, fused_attention)
+    return Ops("fused", fused_rmsnorm, fused_rope, fused_attention)
 
 
-def get_ops(backend: str, device: torch.device | str) -> Ops:
-    """The :class:`Ops` for ``backend`` on ``device`` (see :func:`resolve_backend`)."""
-    return _fused_ops() if resolve_backend(backend, device) == "fused" else REFERENCE
+def get_ops(backend: str, device: torch.device | str, d_model: int | None = None,
+            head_dim: int | None = None) -> Ops:
+    """The :class:`Ops` for ``backend`` on ``device`` and a model of this shape (see :func:`resolve_backend`)."""
+    return _fused_ops() if resolve_backend(backend, device, d_model, head_dim) == "fused" else REFERENCE
 
 
 def adamw_step_fn(fused: bool | None, params: list[torch.Tensor]) -> Callable:

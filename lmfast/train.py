@@ -165,7 +165,8 @@ class Trainer:
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         lr = self.cfg.max_learning_rate if self.cfg.use_lr_schedule else self.cfg.learning_rate
-        return AdamW(groups, lr=lr, betas=self.cfg.betas, eps=self.cfg.eps)
+        # The optimizer follows the model's resolved backend: `reference` means no Triton anywhere.
+        return AdamW(groups, lr=lr, betas=self.cfg.betas, eps=self.cfg.eps, fused=self.model.ops.name == "fused")
 
     def _autocast_dtype(self) -> torch.dtype | None:
         name = self.cfg.dtype
