@@ -46,6 +46,19 @@ def test_rmsnorm_forward_and_backward_match_reference(shape, dtype):
     _compare(shape, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rmsnorm_of_small_inputs_adds_eps_inside_the_square_root(dtype):
+    # At |x| ~ 1e-3, mean(x^2) ~ 1e-6 is a tenth of eps, so 1/sqrt(mean + eps) and 1/(sqrt(mean) + eps) differ
+    # threefold; on randn-sized inputs the two agree to 1e-5 and a misplaced eps passes unseen.
+    _compare((4, 7, 96), dtype, make_x=lambda gen: torch.randn(4, 7, 96, generator=gen) * 1e-3)
+    x = torch.full((1, 96), 1e-3, device=kernel_device(), dtype=dtype)
+    from lmfast.kernels.rmsnorm import rmsnorm
+
+    y = rmsnorm(x, torch.ones(96, device=kernel_device()), 1e-5)
+    expected = 1e-3 / (1e-6 + 1e-5) ** 0.5  # eps inside: 0.3015; outside it would be 1e-3 / (1e-3 + 1e-5) = 0.990
+    assert_verbose_allclose(y, torch.full_like(y, expected), *TOLERANCES[dtype], name="y")
+
+
 def test_rmsnorm_with_half_precision_weight_matches_reference():
     _compare((4, 19), torch.bfloat16, weight_dtype=torch.bfloat16)
 
@@ -62,18 +75,21 @@ def test_rmsnorm_accepts_non_contiguous_input_and_expanded_incoming_gradient():
     assert_verbose_allclose(xf.grad, xr.grad, *TOLERANCES[torch.float32], name="dx")
 
 
+@pytest.mark.gpu
 def test_rmsnorm_weight_gradient_is_bitwise_deterministic():
+    # GPU only: the interpreter runs programs one after another, so it cannot show an order-dependent reduction.
+    # Here many programs (8 per SM) each reduce a run of rows, as the kernel does at model sizes.
     from lmfast.kernels.rmsnorm import rmsnorm
 
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(37, 40, generator=gen).to(kernel_device())
-    dy = torch.randn(37, 40, generator=gen).to(kernel_device())
+    x = torch.randn(16384, 768, generator=gen).to("cuda", torch.bfloat16)
+    dy = torch.randn(16384, 768, generator=gen).to("cuda", torch.bfloat16)
     grads = []
-    for _ in range(2):
-        w = torch.ones(40, device=kernel_device(), requires_grad=True)
+    for _ in range(3):
+        w = torch.ones(768, device="cuda", requires_grad=True)
         rmsnorm(x, w).backward(dy)
         grads.append(w.grad)
-    assert torch.equal(grads[0], grads[1])
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
 
 
 @pytest.mark.parametrize(
