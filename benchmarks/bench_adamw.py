@@ -8,12 +8,15 @@ untied head: 111 tensors, 162M elements), fp32 params and grads, fp32 states. Pr
 it, at a fixed step), ``fused`` (``lmfast.kernels.adamw.adamw_step``: one launch), ``torch-fused``
 (``torch.optim.AdamW(fused=True)``, the peer a PyTorch user would pick) and ``torch-foreach``
 (``torch.optim.AdamW(foreach=True)``, PyTorch's default on CUDA). GB/s counts the minimum traffic: read p,
-g, m, v and write p, m, v, 28 bytes an element. Target on an H100: fused >= 1.2x torch-fused. Skipped
-without CUDA.
+g, m, v and write p, m, v, 28 bytes an element. Target on an H100: fused >= 1.2x torch-fused.
+``LMFAST_BENCH_QUICK=1`` (what benchmarks/gpu_check.sh runs) leaves out ``compiled`` (minutes to compile the loop
+over 111 tensors) and ``reference``. The fused step runs with fresh gradient tensors each step, as after the
+trainer's ``zero_grad(set_to_none=True)``, in ``fused-new-grads``. Skipped without CUDA.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,13 +70,30 @@ def _torch_step(**flags):
     return opt.step, params
 
 
+def _fused_new_grads_step():
+    # The trainer frees its gradients every step; two sets alternate here so each step sees grads at other
+    # addresses (the kernel re-points its grad table instead of rebuilding every table).
+    params = _tensors()
+    data = [p.detach() for p in params]
+    ms, vs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    sets = [[p.grad for p in params], [torch.randn_like(p) * 1e-3 for p in params]]
+    flip = iter(range(10**9))
+
+    def step():
+        adamw_step(data, sets[next(flip) % 2], ms, vs, step=STEP, **HYPER)
+    return step, params
+
+
 _PROVIDERS = {
     "reference": lambda: _lmfast_step(adamw_step_reference),
     "compiled": lambda: _lmfast_step(torch.compile(adamw_step_reference, dynamic=False)),
     "fused": lambda: _lmfast_step(adamw_step),
+    "fused-new-grads": _fused_new_grads_step,
     "torch-fused": lambda: _torch_step(fused=True),
     "torch-foreach": lambda: _torch_step(foreach=True),
 }
+if os.environ.get("LMFAST_BENCH_QUICK") == "1":
+    _PROVIDERS = {k: v for k, v in _PROVIDERS.items() if k not in ("reference", "compiled")}
 
 
 @pytest.mark.parametrize("provider", list(_PROVIDERS))

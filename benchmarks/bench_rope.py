@@ -9,12 +9,13 @@ forward), fwd+bwd. bf16 q and k in the model's layout, a (batch, seq, heads, hea
 (batch, heads, seq, head_dim): batch 16 x seq 1024, 12 heads of 64 (GPT-2 small) and 32 heads of 128. GB/s
 counts the minimum traffic: each pass reads q and k and writes them rotated (4 x B H T D x 2 bytes); fwd+bwd
 twice that; the cos/sin tables are left out. Targets on an H100 (fwd+bwd): >= 3x reference, >= 1.2x compiled.
-Skipped without CUDA.
+``LMFAST_BENCH_QUICK=1`` (what benchmarks/gpu_check.sh runs) times fwd+bwd only. Skipped without CUDA.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ from lmfast import functional  # noqa: E402
 
 BATCH, SEQ = 16, 1024
 HEADS = ((12, 64), (32, 128))  # (heads, head_dim)
-PASSES = ("fwd", "bwd", "fwd+bwd")
+PASSES = ("fwd+bwd",) if os.environ.get("LMFAST_BENCH_QUICK") == "1" else ("fwd", "bwd", "fwd+bwd")
 
 
 def _liger(q, k, cos, sin):
