@@ -134,7 +134,7 @@ def test_whole_fused_model_traces_as_one_graph_and_matches_the_reference_model(m
     fused = TransformerLM(**SIZES, backend="fused", dtype=torch.float16)
     fused.load_state_dict(reference.state_dict())
     assert fused.ops.name == "fused"
-    tokens = torch.randint(0, SIZES["vocab_size"], (2, 24), generator=_gen(1))
+    tokens = torch.randint(0, SIZES["vocab_size"], (1, 12), generator=_gen(1))  # few rows: the interpreter is slow
 
     def loss_of(model):
         return lambda tokens: functional.cross_entropy(model(tokens), tokens.roll(-1, dims=1))
