@@ -3,7 +3,8 @@
 Called by benchmarks/gpu_check.sh (see there for how to run it). Stages, in order:
 
 0. preflight (seconds): versions, the device, and each fused op once against its reference (gpu_preflight.py);
-a. the ``gpu``-marked tests (kernels at real sizes in bf16, inductor / aot_eager compiles, the fused model);
+a. the GPU tests: every ``gpu``-marked test (kernels at real sizes in bf16, inductor / aot_eager compiles, the
+   fused model, generation) and the kernel test files' other tests, which run natively there;
 b. loss curves: configs/tinystories_17m.yaml trained 200 steps in bf16, fused and reference ops (loss_curves.py);
 c. training step: tokens/s, MFU, peak memory at tinystories_17m and gpt2_124m, lmfast against HF Llama
    (bench_train_step_gpu.py);
@@ -56,7 +57,7 @@ class Stage:
 
 STAGES = [
     Stage("preflight", "0. Preflight: versions, device, each fused op once", 40, 5, needs_cuda=False),
-    Stage("gpu_tests", "a. gpu-marked tests", 140, 30),
+    Stage("gpu_tests", "a. GPU tests (gpu-marked, and the kernel tests run natively)", 140, 30),
     Stage("loss_curves", "b. Loss curves, tinystories_17m, 200 steps bf16, fused vs reference", 80, 30),
     Stage("train_step", "c. Training step: tokens/s, MFU, peak memory", 150, 40),
     Stage("kernels", "d. Kernel benchmarks", 150, 30),
@@ -122,14 +123,16 @@ def stage_preflight(check: Check, limit: float) -> dict:
 
 
 def _gpu_test_files() -> list[str]:
+    """Every test file with gpu-marked tests, and every kernel test file: on a GPU their unmarked tests (odd shapes,
+    bad input, CUDA's dtype rule) run the kernels natively."""
     return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
-                  if "mark.gpu" in p.read_text())
+                  if "mark.gpu" in p.read_text() or p.name.startswith("test_kernel_"))
 
 
 def stage_gpu_tests(check: Check, limit: float) -> dict:
     junit = check.logs / "gpu_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", *_gpu_test_files(), "-q", "-p", "no:cacheprovider", "-rfE",
-           f"--junitxml={junit}"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "not slow", *_gpu_test_files(), "-q", "-p", "no:cacheprovider",
+           "-rfE", f"--junitxml={junit}"]
     if _importable("xdist"):
         cmd += ["-n", "4"]  # cold Triton and inductor compiles in parallel; the tests assert no timings
     rc, secs = check.run("gpu_tests", cmd, limit)

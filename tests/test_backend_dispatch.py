@@ -22,6 +22,9 @@ from lmfast.config import TrainConfig
 from lmfast.model import TransformerLM
 
 pytestmark = requires_triton
+# These run the RMSNorm and RoPE kernels on CPU tensors, which only the interpreter can; a GPU runs the fused
+# model natively in tests/test_fused_model.py.
+interpreter_only = pytest.mark.skipif(torch.cuda.is_available(), reason="runs kernels on CPU tensors")
 
 SIZES = dict(vocab_size=64, context_length=16, d_model=64, num_layers=1, num_heads=4, d_ff=96, rope_theta=10000.0)
 
@@ -61,6 +64,7 @@ def test_fused_attention_beyond_the_kernels_head_dims_runs_sdpa(kernel_calls):
     assert kernel_calls == []
 
 
+@interpreter_only
 def test_fused_model_of_any_even_head_dim_up_to_256_builds_and_runs_the_kernel(kernel_calls):
     # 80 is neither 32, 64 nor 128: the kernel used to raise "head_dim must be one of 32, 64, 128" on it.
     model = TransformerLM(**{**SIZES, "d_model": 160, "num_heads": 2}, backend="fused", dtype=torch.float16)
@@ -68,6 +72,7 @@ def test_fused_model_of_any_even_head_dim_up_to_256_builds_and_runs_the_kernel(k
     assert logits.shape == (1, 8, 64) and kernel_calls == [torch.float16]
 
 
+@interpreter_only
 def test_auto_backend_takes_the_reference_op_where_a_kernel_cannot_take_the_shape(kernel_calls, caplog):
     caplog.set_level(logging.INFO, logger="lmfast")
     model = TransformerLM(**{**SIZES, "d_model": 576, "num_heads": 2}, backend="auto", dtype=torch.float16)
@@ -83,6 +88,7 @@ def test_explicit_fused_backend_refuses_a_shape_its_kernels_cannot_take(monkeypa
         TransformerLM(**{**SIZES, "d_model": 576, "num_heads": 2}, backend="fused")
 
 
+@interpreter_only
 def test_fused_backend_where_it_cannot_run_is_a_value_error_naming_why():
     # A ValueError, so the trainer prints it as one line with exit code 2 instead of a traceback.
     with pytest.raises(ValueError, match="backend 'fused' cannot run here: .*CUDA.*Use backend: reference"):
