@@ -33,7 +33,7 @@ __all__ = ["rmsnorm", "rmsnorm_fwd", "rmsnorm_bwd", "aot_specs", "MAX_HIDDEN", "
 MAX_HIDDEN = 16384  # the longest row a program holds in registers
 # Backward keeps x, dy, w and the dw partial of a whole row per program. At 16384 columns in 1024 threads that
 # exceeds the 64 registers a thread may use, and ptxas spills ~250 bytes a thread to (L1-cached) local memory;
-# at 8192 columns in 512 threads sm_80 spills 16 bytes (sm_90 none). See benchmarks/results/aot_registers.md.
+# at 8192 columns in 512 threads sm_80 spills 16 bytes (sm_90 none). See benchmarks/results/aot_registers_triton-*.md.
 # Hidden sizes up to 4096 (every bundled config) compile without spills on both targets.
 AOT_SPILLS_ALLOWED = {
     **{f"rmsnorm_bwd {t} BLOCK_N=16384": "hidden 8193-16384 only: 4 fp32 rows of 16384 in 1024 threads exceed the "
@@ -129,7 +129,7 @@ def _weight_for(weight: torch.Tensor) -> torch.Tensor:
 def _bwd_warps(block: int) -> int:
     # Backward holds x, dy, w and the dw partial per thread, so long rows need more warps than the forward:
     # 16 keep BLOCK_N=8192 at 127 registers without spills on sm_80/sm_90, and 16384 needs all 32
-    # (benchmarks/results/aot_registers.md).
+    # (benchmarks/results/aot_registers_triton-*.md).
     return {4096: 16, 8192: 16, 16384: 32}.get(block, row_warps(block))
 
 
