@@ -239,8 +239,8 @@ class Trainer:
         # 3. clip the global gradient norm
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = clip_grad_norm_(params, self.cfg.grad_clip_norm) if self.cfg.grad_clip_norm > 0 else \
-            torch.zeros(())
+        # With clipping off (0) the norm is still measured, so the logged grad_norm is true (a scale by 1 is exact)
+        norm = clip_grad_norm_(params, self.cfg.grad_clip_norm if self.cfg.grad_clip_norm > 0 else math.inf)
         # 4. step and reset
         self.scaler.step(self.optimizer)
         self.scaler.update()

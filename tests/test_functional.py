@@ -106,6 +106,19 @@ def test_rmsnorm_matches_float64_formula():
     assert_verbose_allclose(functional.rmsnorm(x, w, 1e-5), ref, 1e-5, 1e-5, "rmsnorm")
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1e-6])
+def test_rmsnorm_adds_eps_inside_the_square_root_on_small_inputs(eps):
+    # At |x| ~ 1e-3, mean(x^2) ~ 1e-6 is comparable to eps, so eps inside the root (the spec: Llama, CS336) and
+    # eps added to the root differ by up to ~3x; on randn * 3 they agree to 1e-6 and no test could tell.
+    x, w = torch.randn(4, 7, 64) * 1e-3, torch.rand(64) + 0.5
+    x64, w64 = x.double(), w.double()
+    ms = (x64 * x64).mean(-1, keepdim=True)
+    ref = x64 / torch.sqrt(ms + eps) * w64
+    outside = x64 / (torch.sqrt(ms) + eps) * w64
+    assert (ref - outside).abs().max() > 100 * 1e-5 * ref.abs().max()  # the two conventions are far apart here
+    assert_verbose_allclose(functional.rmsnorm(x, w, eps), ref, 1e-5 * ref.abs().max().item(), 1e-5, "rmsnorm")
+
+
 def test_rmsnorm_keeps_bfloat16_dtype_and_computes_in_float32():
     x, w = torch.randn(4, 64).bfloat16(), torch.ones(64).bfloat16()
     out = functional.rmsnorm(x, w)
