@@ -87,6 +87,22 @@ def test_adamw_reference_loop_and_multi_tensor_path_agree():
         assert_verbose_allclose(a, b, 1e-7, 1e-6, f"param {i}")
 
 
+@pytest.mark.parametrize("lr", [1e-2, torch.tensor(1e-2)], ids=["multi-tensor", "per-tensor"])
+def test_adamw_adds_eps_after_the_square_root_like_torch_on_tiny_gradients(lr):
+    # Gradients of ~1e-8 put sqrt(v_hat) next to eps, where eps added to the root and eps added under it differ
+    # by ~30% of the update; with unit gradients they agree to 1e-9 and no other test could tell them apart.
+    ours, ref = _params(), _params()
+    opt, ref_opt = AdamW(ours, lr=lr, weight_decay=0.0), torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.0)
+    for step in range(3):
+        for ps in (ours, ref):
+            for p, g in zip(ps, _grads(ps, step), strict=True):
+                p.grad = g * 1e-8
+        opt.step()
+        ref_opt.step()
+    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        assert_verbose_allclose(a, b, 1e-7, 1e-6, f"param {i}")
+
+
 def test_adamw_keeps_float32_state_for_bfloat16_parameters_and_tracks_fp32_run():
     p32 = torch.nn.Parameter(torch.randn(64))
     p16 = torch.nn.Parameter(p32.detach().bfloat16())

@@ -158,6 +158,7 @@ def test_accumulated_micro_batches_give_the_gradients_and_step_of_one_batch_k_ti
             assert norm > 2 * clip, "the clipping case must actually clip"
         assert log["loss"] == pytest.approx(loss, rel=1e-6), f"step {step}: logged loss is not the big batch's"
         assert log["grad_norm"] == pytest.approx(norm, rel=1e-6), f"step {step}: logged norm (before clipping)"
+        assert log["tokens_seen"] == (step + 1) * 4 * 2 * TINY["context_length"]  # k micro-batches of b sequences
         scale = max(g.abs().max().item() for g in grads)
         for i, (ours, ref) in enumerate(zip(record["grads"], grads, strict=True)):
             assert_verbose_allclose(ours, ref, 1e-8 * scale, 1e-6, f"step {step} gradient {i}")
@@ -177,3 +178,15 @@ def test_adamw_decays_the_matrices_by_the_configs_weight_decay_and_never_the_rms
     assert groups == {0.037: {id(p) for p in matrices}, 0.0: {id(p) for p in gains}}
     for g in trainer.optimizer.param_groups:
         assert g["betas"] == (0.8, 0.97) and g["eps"] == 3e-7
+
+
+def test_validation_is_the_mean_loss_over_the_same_eval_iters_batches_every_time(tokens, tmp_path):
+    trainer = _trainer(tokens, tmp_path / "ck", val_data_path=str(tokens), eval_iters=3)
+    first = trainer.evaluate()
+    trainer.sampler()  # training draws in between must not move the validation batches
+    assert trainer.evaluate() == first
+    sampler = BatchSampler(trainer.val_data, TINY["batch_size"], TINY["context_length"], seed=[trainer.cfg.seed, 1])
+    with torch.no_grad():
+        losses = [F.cross_entropy(trainer.model(x).flatten(0, 1), y.flatten()).item()
+                  for x, y in (sampler() for _ in range(3))]
+    assert first == pytest.approx(np.mean(losses), rel=1e-6)

@@ -1,0 +1,308 @@
+"""Plant realistic bugs in lmfast one at a time and check that the tests catch each one: a mutation table.
+
+    python scripts/mutate.py                   # every mutation; exit 1 if any is missed, stale or broken
+    python scripts/mutate.py --list            # the mutations, their files and the tests meant to catch them
+    python scripts/mutate.py -k adamw -k clip  # only the mutations whose name contains one of these
+
+Each mutation is a small source edit, ``(file, old text, new text)``, and the tests that should catch it. The
+script copies the tracked tree (plus the built ``lmfast._bpe``) into a temporary folder, so the working tree is
+never touched, checks that those tests pass there unmutated, then for each mutation applies it, runs its tests
+with ``pytest -x`` and puts the file back. The copy is imported first (``PYTHONPATH`` and the working directory
+point at it; ``lmfast.kernels`` is linked in as an editable install would map it). A mutation of ``csrc/``
+rebuilds the extension in the copy (about a minute on 2 cores) and restores the built one afterwards.
+
+A mutation whose ``old`` text is not found exactly once is reported ``stale`` (the code moved; update the
+mutation), never as caught. ``missed`` means every test passed with the bug in place: add a test that fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str  # "<module>: what is wrong", as a user would describe the bug
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids (files or file::test); the first failure counts as caught
+
+
+TRAIN_MATH = "tests/test_trainer_math.py"
+RESUME = ("tests/test_train.py::test_resume_continues_the_same_loss_curve", TRAIN_MATH)
+
+MUTATIONS = [
+    # ---- trainer (lmfast/train.py)
+    Mutation("trainer: each step uses the next step's learning rate", "lmfast/train.py",
+             "lr = self.lr_at(step)", "lr = self.lr_at(step + 1)", (TRAIN_MATH,)),
+    Mutation("trainer: the lr is set on the first parameter group only", "lmfast/train.py",
+             "for group in self.optimizer.param_groups:\n            group[\"lr\"] = lr",
+             "for group in self.optimizer.param_groups[:1]:\n            group[\"lr\"] = lr", (TRAIN_MATH,)),
+    Mutation("trainer: micro-batch losses summed instead of averaged", "lmfast/train.py",
+             "loss = cross_entropy(self.step_model(x), y) / accum", "loss = cross_entropy(self.step_model(x), y)",
+             (TRAIN_MATH,)),
+    Mutation("trainer: one micro-batch reused for every accumulation step", "lmfast/train.py",
+             "x, y = self.sampler()", "x, y = self.sampler() if i == 0 else (x, y)", (TRAIN_MATH,)),
+    Mutation("trainer: the logged loss is the last micro-batch's", "lmfast/train.py",
+             "total += loss.detach()", "total = loss.detach() * accum", (TRAIN_MATH,)),
+    Mutation("trainer: the clip threshold grows with accumulation", "lmfast/train.py",
+             "clip_grad_norm_(params, self.cfg.grad_clip_norm if",
+             "clip_grad_norm_(params, self.cfg.grad_clip_norm * accum if", (TRAIN_MATH,)),
+    Mutation("trainer: RMSNorm gains are weight-decayed too", "lmfast/train.py",
+             "decay = [p for p in self.model.parameters() if p.dim() >= 2]\n"
+             "        no_decay = [p for p in self.model.parameters() if p.dim() < 2]",
+             "decay = [p for p in self.model.parameters() if p.dim() >= 1]\n"
+             "        no_decay = [p for p in self.model.parameters() if p.dim() < 1]", (TRAIN_MATH,)),
+    Mutation("trainer: weight_decay hard-coded instead of read from the config", "lmfast/train.py",
+             "\"weight_decay\": self.cfg.weight_decay}", "\"weight_decay\": 0.1}", (TRAIN_MATH,)),
+    Mutation("trainer: betas from the config ignored", "lmfast/train.py",
+             "betas=self.cfg.betas", "betas=(0.9, 0.999)", (TRAIN_MATH,)),
+    Mutation("trainer: tokens per step forget the accumulation steps", "lmfast/train.py",
+             "c.batch_size * c.context_length * c.gradient_accumulation_steps", "c.batch_size * c.context_length",
+             (TRAIN_MATH,)),
+    Mutation("trainer: validation draws new batches at every evaluation", "lmfast/train.py",
+             "seed=[self.cfg.seed, 1])", "seed=None)", (TRAIN_MATH,)),
+    # ---- schedule (lmfast/optim.py: cosine_lr)
+    Mutation("schedule: warmup reaches the peak one step late", "lmfast/optim.py",
+             "return max_lr * it / warmup_iters", "return max_lr * it / (warmup_iters + 1)", ("tests/test_optim.py",)),
+    Mutation("schedule: the cosine spans the whole cycle, warmup included", "lmfast/optim.py",
+             "progress = (it - warmup_iters) / span", "progress = it / cosine_cycle_iters", ("tests/test_optim.py",)),
+    Mutation("schedule: decays to 0 instead of min_lr", "lmfast/optim.py",
+             "return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)",
+             "return 0.5 * (1.0 + math.cos(math.pi * progress)) * max_lr", ("tests/test_optim.py",)),
+    # ---- optimizer (lmfast/optim.py: AdamW, clipping)
+    Mutation("adamw: bias correction one step ahead", "lmfast/optim.py",
+             "steps.append(int(state[\"step\"].item()))", "steps.append(int(state[\"step\"].item()) + 1)",
+             ("tests/test_optim.py",)),
+    Mutation("adamw: a group's own weight_decay ignored", "lmfast/optim.py",
+             "weight_decay=group[\"weight_decay\"]", "weight_decay=self.defaults[\"weight_decay\"]",
+             ("tests/test_optim.py",)),
+    Mutation("adamw: L2-coupled decay (torch's fused Adam) instead of decoupled", "lmfast/optim.py",
+             "torch._fused_adamw_(params", "torch._fused_adam_(params", ("tests/test_optim.py",)),
+    Mutation("adamw: eps added inside the square root (per-tensor path)", "lmfast/optim.py",
+             "denom = (v.sqrt() / bc2_sqrt).add_(eps)", "denom = (v / bc2_sqrt**2).add_(eps).sqrt_()",
+             ("tests/test_optim.py",)),
+    Mutation("adamw: second moment kept in the parameter's dtype", "lmfast/optim.py",
+             "state[\"exp_avg_sq\"] = torch.zeros_like(p, dtype=torch.float32",
+             "state[\"exp_avg_sq\"] = torch.zeros_like(p, dtype=p.dtype", ("tests/test_optim.py",)),
+    Mutation("clipping: small gradients are scaled up to max_norm", "lmfast/optim.py",
+             "scale = torch.clamp(max_norm / (total + eps), max=1.0)", "scale = max_norm / (total + eps)",
+             ("tests/test_optim.py",)),
+    # ---- data sampler (lmfast/data.py)
+    Mutation("sampler: the last window is never drawn", "lmfast/data.py",
+             "high = n - context_length\n", "high = n - context_length - 1\n", ("tests/test_data.py",)),
+    Mutation("sampler: token ids pass through int16", "lmfast/data.py",
+             "np.asarray(dataset[idx], dtype=np.int64)", "np.asarray(dataset[idx], dtype=np.int16).astype(np.int64)",
+             ("tests/test_data.py",)),
+    Mutation("sampler: a restored sampler starts a fresh random stream", "lmfast/data.py",
+             "self.rng = np.random.Generator(bit_generator)", "self.rng = np.random.default_rng()",
+             ("tests/test_data.py",)),
+    # ---- checkpoint / resume (lmfast/checkpoint.py, lmfast/_run_state.py)
+    Mutation("checkpoint: the optimizer state is not saved", "lmfast/checkpoint.py",
+             "\"optimizer\": optimizer.state_dict() if optimizer is not None else None,", "\"optimizer\": None,",
+             ("tests/test_checkpoint.py", *RESUME)),
+    Mutation("checkpoint: a compiled model is saved with _orig_mod. keys", "lmfast/checkpoint.py",
+             "inner = getattr(model, \"_orig_mod\", None) or getattr(model, \"module\", None)",
+             "inner = getattr(model, \"module\", None)", ("tests/test_checkpoint.py",)),
+    Mutation("resume: the data-sampler state is looked up under another key", "lmfast/_run_state.py",
+             "if \"data\" in state:", "if \"sampler\" in state:", RESUME),
+    Mutation("resume: progress (tokens seen, best val loss, epoch sums) not restored", "lmfast/_run_state.py",
+             "if \"progress\" in state:", "if \"progress_state\" in state:", RESUME),
+    Mutation("resume: --resume auto takes the oldest checkpoint", "lmfast/_run_state.py",
+             "return max(candidates, key=lambda p: p.stat().st_mtime_ns)",
+             "return min(candidates, key=lambda p: p.stat().st_mtime_ns)", RESUME),
+    # ---- tokenizer (lmfast/_streaming.py, lmfast/_bpe_reference.py, csrc/)
+    Mutation("tokenizer: streaming cuts before a word, splitting ' word' pre-tokens", "lmfast/_streaming.py",
+             "_SAFE_CUT = regex.compile(r\"(?r)\\S\\s\")", "_SAFE_CUT = regex.compile(r\"(?r)\\s\\S\")",
+             ("tests/test_tokenizer.py",)),
+    Mutation("tokenizer: streaming may cut inside a special token", "lmfast/_streaming.py",
+             "for s in specials if len(s) > 1)", "for s in specials if len(s) > 64)", ("tests/test_tokenizer.py",)),
+    # (Picking the rightmost of equal-rank pairs would be an equivalent mutant: ranks are unique per pair, and every
+    # occurrence of the chosen pair is merged left to right either way.)
+    Mutation("tokenizer: the Python pre-tokenizer pattern lost the 'll contraction", "lmfast/_bpe_reference.py",
+             "'s|'t|'re|'ve|'m|'ll|'d| ?", "'s|'t|'re|'ve|'m|'d| ?", ("tests/test_tokenizer.py",)),
+    Mutation("tokenizer: special tokens matched shortest first", "lmfast/_bpe_reference.py",
+             "tokens = sorted(special_tokens, key=lambda s: (-len(s), s))",
+             "tokens = sorted(special_tokens, key=lambda s: (len(s), s))", ("tests/test_tokenizer.py",)),
+    Mutation("tokenizer (C++): the piece cache serves another engine's results", "csrc/bpe.cpp",
+             "if (e.holds(key, id_))", "if (e.holds(key, e.owner))",
+             ("tests/test_bpe_native.py", "tests/test_tokenizer.py")),
+    # ---- model (lmfast/functional.py, lmfast/model.py)
+    Mutation("model: RMSNorm adds eps outside the square root", "lmfast/functional.py",
+             "rstd = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)",
+             "rstd = 1.0 / (x32.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)",
+             ("tests/test_functional.py", "tests/test_model.py")),
+    Mutation("model: RMSNorm defaults to eps 1e-6", "lmfast/model.py",
+             "def __init__(self, d_model: int, eps: float = 1e-5,",
+             "def __init__(self, d_model: int, eps: float = 1e-6,",
+             ("tests/test_model.py",)),
+    Mutation("model: SwiGLU gates the w3 branch instead of w1", "lmfast/model.py",
+             "F.silu(self.w1(x)) * self.w3(x)", "self.w1(x) * F.silu(self.w3(x))", ("tests/test_model.py",)),
+    Mutation("model: attention scores divided by d_k, not sqrt(d_k)", "lmfast/functional.py",
+             "Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])", "Q @ K.transpose(-2, -1) / Q.shape[-1]",
+             ("tests/test_functional.py", "tests/test_model.py")),
+    Mutation("model: with a KV cache a query cannot see its own key", "lmfast/model.py",
+             ".tril(diagonal=past)", ".tril(diagonal=past - 1)", ("tests/test_model.py",)),
+    Mutation("model: Linear init variance 1 / (d_in + d_out)", "lmfast/model.py",
+             "std = math.sqrt(2.0 / (in_features + out_features))",
+             "std = math.sqrt(1.0 / (in_features + out_features))",
+             ("tests/test_model.py",)),
+    Mutation("model: cross-entropy gradient not divided by the token count", "lmfast/functional.py",
+             "grad.mul_(grad_loss / rows)", "grad.mul_(grad_loss)", ("tests/test_functional.py",)),
+    # ---- config (lmfast/config.py)
+    Mutation("config: a 'gt' bound accepts its edge (num_epochs: 0, rope_theta: 0)", "lmfast/config.py",
+             "if \"gt\" in rules and value <= rules[\"gt\"]:", "if \"gt\" in rules and value < rules[\"gt\"]:",
+             ("tests/test_config.py", "tests/test_config_rules.py")),
+    Mutation("config: a 'max' bound rejects its edge (sample_top_p: 1)", "lmfast/config.py",
+             "if \"max\" in rules and value > rules[\"max\"]:", "if \"max\" in rules and value >= rules[\"max\"]:",
+             ("tests/test_config.py", "tests/test_config_rules.py")),
+    Mutation("config: beta = 1 accepted", "lmfast/config.py",
+             "all(0.0 <= b < 1.0 for b in value)", "all(0.0 <= b <= 1.0 for b in value)",
+             ("tests/test_config.py", "tests/test_config_rules.py")),
+    Mutation("config: --set values kept as strings", "lmfast/config.py",
+             "out[key.strip()] = yaml.safe_load(text) if text.strip() else None",
+             "out[key.strip()] = text if text.strip() else None", ("tests/test_config.py",)),
+    Mutation("config: no closest-key suggestion for a typo", "lmfast/config.py",
+             "n=1, cutoff=0.5)", "n=1, cutoff=0.99)", ("tests/test_config.py",)),
+]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def _copy_tree(dest: Path) -> None:
+    """The tracked and untracked-but-not-ignored files, the built extension, and lmfast/kernels -> kernels/."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for built in ROOT.glob("lmfast/_bpe*.so"):
+        shutil.copy2(built, dest / "lmfast" / built.name)
+    (dest / "lmfast" / "kernels").symlink_to("../kernels")
+
+
+def _env(tree: Path) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+def _check_imports_from(tree: Path) -> None:
+    code = "import lmfast, lmfast.kernels; print(lmfast.__file__); print(lmfast.kernels.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), capture_output=True, text=True)
+    paths = out.stdout.split()
+    if out.returncode or len(paths) != 2 or not all(Path(p).resolve().is_relative_to(tree.resolve()) for p in paths):
+        sys.exit(f"mutate.py: the copy in {tree} does not import as lmfast ({out.stdout.strip()} "
+                 f"{out.stderr.strip()[-300:]}); nothing was run")
+
+
+def _pytest(tree: Path, tests: tuple[str, ...], first_failure: bool = True) -> tuple[str, str, float]:
+    """Run tests in the copy; (outcome, detail, seconds): passed, failed (detail: the first failing test), error."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    if first_failure:
+        cmd.insert(3, "-x")
+    start = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, cwd=tree, env=_env(tree), capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"still running after {TIMEOUT_S} s", time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    text = out.stdout + out.stderr
+    if out.returncode == 0:
+        return "passed", "", seconds
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.M)
+    if out.returncode == 1 and failed:
+        return "failed", failed[0], seconds
+    return "error", f"pytest exit {out.returncode}: " + " | ".join(text.strip().splitlines()[-3:]), seconds
+
+
+def _rebuild(tree: Path) -> str:
+    out = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, env=_env(tree),
+                         capture_output=True, text=True)
+    return "" if out.returncode == 0 else "the extension did not build: " + out.stderr.strip()[-300:]
+
+
+def run_mutation(tree: Path, m: Mutation) -> tuple[str, str, float]:
+    """Apply ``m`` in the copy, run its tests, restore; (result, detail, seconds)."""
+    path = tree / m.file
+    original = path.read_text(encoding="utf-8")
+    count = original.count(m.old)
+    if count != 1:
+        return "stale", f"old text found {count} times in {m.file}", 0.0
+    native = m.file.startswith("csrc/")
+    built = {p: p.read_bytes() for p in (tree / "lmfast").glob("_bpe*.so")} if native else {}
+    path.write_text(original.replace(m.old, m.new), encoding="utf-8")
+    try:
+        if native and (why := _rebuild(tree)):
+            return "error", why, 0.0
+        outcome, detail, seconds = _pytest(tree, m.tests)
+    finally:
+        path.write_text(original, encoding="utf-8")
+        for p, data in built.items():
+            p.write_bytes(data)
+    result = {"failed": "caught", "passed": "MISSED", "timeout": "caught (timeout)", "error": "error"}[outcome]
+    return result, detail, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-k", action="append", default=[], help="run the mutations whose name contains this")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the chosen tests")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.k or any(k.lower() in m.name.lower() for k in args.k)]
+    if not chosen:
+        print(f"no mutation name contains any of {args.k}", file=sys.stderr)
+        return 2
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}\n    {m.file}: {m.old!r} -> {m.new!r}\n    tests: {' '.join(m.tests)}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="lmfast-mutate-") as tmp:
+        tree = Path(tmp)
+        _copy_tree(tree)
+        _check_imports_from(tree)
+        if not args.no_baseline:
+            tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+            outcome, detail, seconds = _pytest(tree, tests, first_failure=False)
+            if outcome != "passed":
+                print(f"The unmutated tree does not pass the chosen tests ({outcome}: {detail}); fix that first.",
+                      file=sys.stderr)
+                return 2
+            print(f"baseline: {len(tests)} test files/ids pass unmutated ({seconds:.0f} s)", flush=True)
+        rows = []
+        for m in chosen:
+            result, detail, seconds = run_mutation(tree, m)
+            rows.append((m.name, result, detail, seconds))
+            print(f"{result:<16} {seconds:5.0f} s  {m.name}  {detail}", flush=True)
+    print(_table(rows))
+    return 0 if all(r[1].startswith("caught") for r in rows) else 1
+
+
+def _table(rows: list[tuple[str, str, str, float]]) -> str:
+    lines = ["", "| mutation | result | caught by / why | s |", "|---|---|---|---:|"]
+    lines += [f"| {name} | {result} | {detail} | {seconds:.0f} |" for name, result, detail, seconds in rows]
+    caught = sum(r[1].startswith("caught") for r in rows)
+    lines.append(f"\n{caught} of {len(rows)} caught")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
