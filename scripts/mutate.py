@@ -154,8 +154,11 @@ MUTATIONS = [
     Mutation("model: attention scores divided by d_k, not sqrt(d_k)", "lmfast/functional.py",
              "Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])", "Q @ K.transpose(-2, -1) / Q.shape[-1]",
              ("tests/test_functional.py", "tests/test_model.py")),
-    Mutation("model: with a KV cache a query cannot see its own key", "lmfast/model.py",
-             ".tril(diagonal=past)", ".tril(diagonal=past - 1)", ("tests/test_model.py",)),
+    Mutation("model: with a KV cache a chunk's queries cannot see their own keys", "lmfast/model.py",
+             ".tril(diagonal=past)", ".tril(diagonal=past - 1)", ("tests/test_model.py", "tests/test_generate.py")),
+    Mutation("model: single-token decode is causal-masked, so it sees only the first cached key", "lmfast/model.py",
+             "out = F.scaled_dot_product_attention(q, k, v)\n", "out = F.scaled_dot_product_attention(q, k, v, "
+             "is_causal=True)\n", ("tests/test_model.py", "tests/test_generate.py")),
     Mutation("model: Linear init variance 1 / (d_in + d_out)", "lmfast/model.py",
              "std = math.sqrt(2.0 / (in_features + out_features))",
              "std = math.sqrt(1.0 / (in_features + out_features))",
