@@ -1,4 +1,4 @@
-"""Peak memory of ``Tokenizer.encode_file``: a 20 MB and a 120 MB text file, GPT-2's vocabulary, 2 threads.
+"""Peak memory of ``Tokenizer.encode_file``: text files of at least 20 MB and 120 MB, GPT-2's vocabulary, 2 threads.
 
     python benchmarks/tokenizer_memory.py            # writes benchmarks/results/tokenizer_memory_cpu.md
 
@@ -11,6 +11,7 @@ Linux only (/proc).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -72,7 +73,7 @@ def measure(tmp: Path) -> list[dict]:
     base_kib, _ = _child("-", "-")
     rows = []
     for mb in SIZES_MB:
-        copies = max(1, round(mb * 1e6 / unit_bytes))
+        copies = math.ceil(mb * 1e6 / unit_bytes)  # whole copies, at least mb MB
         src, out = tmp / f"text_{mb}.txt", tmp / f"ids_{mb}.npy"
         with open(src, "w", encoding="utf-8") as f:
             for _ in range(copies):
