@@ -15,13 +15,17 @@ import pytest
 LINUX = sys.platform.startswith("linux")
 
 
+def _import_or_fail(module: str, without_it: str, fix: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        pytest.fail(f"{module} does not import ({e}), so {without_it}; {fix}")
+
+
 @pytest.mark.skipif(not LINUX, reason="the extension is required on Linux; elsewhere the Python engine may stand in")
 def test_the_cpp_tokenizer_extension_is_built_on_linux():
-    try:
-        importlib.import_module("lmfast._bpe")
-    except ImportError as e:
-        pytest.fail(f"lmfast._bpe (the C++ tokenizer) does not import on Linux ({e}), so every native tokenizer "
-                    "test would be skipped; rebuild it with `pip install -e .` (needs a C++17 compiler)")
+    _import_or_fail("lmfast._bpe", "every native tokenizer test would be skipped",
+                    "rebuild it with `pip install -e .` (needs a C++17 compiler)")
     from lmfast.tokenizer import native_available
 
     assert native_available()
@@ -29,17 +33,9 @@ def test_the_cpp_tokenizer_extension_is_built_on_linux():
 
 @pytest.mark.skipif(not LINUX, reason="triton is a dependency on Linux only")
 def test_triton_is_installed_on_linux():
-    try:
-        importlib.import_module("triton")
-    except ImportError as e:
-        pytest.fail(f"triton does not import on Linux ({e}), so every kernel test would be skipped; it is a "
-                    "dependency there: `pip install -e .`")
+    _import_or_fail("triton", "every kernel test would be skipped", "it is a dependency on Linux: `pip install -e .`")
 
 
 @pytest.mark.parametrize("module", ["tiktoken", "tokenizers", "transformers", "hypothesis", "matplotlib"])
 def test_the_test_extras_oracles_are_installed(module):
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        pytest.fail(f"{module} is missing ({e}); the tests that use it as an oracle need it: "
-                    "pip install -e \".[test]\"")
+    _import_or_fail(module, "the tests that use it as an oracle would be skipped", "pip install -e \".[test]\"")
