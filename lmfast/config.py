@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "conf
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says which key and how to fix it."""
+
+
+_INT64_MAX = 2**63 - 1  # every int key ends up in torch / numpy as a C int64 (seeds, sizes, step counts)
 
 
 def _f(default, help: str, **rules):
@@ -74,7 +78,7 @@ class TrainConfig:
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay", min=0)
     betas: tuple[float, float] = _f((0.9, 0.95), "AdamW (beta1, beta2), each in [0, 1)")
     eps: float = _f(1e-8, "AdamW epsilon", min=0)
-    seed: int = _f(1337, "seed for weights, batch sampling and dropout-free determinism", min=0)
+    seed: int = _f(1337, "seed for weights, batch sampling and dropout-free determinism", min=0, max=_INT64_MAX)
     device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     dtype: str = _f("auto", "autocast dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16",
                     choices=("auto", "float32", "bfloat16", "float16"))
@@ -103,9 +107,13 @@ class TrainConfig:
         self._check_cross_field()
 
     def _check_cross_field(self) -> None:
+        if self.d_model % 2:
+            raise ConfigError(f"d_model ({self.d_model}) is odd, so no num_heads gives the even head dim "
+                              f"(d_model / num_heads) that RoPE needs; use an even d_model such as "
+                              f"{self.d_model + 1}")
         if self.d_model % self.num_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}); "
-                              f"allowed num_heads for this d_model: {_divisors(self.d_model)}")
+                              f"num_heads that work for this d_model: {_head_counts(self.d_model)}")
         if (self.d_model // self.num_heads) % 2:
             raise ConfigError(f"RoPE needs an even head dim, but d_model / num_heads = {self.d_model // self.num_heads}"
                               "; change d_model or num_heads")
@@ -117,8 +125,9 @@ class TrainConfig:
                               f"({self.warmup_iters})")
         if self.tokenizer is None and self.vocab_size < 256 and _is_text(self.train_data_path):
             raise ConfigError(f"byte-level tokens (tokenizer: null) need vocab_size >= 256, got {self.vocab_size}")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:[0-9]+", self.device)):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (N: a GPU index, 0, 1, ...), got "
+                              f"{_short(self.device)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -126,8 +135,10 @@ class TrainConfig:
         return d
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0 and (n // d) % 2 == 0]
+def _head_counts(d_model: int, limit: int = 256) -> str:
+    """The num_heads up to ``limit`` that split an even ``d_model`` into even head dims (d_model may be huge)."""
+    ok = [h for h in range(1, min(d_model, limit) + 1) if d_model % h == 0 and (d_model // h) % 2 == 0]
+    return ", ".join(map(str, ok))
 
 
 def _is_text(path: str | None) -> bool:
@@ -148,37 +159,62 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     try:
         if kind.startswith("int"):
             value = _to_int(value)
+            rules = {"max": _INT64_MAX, **rules}
         elif kind.startswith("float"):
-            value = float(value)
-            if not math.isfinite(value):
-                raise ValueError
+            value = _to_float(value)
         elif kind == "bool":
             value = _to_bool(value)
         elif kind.startswith("tuple"):
             parts = value.split(",") if isinstance(value, str) else list(value)
-            value = tuple(float(v) for v in parts)
+            value = tuple(_to_float(v) for v in parts)
             if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
                 raise ValueError
         elif kind.startswith("list"):
-            value = [value] if isinstance(value, str) else [str(v) for v in value]
+            if not isinstance(value, (str, list, tuple)):
+                raise ValueError
+            value = [value] if isinstance(value, str) else [_to_str(v) for v in value]
+            if not all(value):
+                raise ValueError
         elif name == "compile":  # YAML reads `compile: true` as a bool
-            value = str(value).lower()
+            value = _to_str(value).lower()
         else:
-            value = str(value)
-    except (TypeError, ValueError):
+            value = _to_str(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), from `.inf` or `1e999`
         expected = _expected(kind, rules)
-        raise ConfigError(f"{name}: cannot use {value!r}; expected {expected} ({rules['help']})") from None
+        raise ConfigError(f"{name}: cannot use {_short(value)}; expected {expected} ({rules['help']})") from None
     _check_rules(name, value, rules, kind)
     return value
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a value may be a huge number or a long string."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError
     number = float(value) if isinstance(value, str) else value
     if int(number) != number:
         raise ValueError
     return int(number)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError
+    return number
+
+
+def _to_str(value: Any) -> str:
+    """A scalar as text; a mapping or list where text is expected is an error, not its repr."""
+    if value is None or isinstance(value, (dict, list, tuple, set, bytes)):
+        raise ValueError
+    return str(value)
 
 
 def _to_bool(value: Any) -> bool:
@@ -196,7 +232,8 @@ def _expected(kind: str, rules: dict) -> str:
     for word in ("int", "float", "bool", "tuple", "list"):
         if kind.startswith(word):
             return {"int": "an integer", "float": "a number", "bool": "true or false",
-                    "tuple": "two numbers in [0, 1), e.g. [0.9, 0.95]", "list": "a list of strings"}[word]
+                    "tuple": "two numbers in [0, 1), e.g. [0.9, 0.95]",
+                    "list": "a list of non-empty strings"}[word]
     return "a string"
 
 
@@ -204,11 +241,11 @@ def _check_rules(name: str, value: Any, rules: dict, kind: str) -> None:
     if "choices" in rules and value not in rules["choices"]:
         raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {', '.join(map(str, rules['choices']))}")
     if "min" in rules and value < rules["min"]:
-        raise ConfigError(f"{name}: {value!r} is too small; it must be >= {rules['min']} ({rules['help']})")
+        raise ConfigError(f"{name}: {_short(value)} is too small; it must be >= {rules['min']} ({rules['help']})")
     if "gt" in rules and value <= rules["gt"]:
-        raise ConfigError(f"{name}: {value!r} is too small; it must be > {rules['gt']} ({rules['help']})")
+        raise ConfigError(f"{name}: {_short(value)} is too small; it must be > {rules['gt']} ({rules['help']})")
     if "max" in rules and value > rules["max"]:
-        raise ConfigError(f"{name}: {value!r} is too large; it must be <= {rules['max']} ({rules['help']})")
+        raise ConfigError(f"{name}: {_short(value)} is too large; it must be <= {rules['max']} ({rules['help']})")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -219,7 +256,7 @@ def _check_keys(raw: dict, source: str) -> None:
         if key not in _FIELDS:
             close = difflib.get_close_matches(str(key), list(_FIELDS), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(_FIELDS)}"
-            raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
+            raise ConfigError(f"unknown config key {_short(key)} in {source}{hint}")
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -228,28 +265,53 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            raise ConfigError(f"--set expects key=value, got {_short(pair)}")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {_short(pair)}: the value of {_short(key.strip())} is not valid YAML "
+                              f"({_yaml_problem(e)}); quote a string value (--set 'key=\"text\"') or write a list "
+                              "in full: [a, b]") from None
     return out
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: the problem and where it is (its message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML file (or nothing: the defaults), apply ``overrides``, validate, return a :class:`TrainConfig`."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for ready ones")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        raw = _read_yaml(Path(path))
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value, got {type(raw).__name__}")
         _check_keys(raw, repr(str(path)))
     overrides = overrides or {}
     _check_keys(overrides, "--set")
     return TrainConfig(**{**raw, **overrides})
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; every way the file can be unusable is a ConfigError naming it."""
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a directory; pass a YAML file, e.g. configs/quickstart.yaml")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for ready ones")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(e)}") from None
 
 
 def config_table() -> str:
