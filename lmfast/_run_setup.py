@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import torch
 
 from lmfast.config import TrainConfig
 
-__all__ = ["SetupError", "ByteTokenizer", "build_tokenizer", "load_run_tokenizer", "resolve_device", "setup_logging"]
+__all__ = ["SetupError", "ByteTokenizer", "build_tokenizer", "check_run_inputs", "load_run_tokenizer", "resolve_device",
+           "setup_logging"]
 
 log = logging.getLogger("train")
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -36,7 +38,11 @@ def resolve_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # "cuda:abc", "cuda:-1": torch's "Invalid device string"
+        raise SetupError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N (N = 0, 1, ...: a GPU "
+                         "index) or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SetupError(f"--device {name} was asked for, but CUDA is not available (torch {torch.__version__}); "
                          "use --device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU")
@@ -67,8 +73,7 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
     formatter = logging.Formatter(_LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [_TqdmHandler()]
     if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+        handlers.append(_log_file_handler(Path(log_file)))
     root = logging.getLogger()
     for h in [h for h in root.handlers if getattr(h, "_lmfast", False)]:
         root.removeHandler(h)
@@ -79,6 +84,84 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
         root.addHandler(h)
     for name in ("train", "lmfast"):
         logging.getLogger(name).setLevel(level)
+
+
+def _log_file_handler(path: Path) -> logging.FileHandler:
+    """A handler appending to ``path``; a directory, a read-only place or a bad name is a SetupError naming it."""
+    if path.is_dir():
+        raise SetupError(f"log_file {str(path)!r} is a directory; give a file path such as "
+                         f"{str(path / 'training.log')!r}, or log_file: null for console only")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return logging.FileHandler(path, mode="a", encoding="utf-8")
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise SetupError(f"log_file {str(path)!r} cannot be opened for appending ({_reason(e)}); choose a path you "
+                         "can write to, or log_file: null for console only") from None
+
+
+def _reason(e: Exception) -> str:
+    """An OSError's reason without its repeated path ("Read-only file system"), else the message itself."""
+    return getattr(e, "strerror", None) or str(e)
+
+
+def _check_writable_dir(path: Path, key: str) -> None:
+    """``path`` is, or can be made, a directory this process can create files in; SetupError naming ``key`` if not.
+
+    Creating a file is the test: permission bits say nothing of a read-only mount, and root ignores them.
+    """
+    if path.exists() and not path.is_dir():
+        raise SetupError(f"{key} {str(path)!r} is a file, not a directory; point {key} at a directory (it is "
+                         "created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".lmfast-write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except (OSError, ValueError) as e:
+        raise SetupError(f"{key} {str(path)!r} is not writable ({_reason(e)}); point {key} at a directory you can "
+                         "write to") from None
+
+
+def check_run_inputs(cfg: TrainConfig, device: torch.device) -> None:
+    """What can be checked before anything is built or written: the backend, the run's directories, the memory.
+
+    Each failure is a SetupError naming the key and the fix; a config that cannot fit in the device's memory is
+    refused with the numbers (see :mod:`lmfast._memory`), not found out by the kernel's OOM killer.
+    """
+    from lmfast._pypi import cache_dir
+    from lmfast.ops import fused_unavailable_reason
+
+    reason = fused_unavailable_reason(device)
+    if cfg.backend == "fused" and reason is not None:
+        raise SetupError(f"backend: fused cannot run here: {reason}; use backend: reference, or auto (fused where "
+                         "it can run)")
+    _check_writable_dir(Path(cfg.checkpoint_dir), "checkpoint_dir")
+    _check_writable_dir(Path(cfg.cache_dir) if cfg.cache_dir is not None else cache_dir() / "tokens", "cache_dir")
+    _check_memory(cfg, device)
+
+
+def _check_memory(cfg: TrainConfig, device: torch.device) -> None:
+    from lmfast._memory import available_memory, estimate_training_memory, format_bytes
+
+    autocast = cfg.dtype in ("bfloat16", "float16") or (cfg.dtype == "auto" and device.type == "cuda")
+    need = estimate_training_memory(cfg, autocast)
+    have = available_memory(device)
+    if have is None:
+        return
+    if device.type != "cuda":  # torchrun's processes on one host share its RAM
+        have //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    if need.total <= have:
+        return
+    if need.weights_and_optimizer > have:
+        fix = "the model alone does not fit: lower num_layers, d_model, d_ff or vocab_size"
+    else:
+        fix = ("lower batch_size or context_length (raise gradient_accumulation_steps to keep the tokens per step), "
+               "or the model size")
+    raise SetupError(f"this config needs about {format_bytes(need.total)} to train, but {device} has "
+                     f"{format_bytes(have)} free: {need.parameters:,} parameters take "
+                     f"{format_bytes(need.weights_and_optimizer)} (weights, gradients, AdamW state) and the "
+                     f"activations of batch_size {cfg.batch_size} x context_length {cfg.context_length} over "
+                     f"{cfg.num_layers} layers take {format_bytes(need.activations)}; {fix}")
 
 
 def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
@@ -175,8 +258,15 @@ def _archive_earlier_run(run_dir: Path) -> None:
     old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".dcp") or p.name == "metrics.jsonl"]  # .dcp: fsdp
     if not old:
         return
-    dest = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
-    dest.mkdir()
+    stamp = time.strftime("previous-%Y%m%d-%H%M%S")
+    dest, n = run_dir / stamp, 1
+    while True:  # two fresh runs can archive within the same second
+        try:
+            dest.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            dest = run_dir / f"{stamp}-{n}"
     for p in old:
         os.replace(p, dest / p.name)
     if (run_dir / "tokenizer").is_dir():  # the moved checkpoints name it relative to their own directory

@@ -43,6 +43,7 @@ from lmfast._run_setup import (
     _archive_earlier_run,
     _resolve_paths,
     build_tokenizer,
+    check_run_inputs,
     load_run_tokenizer,
     resolve_device,
     setup_logging,
@@ -375,17 +376,24 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 # Entry point
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the problem, no usage dump; _run turns it into exit code 2
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lmfast.train", description="Train a Llama-style LM.")
+    parser = _Parser(prog="python -m lmfast.train", description="Train a Llama-style LM.")
     parser.add_argument("--config", help="YAML config (see configs/); omitted = all defaults")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the config's device)")
     parser.add_argument("--resume", help="a checkpoint .pt to continue from, or 'auto' for the newest in "
                                          "checkpoint_dir")
     parser.add_argument("--init-from", metavar="DIR", help="start a fresh run from the weights of a Hugging Face "
                                                            "Llama folder (e.g. one written by lmfast.export)")
-    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
-                        help="override a config key, e.g. --set max_steps=100 (repeatable)")
-    return parser.parse_args(argv)
+    parser.add_argument("--set", dest="overrides", action="append", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="override config keys, e.g. --set max_steps=100 seed=1 (repeatable)")
+    args = parser.parse_args(argv)
+    args.overrides = [pair for group in args.overrides for pair in group]  # --set a=1 b=2 --set c=3
+    return args
 
 
 def build(argv: list[str] | None = None) -> Trainer:
@@ -404,6 +412,7 @@ def build(argv: list[str] | None = None) -> Trainer:
     else:
         setup_logging("WARNING")
     device = ctx.resolve_device(resolve_device(cfg.device))
+    check_run_inputs(cfg, device)
     ctx.init(device)
     trainer = Trainer(cfg, device, resume=args.resume, dist=ctx, init_from=args.init_from)
 
@@ -424,15 +433,27 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()  # the torchrun process group, on success and on error alike
 
 
+# Bad input and a hostile environment (a read-only or full disk, a directory where a file belongs) end in one line
+# on stderr and exit code 2. Anything else is a bug in lmfast and keeps its traceback.
+_BAD_INPUT = (ConfigError, SetupError, MissingPackageError, ValueError, OSError, MemoryError, torch.OutOfMemoryError)
+
+
+def _fail(e: BaseException) -> int:
+    print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+    return 2
+
+
 def _run(argv: list[str] | None) -> int:
     try:
         trainer = build(argv)
     except PeerFailedError:
         return 2  # the rank that failed printed the error
-    except (ConfigError, SetupError, MissingPackageError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = trainer.fit()
+    except _BAD_INPUT as e:
+        return _fail(e)
+    try:
+        summary = trainer.fit()
+    except (OSError, torch.OutOfMemoryError) as e:  # e.g. the disk filled up while a checkpoint was written
+        return _fail(e)
     if not trainer.dist.is_main:
         return 0 if math.isfinite(summary["train_loss"]) else 1
     shutdown()  # rank 0 samples alone; the process group is no longer needed
