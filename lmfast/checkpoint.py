@@ -7,7 +7,9 @@ beside it and moved into place with ``os.replace``, so a crash mid-write never l
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -15,7 +17,7 @@ from typing import IO, Any, BinaryIO
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state", "check_model_shapes",
-           "unwrap_model", "atomic_torch_save"]
+           "unwrap_model", "atomic_torch_save", "CheckpointWriteError"]
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
@@ -43,10 +45,41 @@ def atomic_torch_save(obj: Any, out: PathOrFile) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        cause = _os_error_in(e)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(_write_failure(path, cause)) from e
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, I/O error); the file it would replace is untouched."""
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: torch.save reports a failed write as a RuntimeError ("unexpected pos ...") whose
+    context holds the real one (ENOSPC)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _write_failure(path: Path, error: OSError) -> str:
+    reason = error.strerror or str(error)
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / (1 << 20):,.0f} MiB free there"
+    except OSError:
+        free = ""
+    fix = "free some space or point checkpoint_dir at a disk with room" if error.errno in (errno.ENOSPC,
+                                                                                         errno.EDQUOT) else \
+        "check the disk and that checkpoint_dir is writable"
+    return f"cannot write checkpoint {str(path)!r}: {reason}{free}; {fix}. Any earlier file of that name is kept"
 
 
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, iteration: int,
@@ -67,17 +100,38 @@ def read_checkpoint(src: PathOrFile, map_location: str | torch.device = "cpu") -
     if isinstance(src, (str, os.PathLike)) and (Path(src) / ".metadata").is_file():
         raise ValueError(f"{name!r} is a sharded checkpoint (a directory an fsdp run writes), which only training "
                          "resumes from; pass the run's final_model.pt or best_model.pt, single files")
+    if isinstance(src, (str, os.PathLike)) and Path(src).is_dir():
+        raise ValueError(f"checkpoint {name!r} is a directory; pass a .pt file in it (or --resume auto to take the "
+                         "newest checkpoint in checkpoint_dir)")
     if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
         raise FileNotFoundError(f"checkpoint {name!r} does not exist; pass a .pt file written by lmfast "
                                 "(or --resume auto to take the newest in checkpoint_dir)")
     try:
         state = torch.load(src, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle/zip errors differ across torch versions
-        raise ValueError(f"checkpoint {name!r} cannot be read ({type(e).__name__}: {str(e)[:200]}); "
-                         "it is truncated, corrupt, or not a torch checkpoint") from None
+        raise ValueError(_load_failure(name, e)) from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise ValueError(f"checkpoint {name!r} is not an lmfast checkpoint: expected a dict with 'model' and 'step'")
     return state
+
+
+def _load_failure(name: str, e: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused ``name``; a code-carrying pickle says so in
+    full, with torch's own warning about loading it any other way."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+        detail = next((p for p in paragraphs[1:] if not p.startswith("Check the documentation")), "")
+        if "GLOBAL" in detail.upper():  # a pickle that imports something: the way code rides in a checkpoint
+            warning = next((s.strip() + "." for s in paragraphs[0].split(". ") if "arbitrary code" in s), "")
+            return (f"checkpoint {name!r} was refused: it holds Python objects other than tensors and plain data "
+                    f"({detail.rstrip('.')}), and lmfast loads checkpoints with weights_only=True, which runs no code "
+                    f"from the file. torch: \"{warning} Do it only if you got the file from a trusted source.\"")
+        text = detail or text
+    brief = " ".join(text.split())
+    brief = brief if len(brief) <= 300 else brief[:300] + "..."
+    return (f"checkpoint {name!r} cannot be read ({type(e).__name__}: {brief}); it is truncated, corrupt, or not a "
+            "torch checkpoint")
 
 
 def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
