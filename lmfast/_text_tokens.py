@@ -144,7 +144,7 @@ def load_dataset(
         if vocab_size is None:
             vocab_size = 256 if tokenizer is None else tokenizer.vocab_size
     elif suffix not in TOKEN_SUFFIXES:
-        if not path.exists():
+        if not path.is_file():
             raise _missing(path, key)
         raise _unsupported(path)
     if vocab_size is None and tokenizer is not None:

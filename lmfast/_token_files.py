@@ -28,6 +28,8 @@ _SCAN_CHUNK = 1 << 24  # elements per chunk when scanning a token file for its m
 def _missing(path: Path, key: str | None) -> FileNotFoundError:
     fix = f"set `{key}` to" if key else "pass"
     supported = ", ".join(TOKEN_SUFFIXES + TEXT_SUFFIXES)
+    if path.is_dir():
+        return FileNotFoundError(f"{path} is a directory, not a token or text file; {fix} a {supported} file")
     return FileNotFoundError(f"token file {path} does not exist; {fix} an existing {supported} file")
 
 
@@ -65,10 +67,21 @@ def _open_npy(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             shape, _, dtype = _read_npy_header(f)
+            data_start = f.tell()
     except ValueError as e:
         raise ValueError(f"{path} is not a valid .npy file ({e}); re-create it with np.save") from e
     _check_header(path, shape, dtype)
+    _check_size(path, data_start + shape[0] * dtype.itemsize, f"{shape[0]:,} {dtype} ids")
     return np.load(path, mmap_mode="r")
+
+
+def _check_size(path: Path, expected: int, what: str) -> None:
+    """A file cut short (an interrupted copy or download) is named, not left to mmap's "length is greater than
+    file size"."""
+    size = path.stat().st_size
+    if size < expected:
+        raise ValueError(f"{path} is truncated: its header promises {what} ({expected:,} bytes) but the file has "
+                         f"{size:,} bytes; copy or re-create it again")
 
 
 def _pick_npz_member(path: Path, names: list[str]) -> str:
@@ -110,6 +123,7 @@ def _open_npz(path: Path, cache: Path) -> np.ndarray:
             if info.compress_type == zipfile.ZIP_STORED:
                 # np.savez stores members uncompressed: map the array where it lies inside the zip.
                 offset = _npz_member_offset(path, info) + src.tell()
+                _check_size(path, offset + shape[0] * dtype.itemsize, f"{shape[0]:,} {dtype} ids in {member}")
                 return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
             out = cache / f"{path.stem}-{member[:-4]}-{_content_sha256(path, cache)[:16]}.npy"
             with _file_lock(out):
