@@ -80,6 +80,41 @@ py::list to_list(const std::vector<uint32_t>& ids, size_t vocab_size) {
     return py::reinterpret_steal<py::list>(list);
 }
 
+// Token ids for decoding, each checked here so that no Python object reaches the core unconverted: a non-int is a
+// TypeError and an int beyond int64 (2**70) a ValueError, both naming the id and its position, instead of
+// pybind11's "incompatible function arguments" dump. Out-of-vocab ids that fit in int64 are the core's to report.
+std::vector<int64_t> id_list(py::handle items, size_t vocab_size) {
+    if (PyUnicode_Check(items.ptr()) || PyBytes_Check(items.ptr()))
+        throw py::type_error("ids must be a sequence of int token ids, got " + type_name(items));
+    std::vector<int64_t> ids;
+    size_t k = 0;
+    for (py::handle item : py::reinterpret_borrow<py::iterable>(items)) {
+        py::object id;  // numpy and other integer types convert through __index__; floats and bools do not
+        if (PyLong_Check(item.ptr()) && !PyBool_Check(item.ptr())) {
+            id = py::reinterpret_borrow<py::object>(item);
+        } else if (!PyBool_Check(item.ptr()) && PyIndex_Check(item.ptr())) {
+            id = py::reinterpret_steal<py::object>(PyNumber_Index(item.ptr()));
+            if (!id) throw py::error_already_set();
+        } else {
+            throw py::type_error("token ids must be int, got " + type_name(item) + " " +
+                                 py::repr(item).cast<std::string>().substr(0, 60) + " at position " +
+                                 std::to_string(k));
+        }
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(id.ptr(), &overflow);
+        if (overflow) {
+            long bits = id.attr("bit_length")().cast<long>();  // str() of a 10**5000 would itself raise
+            std::string shown = bits <= 256 ? py::str(id).cast<std::string>() : "of " + std::to_string(bits) + " bits";
+            throw py::value_error("unknown token id " + shown + " at position " + std::to_string(k) +
+                                  "; valid ids are those in the vocab (0.." +
+                                  std::to_string(static_cast<int64_t>(vocab_size) - 1) + ")");
+        }
+        ids.push_back(v);
+        ++k;
+    }
+    return ids;
+}
+
 std::vector<std::string> str_list(py::handle items, const char* what) {
     std::vector<std::string> out;
     if (PyUnicode_Check(items.ptr()))
@@ -221,7 +256,8 @@ PYBIND11_MODULE(_bpe, mod) {
             "encode() of each text on num_threads native threads; results in input order.")
         .def(
             "decode_bytes",
-            [](const lmfast::Engine& self, const std::vector<int64_t>& ids) {
+            [](const lmfast::Engine& self, py::handle id_seq) {
+                std::vector<int64_t> ids = id_list(id_seq, self.vocab_size());
                 std::string out;
                 {
                     py::gil_scoped_release release;

@@ -519,10 +519,11 @@ std::vector<std::vector<uint32_t>> Engine::encode_batch(const std::vector<std::s
 
 std::string Engine::decode_bytes(const std::vector<int64_t>& ids) const {
     size_t total = 0;
-    for (int64_t id : ids) {
+    for (size_t k = 0; k < ids.size(); ++k) {
+        int64_t id = ids[k];
         if (id < 0 || id >= static_cast<int64_t>(tokens_.size()) || !present_[id])
-            throw std::invalid_argument("unknown token id " + std::to_string(id) +
-                                        "; valid ids are those in the vocab (0.." +
+            throw std::invalid_argument("unknown token id " + std::to_string(id) + " at position " +
+                                        std::to_string(k) + "; valid ids are those in the vocab (0.." +
                                         std::to_string(static_cast<int64_t>(tokens_.size()) - 1) + ")");
         total += tokens_[id].size();
     }

@@ -179,13 +179,19 @@ class ReferenceEngine:
         return [self.encode(t, allowed) for t in texts]
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """Concatenate the bytes of ``ids``; an id not in the vocab raises ValueError naming it."""
+        """Concatenate the bytes of ``ids``; a non-int raises TypeError, an id not in the vocab ValueError, each
+        naming the id and its position (the messages of ``lmfast._bpe.Engine.decode_bytes``)."""
+        ids = list(ids)
         vocab = self._vocab
         try:
             return b"".join(vocab[i] for i in ids)
         except (KeyError, TypeError):
-            bad = next(i for i in ids if not isinstance(i, int) or i not in vocab)
-            raise ValueError(f"token id {bad!r} is not in the vocab (valid ids: 0..{self.vocab_size - 1})") from None
+            k, bad = next((k, i) for k, i in enumerate(ids) if type(i) is not int or i not in vocab)
+            if type(bad) is not int:
+                raise TypeError(f"token ids must be int, got {type(bad).__name__} {bad!r} at position {k}") from None
+            shown = bad if bad.bit_length() <= 256 else f"of {bad.bit_length()} bits"  # str() of 10**5000 raises
+            raise ValueError(f"unknown token id {shown} at position {k}; valid ids are those in the vocab "
+                             f"(0..{self.vocab_size - 1})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,6 +214,9 @@ class _Desc:
 
 
 def _check_train_args(vocab_size, special_tokens, num_workers) -> list[str]:
+    if isinstance(special_tokens, (str, bytes)):
+        raise ValueError(f"special_tokens must be a list of strings, got the single {type(special_tokens).__name__} "
+                         f"{special_tokens!r}; write [{special_tokens!r}]")
     special_tokens = list(special_tokens or [])
     if any(not isinstance(s, str) or not s for s in special_tokens):
         raise ValueError(f"special_tokens must be non-empty strings, got {special_tokens!r}")

@@ -49,6 +49,10 @@ def _to_bytes(s: str) -> bytes:
 # ----------------------------------------------------------------------------------------------------------------
 # Checking a vocab and merges given in memory
 
+# The C++ engine's limits (csrc/bpe.cpp, Engine::Engine), enforced here for both engines alike.
+_MAX_ID = 1 << 31
+_MAX_GAP = 1 << 24
+
 
 def _check_vocab_merges(vocab, merges) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     if not isinstance(vocab, Mapping) or not vocab:
@@ -57,9 +61,15 @@ def _check_vocab_merges(vocab, merges) -> tuple[dict[int, bytes], list[tuple[byt
     for i, b in vocab.items():
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
             raise ValueError(f"vocab key {i!r} is not a non-negative int id; vocab maps id -> bytes")
+        if i >= _MAX_ID:
+            raise ValueError(f"vocab id {i} is out of range; ids must be in [0, 2**31)")
         if not isinstance(b, (bytes, bytearray)):
             raise ValueError(f"vocab[{i}] is {type(b).__name__}, not bytes; vocab maps id -> token bytes")
         out_vocab[int(i)] = bytes(b)
+    largest = max(out_vocab)
+    if largest >= len(out_vocab) + _MAX_GAP:  # ids index dense tables (and an embedding of largest + 1 rows)
+        raise ValueError(f"vocab ids are too sparse: the largest is {largest} for {len(out_vocab)} tokens; renumber "
+                         f"the vocab so ids stay below the token count + {_MAX_GAP}")
     known = set(out_vocab.values())
     out_merges: list[tuple[bytes, bytes]] = []
     for k, pair in enumerate(merges):
@@ -87,9 +97,16 @@ def _line_of(text: str, needle: str) -> int:
     return text.count("\n", 0, i) + 1 if i >= 0 else 1
 
 
-def _read_vocab_json(path: Path) -> dict[int, bytes]:
+def _require_file(path: Path, what: str) -> None:
+    """FileNotFoundError naming ``path`` and ``what`` it should be, saying so when it is a directory."""
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory; pass the {what} file itself")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such vocab file (expected GPT-2's vocab.json)")
+        raise FileNotFoundError(f"{path}: no such {what} file")
+
+
+def _read_vocab_json(path: Path) -> dict[int, bytes]:
+    _require_file(path, "vocab (GPT-2's vocab.json)")
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -116,8 +133,7 @@ def _read_vocab_json(path: Path) -> dict[int, bytes]:
 
 
 def _read_merges_txt(path: Path, vocab: Mapping[int, bytes]) -> list[tuple[bytes, bytes]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such merges file (expected GPT-2's merges.txt)")
+    _require_file(path, "merges (GPT-2's merges.txt)")
     known = set(vocab.values())
     merges: list[tuple[bytes, bytes]] = []
     try:
@@ -143,6 +159,18 @@ def _read_merges_txt(path: Path, vocab: Mapping[int, bytes]) -> list[tuple[bytes
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not valid UTF-8 at byte offset {e.start}; merges.txt must be UTF-8") from None
     return merges
+
+
+def _check_merges_present(path: Path, vocab: Mapping[int, bytes], merges: Sequence, special_tokens) -> None:
+    """A merges.txt with no merges for a vocab that has merged tokens is an empty or cut-short file, not a choice."""
+    if merges:
+        return
+    specials = set() if isinstance(special_tokens, str) else {str(s).encode("utf-8") for s in special_tokens or ()}
+    merged = [b for b in vocab.values() if len(b) > 1 and b not in specials]
+    if merged:
+        raise ValueError(f"{path}: holds no merges, but the vocab has {len(merged)} multi-byte tokens (e.g. "
+                         f"{_to_str(merged[0])!r}) that only merges can make; the file is empty or cut short, so use "
+                         "the merges.txt saved with this vocab.json")
 
 
 def _write_vocab_json(path: Path, vocab: Mapping[int, bytes]) -> None:

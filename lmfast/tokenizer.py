@@ -18,6 +18,7 @@ reads and writes them. ``_streaming`` finds the safe cuts that let long texts be
 from __future__ import annotations
 
 import json
+import operator
 import os
 import tempfile
 import zipfile
@@ -30,9 +31,11 @@ from lmfast import _bpe_reference
 from lmfast._bpe_reference import GPT2_PATTERN, ReferenceEngine, special_token_regex
 from lmfast._streaming import _read_text_pieces, _safe_chunks, _write_npy_header
 from lmfast._tokenizer_files import (
+    _check_merges_present,
     _check_vocab_merges,
     _read_merges_txt,
     _read_vocab_json,
+    _require_file,
     _write_merges_txt,
     _write_vocab_json,
     bytes_to_unicode,
@@ -121,6 +124,7 @@ class Tokenizer:
         """Load GPT-2-format ``vocab.json`` + ``merges.txt``; a bad file raises ValueError naming the file and line."""
         vocab = _read_vocab_json(Path(vocab_path))
         merges = _read_merges_txt(Path(merges_path), vocab)
+        _check_merges_present(Path(merges_path), vocab, merges, special_tokens)
         return cls(vocab, merges, special_tokens, backend=backend)
 
     @classmethod
@@ -128,7 +132,8 @@ class Tokenizer:
         """Load a tokenizer written by ``save``: ``vocab.json``, ``merges.txt`` and ``tokenizer.json``."""
         d = Path(directory)
         if not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such tokenizer directory; write one with Tokenizer.save or "
+            kind = "a file, not a tokenizer directory" if d.exists() else "no such tokenizer directory"
+            raise FileNotFoundError(f"{d}: {kind}; write one with Tokenizer.save or "
                                     "`python -m lmfast.tokenize train --out DIR`")
         specials: list[str] = []
         meta_path = d / "tokenizer.json"
@@ -159,6 +164,9 @@ class Tokenizer:
     def save(self, directory) -> Path:
         """Write ``vocab.json``, ``merges.txt`` and ``tokenizer.json`` (special tokens) into ``directory``."""
         d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise ValueError(f"{d} is a file; a tokenizer is saved into a directory (vocab.json, merges.txt, "
+                             "tokenizer.json), so pass a directory path")
         d.mkdir(parents=True, exist_ok=True)
         _write_vocab_json(d / "vocab.json", self._vocab)
         _write_merges_txt(d / "merges.txt", self._merges)
@@ -259,8 +267,9 @@ class Tokenizer:
         from tqdm.auto import tqdm
 
         in_path, out_path = Path(in_path), Path(out_path)
-        if not in_path.is_file():
-            raise FileNotFoundError(f"{in_path}: no such file to encode")
+        _require_file(in_path, "text to encode")
+        if out_path.is_dir():
+            raise ValueError(f"{out_path} is a directory; the output is a file, e.g. {out_path / 'tokens.npy'}")
         threads = _num_threads(num_threads)
         dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
         allowed = frozenset(self._special)
@@ -305,9 +314,26 @@ class Tokenizer:
 
 
 def _as_id_list(ids) -> list[int]:
+    """``ids`` as Python ints. Floats and bools are refused, never truncated to an id; ``tolist`` keeps a uint64
+    2**63 as 2**63 (``astype(int64)`` made it negative)."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"decode expects a sequence of int token ids, got {type(ids).__name__} {ids!r:.60}")
     if isinstance(ids, np.ndarray):
-        return ids.astype(np.int64).ravel().tolist()
-    return [int(i) if isinstance(i, np.integer) else i for i in ids]
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"decode expects integer token ids, got an array of {ids.dtype}; ids are never rounded, "
+                            "so convert whole-number ids with ids.astype(np.int64) first")
+        return ids.ravel().tolist()
+    out = []
+    for k, i in enumerate(ids):
+        if type(i) is not int:
+            try:
+                if isinstance(i, (bool, np.bool_)):
+                    raise TypeError
+                i = operator.index(i)  # numpy ints and integer 0-d tensors; floats have no __index__
+            except TypeError:
+                raise TypeError(f"token ids must be int, got {type(i).__name__} {i!r:.60} at position {k}") from None
+        out.append(i)
+    return out
 
 
 def _num_threads(num_threads: int | None) -> int:
@@ -330,8 +356,7 @@ def train_bpe(input_path, vocab_size: int, special_tokens: Sequence[str] = (), n
     token. Ties between equally frequent pairs go to the lexicographically greater ``(bytes, bytes)`` pair.
     """
     path = Path(input_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such training text file")
+    _require_file(path, "training text")
     special_tokens = _bpe_reference._check_train_args(vocab_size, special_tokens, num_workers)
     if _resolve_backend(backend, "train_bpe") == "native":
         vocab, merges = _native.train_bpe(str(path), vocab_size, special_tokens, num_workers)
