@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <optional>
 
 #include "bpe.h"
@@ -115,6 +116,22 @@ std::vector<int64_t> id_list(py::handle items, size_t vocab_size) {
     return ids;
 }
 
+// Ids as the bytes of a little-endian uint16 or uint32 array, made straight into a bytes object.
+py::bytes packed(const std::vector<uint32_t>& ids, int itemsize) {
+    PyObject* obj = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(ids.size() * itemsize));
+    if (!obj) throw py::error_already_set();
+    char* dst = PyBytes_AS_STRING(obj);
+    if (itemsize == 4) {
+        std::memcpy(dst, ids.data(), ids.size() * 4);  // x86 and ARM Linux/macOS are little-endian, as .npy '<u4' is
+    } else {
+        for (size_t i = 0; i < ids.size(); ++i) {
+            uint16_t v = static_cast<uint16_t>(ids[i]);
+            std::memcpy(dst + 2 * i, &v, 2);
+        }
+    }
+    return py::reinterpret_steal<py::bytes>(obj);
+}
+
 std::vector<std::string> str_list(py::handle items, const char* what) {
     std::vector<std::string> out;
     if (PyUnicode_Check(items.ptr()))
@@ -125,6 +142,24 @@ std::vector<std::string> str_list(py::handle items, const char* what) {
         out.push_back(item.cast<std::string>());
     }
     return out;
+}
+
+// The shared half of encode_batch and encode_batch_to_bytes: check and view the texts, encode without the GIL.
+std::vector<std::vector<uint32_t>> encode_texts(const lmfast::Engine& self, py::handle texts,
+                                                py::handle allowed_special, int num_threads) {
+    if (PyUnicode_Check(texts.ptr()))
+        throw py::type_error("texts must be a list of str, got a single str; wrap it: [text]");
+    std::vector<py::object> holders;
+    std::vector<std::string_view> views;
+    std::vector<py::object> keep;  // the texts themselves, in case `texts` is a one-shot iterable
+    for (py::handle t : py::reinterpret_borrow<py::iterable>(texts)) {
+        keep.push_back(py::reinterpret_borrow<py::object>(t));
+        holders.emplace_back();
+        views.push_back(utf8_of(t, holders.back(), "each text"));
+    }
+    std::vector<std::string> allowed = str_list(allowed_special, "allowed_special");
+    py::gil_scoped_release release;
+    return self.encode_batch(views, allowed, num_threads);
 }
 
 std::unique_ptr<lmfast::Engine> make_engine(const py::dict& vocab, const py::iterable& merges,
@@ -229,22 +264,7 @@ PYBIND11_MODULE(_bpe, mod) {
         .def(
             "encode_batch",
             [](const lmfast::Engine& self, py::handle texts, py::handle allowed_special, int num_threads) {
-                if (PyUnicode_Check(texts.ptr()))
-                    throw py::type_error("texts must be a list of str, got a single str; wrap it: [text]");
-                std::vector<py::object> holders;
-                std::vector<std::string_view> views;
-                std::vector<py::object> keep;  // the texts themselves, in case `texts` is a one-shot iterable
-                for (py::handle t : py::reinterpret_borrow<py::iterable>(texts)) {
-                    keep.push_back(py::reinterpret_borrow<py::object>(t));
-                    holders.emplace_back();
-                    views.push_back(utf8_of(t, holders.back(), "each text"));
-                }
-                std::vector<std::string> allowed = str_list(allowed_special, "allowed_special");
-                std::vector<std::vector<uint32_t>> results;
-                {
-                    py::gil_scoped_release release;
-                    results = self.encode_batch(views, allowed, num_threads);
-                }
+                std::vector<std::vector<uint32_t>> results = encode_texts(self, texts, allowed_special, num_threads);
                 py::list out(results.size());
                 for (size_t i = 0; i < results.size(); ++i) {
                     py::list ids = to_list(results[i], self.vocab_size());
@@ -254,6 +274,25 @@ PYBIND11_MODULE(_bpe, mod) {
             },
             py::arg("texts"), py::arg("allowed_special"), py::arg("num_threads"),
             "encode() of each text on num_threads native threads; results in input order.")
+        .def(
+            "encode_batch_to_bytes",
+            [](const lmfast::Engine& self, py::handle texts, py::handle allowed_special, int num_threads,
+               int itemsize) {
+                if (itemsize != 2 && itemsize != 4) throw py::value_error("itemsize must be 2 or 4");
+                if (itemsize == 2 && self.vocab_size() > (size_t{1} << 16))
+                    throw py::value_error("itemsize 2 holds ids below 65536, but the vocab has " +
+                                          std::to_string(self.vocab_size()) + " ids; use 4");
+                std::vector<std::vector<uint32_t>> results = encode_texts(self, texts, allowed_special, num_threads);
+                py::list out(results.size());
+                for (size_t i = 0; i < results.size(); ++i) {
+                    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), packed(results[i], itemsize).release().ptr());
+                    std::vector<uint32_t>().swap(results[i]);  // free as we go: peak = the ids + one text's bytes
+                }
+                return out;
+            },
+            py::arg("texts"), py::arg("allowed_special"), py::arg("num_threads"), py::arg("itemsize"),
+            "encode_batch() with each text's ids packed as little-endian uint16 (itemsize 2) or uint32 (4) bytes: "
+            "what a token file holds, without a Python int per id.")
         .def(
             "decode_bytes",
             [](const lmfast::Engine& self, py::handle id_seq) {
@@ -271,7 +310,8 @@ PYBIND11_MODULE(_bpe, mod) {
     // ----- Training -----
     mod.def(
         "train_bpe",
-        [](py::object input_path, int64_t vocab_size, py::handle special_tokens, std::optional<int> num_workers) {
+        [](py::object input_path, int64_t vocab_size, py::handle special_tokens, std::optional<int> num_workers,
+           py::object progress) {
             // fsdecode takes str, bytes and PathLike alike (a bytes path must not become the text "b'...'").
             std::string path = py::module_::import("os").attr("fsdecode")(input_path).cast<std::string>();
             if (vocab_size < 0) throw py::value_error("vocab_size=" + std::to_string(vocab_size) + " must be >= 256");
@@ -279,10 +319,17 @@ PYBIND11_MODULE(_bpe, mod) {
             if (num_workers && *num_workers < 1)
                 throw py::value_error("num_workers=" + std::to_string(*num_workers) +
                                       " must be >= 1 (or None for all cores)");
+            // Called with the GIL released, ~10 times a second: report progress, and let Ctrl-C (a signal Python
+            // only notices between bytecodes) stop a long training by raising out of the core.
+            auto report = [&progress](size_t done, size_t total) {
+                py::gil_scoped_acquire gil;
+                if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                if (!progress.is_none()) progress(done, total);
+            };
             lmfast::TrainResult r;
             {
                 py::gil_scoped_release release;
-                r = lmfast::train_bpe(path, static_cast<size_t>(vocab_size), specials, num_workers.value_or(0));
+                r = lmfast::train_bpe(path, static_cast<size_t>(vocab_size), specials, num_workers.value_or(0), report);
             }
             py::dict vocab;
             for (size_t i = 0; i < r.vocab.size(); ++i) vocab[py::int_(i)] = py::bytes(r.vocab[i]);
@@ -295,5 +342,7 @@ PYBIND11_MODULE(_bpe, mod) {
             return py::make_tuple(vocab, merges);
         },
         py::arg("input_path"), py::arg("vocab_size"), py::arg("special_tokens"), py::arg("num_workers") = py::none(),
-        "Train byte-level BPE on a UTF-8 file: returns (vocab id -> bytes, merges in order).");
+        py::arg("progress") = py::none(),
+        "Train byte-level BPE on a UTF-8 file: returns (vocab id -> bytes, merges in order); progress(done, total) "
+        "is called with merge counts about ten times a second.");
 }

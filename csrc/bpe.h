@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -309,7 +310,9 @@ struct TrainResult {
 
 // CS336-style BPE training: ids are special tokens, then the 256 bytes, then one per merge. The most frequent
 // pair is merged each step; ties go to the lexicographically greater (bytes, bytes) pair.
+// progress(merges done, merges wanted), when given, is called at the start, about every 100 ms, and at the end; an
+// exception it throws stops training (the bindings use it to let Ctrl-C through).
 TrainResult train_bpe(const std::string& input_path, size_t vocab_size, const std::vector<std::string>& special_tokens,
-                      int num_workers);
+                      int num_workers, const std::function<void(size_t, size_t)>& progress = {});
 
 }  // namespace lmfast

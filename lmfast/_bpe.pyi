@@ -1,7 +1,7 @@
 """Typed stub of the C++ BPE core ``lmfast._bpe`` (csrc/bindings.cpp). The public API is ``lmfast.tokenizer``."""
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 CLASS_OTHER: int
 CLASS_LETTER: int
@@ -35,18 +35,26 @@ class Engine:
         longest at one position). An unknown name raises ValueError. Releases the GIL."""
     def encode_batch(self, texts: Iterable[str], allowed_special: Iterable[str], num_threads: int) -> list[list[int]]:
         """``encode`` of each text on ``num_threads`` (>= 1) native threads, results in input order."""
+    def encode_batch_to_bytes(
+        self, texts: Iterable[str], allowed_special: Iterable[str], num_threads: int, itemsize: int
+    ) -> list[bytes]:
+        """``encode_batch`` with each text's ids packed as little-endian uint16 (``itemsize`` 2, ids < 65536) or
+        uint32 (4) bytes: what a token file holds, without a Python int per id."""
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """Concatenated token bytes; an id not in the vocab raises ValueError naming it."""
+        """Concatenated token bytes; an id not in the vocab (or beyond int64) raises ValueError and a non-int
+        TypeError, naming the id and its position."""
     @property
     def vocab_size(self) -> int:
         """Largest id + 1."""
 
 def train_bpe(
     input_path: str | bytes | os.PathLike[str], vocab_size: int, special_tokens: Iterable[str],
-    num_workers: int | None = None,
+    num_workers: int | None = None, progress: Callable[[int, int], object] | None = None,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Train byte-level BPE on a UTF-8 file (CS336 semantics: specials, then 256 bytes, then one id per merge;
     ties go to the greater (bytes, bytes) pair). Pre-tokenizes on ``num_workers`` threads (None: all cores).
+    ``progress(merges_done, merges_wanted)`` is called at the start, about ten times a second and at the end;
+    Ctrl-C stops training with KeyboardInterrupt.
 
     ValueError for vocab_size < 256 + len(special_tokens) or a file that is not UTF-8 (naming the byte offset),
     FileNotFoundError for a missing file."""

@@ -23,6 +23,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import regex
 
 __all__ = ["GPT2_PATTERN", "ReferenceEngine", "train_bpe_reference", "read_utf8", "special_token_regex"]
@@ -30,6 +31,8 @@ __all__ = ["GPT2_PATTERN", "ReferenceEngine", "train_bpe_reference", "read_utf8"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _PRETOKENIZE = regex.compile(GPT2_PATTERN)
 _CACHE_LIMIT = 1 << 16  # pieces kept in the per-engine encode cache before it is cleared
+MAX_VOCAB_SIZE = 1 << 31  # ids are C int32-sized in the C++ engine and in token files
+MAX_THREADS = 1024  # a worker or thread count above this is a typo, and the C++ pool would keep every thread parked
 
 
 def special_token_regex(special_tokens: Iterable[str]) -> regex.Pattern | None:
@@ -178,6 +181,12 @@ class ReferenceEngine:
         allowed = frozenset(allowed_special)
         return [self.encode(t, allowed) for t in texts]
 
+    def encode_batch_to_bytes(self, texts: Sequence[str], allowed_special: Iterable[str], num_threads: int,
+                              itemsize: int) -> list[bytes]:
+        """``encode_batch`` with each text's ids as little-endian uint16 (``itemsize`` 2) or uint32 (4) bytes."""
+        dtype = {2: "<u2", 4: "<u4"}[itemsize]
+        return [np.asarray(ids, dtype=dtype).tobytes() for ids in self.encode_batch(texts, allowed_special)]
+
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenate the bytes of ``ids``; a non-int raises TypeError, an id not in the vocab ValueError, each
         naming the id and its position (the messages of ``lmfast._bpe.Engine.decode_bytes``)."""
@@ -225,9 +234,12 @@ def _check_train_args(vocab_size, special_tokens, num_workers) -> list[str]:
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size={vocab_size!r} is too small: it must be an int >= 256 + {len(special_tokens)} "
                          f"(the 256 byte tokens plus the special tokens); use at least {256 + len(special_tokens)}")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ValueError(f"vocab_size={vocab_size} is too large: token ids must stay below 2**31, so use at most "
+                         f"{MAX_VOCAB_SIZE}")
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
-                                    or num_workers < 1):
-        raise ValueError(f"num_workers={num_workers!r}: must be None or a positive int")
+                                    or not 1 <= num_workers <= MAX_THREADS):
+        raise ValueError(f"num_workers={num_workers!r}: must be None (all cores) or an int from 1 to {MAX_THREADS}")
     return special_tokens
 
 
@@ -256,10 +268,12 @@ def _merge_word(word: tuple, pair: tuple[bytes, bytes], new: bytes) -> tuple:
     return tuple(out)
 
 
-def train_bpe_reference(input_path, vocab_size: int, special_tokens: Sequence[str], num_workers: int | None = None):
+def train_bpe_reference(input_path, vocab_size: int, special_tokens: Sequence[str], num_workers: int | None = None,
+                        progress=None):
     """Train a byte-level BPE on a UTF-8 text file; returns ``(vocab: dict[int, bytes], merges: list[(bytes, bytes)])``.
 
     ``num_workers`` is accepted for interface parity with the native trainer; the reference runs in one process.
+    ``progress(merges_done, merges_wanted)``, when given, is called every 64 merges and at the end.
     """
     special_tokens = _check_train_args(vocab_size, special_tokens, num_workers)
     text = read_utf8(input_path)
@@ -284,7 +298,10 @@ def train_bpe_reference(input_path, vocab_size: int, special_tokens: Sequence[st
     heapq.heapify(heap)
 
     merges: list[tuple[bytes, bytes]] = []
+    wanted = vocab_size - len(vocab)
     while len(vocab) < vocab_size:
+        if progress is not None and len(merges) % 64 == 0:
+            progress(len(merges), wanted)
         best = None
         while heap:
             neg, key = heapq.heappop(heap)
@@ -316,4 +333,6 @@ def train_bpe_reference(input_path, vocab_size: int, special_tokens: Sequence[st
                 else:
                     del pair_count[p]
                     pair_words.pop(p, None)
+    if progress is not None:
+        progress(len(merges), wanted)
     return vocab, merges

@@ -91,6 +91,10 @@ def _log_file_handler(path: Path) -> logging.FileHandler:
     if path.is_dir():
         raise SetupError(f"log_file {str(path)!r} is a directory; give a file path such as "
                          f"{str(path / 'training.log')!r}, or log_file: null for console only")
+    blocker = _file_in_the_way(path.parent)
+    if blocker is not None:
+        raise SetupError(f"log_file {str(path)!r} cannot be opened: {str(blocker)!r} is a file, not a directory; "
+                         "choose another path, or log_file: null for console only")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return logging.FileHandler(path, mode="a", encoding="utf-8")
@@ -104,14 +108,26 @@ def _reason(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing one of ``path`` and its parents, if it is not a directory (mkdir would fail there)."""
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return None if p.is_dir() else p
+    return None
+
+
 def _check_writable_dir(path: Path, key: str) -> None:
     """``path`` is, or can be made, a directory this process can create files in; SetupError naming ``key`` if not.
 
     Creating a file is the test: permission bits say nothing of a read-only mount, and root ignores them.
     """
-    if path.exists() and not path.is_dir():
+    blocker = _file_in_the_way(path)
+    if blocker == path:
         raise SetupError(f"{key} {str(path)!r} is a file, not a directory; point {key} at a directory (it is "
                          "created if missing)")
+    if blocker is not None:
+        raise SetupError(f"{key} {str(path)!r} cannot be created: {str(blocker)!r} is a file, not a directory; "
+                         f"point {key} at a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".lmfast-write-check-", dir=path)

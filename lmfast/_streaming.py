@@ -14,7 +14,8 @@ import numpy as np
 import regex
 
 _FILE_READ_BYTES = 1 << 20
-_SAFE_CUT = regex.compile(r"(?r)\S\s")  # rightmost non-space -> space boundary (see _cut_point)
+# The rightmost non-space -> space, letter -> non-letter or number -> non-number boundary (see _cut_point).
+_SAFE_CUT = regex.compile(r"(?r)\S\s|\p{L}\P{L}|\p{N}\P{N}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -24,11 +25,14 @@ _SAFE_CUT = regex.compile(r"(?r)\S\s")  # rightmost non-space -> space boundary 
 def _cut_point(buf: str, specials: Sequence[str]) -> int:
     """Rightmost index p > 0 where ``encode(buf[:p]) + encode(buf[p:]) == encode(buf)`` provably holds, or -1.
 
-    p sits between a non-whitespace and a whitespace character. The GPT-2 pattern always ends a pre-token there:
-    only whitespace pre-tokens hold whitespace after their first character, and they start at whitespace. Neither
-    side depends on the other: the pattern has no lookbehind, and its one lookahead ``(?!\\S)`` sees the same
-    non-whitespace character at the end of the left part. No special token may cover p, and p stays far enough
-    from the end of ``buf`` that a special token starting before it is fully visible.
+    p sits where the GPT-2 pattern always ends a pre-token: between a non-whitespace and a whitespace character
+    (only whitespace pre-tokens hold whitespace after their first character, and they start at whitespace), or
+    right after the last letter of a letter run or the last digit of a number run (``' ?\\p{L}+'`` and
+    ``' ?\\p{N}+'`` stop there, and the contractions ``'s|'t|...`` end in letters, so none reaches past p).
+    Neither side depends on the other: the pattern has no lookbehind, and its one lookahead ``(?!\\S)`` sees the
+    same non-whitespace character at the end of the left part. No special token may cover p, and p stays far
+    enough from the end of ``buf`` that a special token starting before it is fully visible. The letter and digit
+    cuts keep text without whitespace (base64, a line with its spaces stripped) streaming in bounded chunks.
     """
     longest = max((len(s) for s in specials), default=1)
     end = len(buf) - longest + 1  # the match "\S\s" ends at p + 1 <= end

@@ -36,6 +36,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="directory to write the tokenizer into")
     t.add_argument("--workers", type=int, default=None, help="pre-tokenization workers (native backend)")
     t.add_argument("--backend", choices=["auto", "native", "python"], default="auto")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     e = sub.add_parser("encode", help="encode a text file into a .npy of token ids")
     e.add_argument("--tokenizer", required=True, help="a directory written by `train`, or `gpt2`")
     e.add_argument("--input", required=True, help="UTF-8 text to encode")
@@ -48,7 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> None:
     t0 = time.perf_counter()
-    vocab, merges = train_bpe(args.input, args.vocab_size, args.special_token, args.workers, backend=args.backend)
+    vocab, merges = train_bpe(args.input, args.vocab_size, args.special_token, args.workers, backend=args.backend,
+                              progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     out = Tokenizer(vocab, merges, args.special_token, backend=args.backend).save(args.out)
     print(f"trained {len(vocab)} tokens ({len(merges)} merges) on {args.input} in {seconds:.2f} s -> {out}")
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split())
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
     return 0
 
 
