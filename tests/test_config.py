@@ -71,6 +71,73 @@ def test_bad_value_names_the_key_and_what_is_allowed(override, message):
         TrainConfig(**override)
 
 
+@pytest.mark.parametrize("override, message", [
+    (dict(seed=10**25), "seed: 10000000000000000000000000 is too large; it must be <= 9223372036854775807"),
+    (dict(max_steps=2**63), "max_steps: 9223372036854775808 is too large"),
+    (dict(batch_size="1e999"), "batch_size: cannot use '1e999'; expected an integer"),
+    (dict(warmup_iters=float("inf")), "warmup_iters: cannot use inf; expected an integer"),
+    (dict(learning_rate=True), "learning_rate: cannot use True; expected a number"),
+    (dict(checkpoint_dir={"a": 1}), "checkpoint_dir: cannot use {'a': 1}; expected a string"),
+    (dict(special_tokens={"a": 1}), "special_tokens: cannot use {'a': 1}; expected a list of non-empty strings"),
+    (dict(special_tokens=[None]), "special_tokens: cannot use \\[None\\]"),
+    (dict(special_tokens=[""]), "special_tokens: cannot use"),
+    (dict(d_model=63, num_heads=3), r"d_model \(63\) is odd, so no num_heads gives the even head dim"),
+    (dict(d_model=96, num_heads=5), r"num_heads that work for this d_model: 1, 2, 3, 4, 6, 8, 12, 16, 24, 48"),
+    (dict(device="cuda:abc"), "got 'cuda:abc'"),
+    (dict(device="cuda:-1"), "got 'cuda:-1'"),
+    (dict(train_data_path="x" * 500), None),
+])
+def test_extreme_values_name_the_key_and_the_limit(override, message):
+    if message is None:  # a long string is fine; only errors shorten what they quote
+        assert TrainConfig(**override).train_data_path == "x" * 500
+        return
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**override)
+
+
+def test_a_huge_d_model_that_does_not_divide_is_answered_at_once():
+    with pytest.raises(ConfigError, match="num_heads that work for this d_model: 1, 2, 4, 8"):
+        TrainConfig(d_model=2**62, num_heads=3)
+
+
+def test_quoted_values_are_cut_short_in_errors():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(batch_size="x" * 10_000)
+    assert len(str(err.value)) < 300 and "(10002 characters)" in str(err.value)
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("max_steps=[1", r"--set 'max_steps=\[1': the value of 'max_steps' is not valid YAML \(expected ',' or ']', but "
+                     r"got '<stream end>' at line 1, column 3\); quote a string value"),
+    ("seed={", "the value of 'seed' is not valid YAML"),
+    ("log_file=a: b: c", "mapping values are not allowed here"),
+    ("tokenizer=!!python/object:os.system", "could not determine a constructor"),
+])
+def test_set_values_that_are_not_yaml_name_the_key(pair, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides([pair])
+
+
+def test_a_config_file_that_is_not_utf8_is_named_with_the_byte(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seed: 1\nlog_file: \xff.log\n")
+    with pytest.raises(ConfigError, match=r"c.yaml' is not UTF-8 text \(byte 0xff at offset 18\); save it as UTF-8"):
+        load_config(path)
+
+
+def test_a_config_path_that_is_a_directory_is_called_one(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; pass a YAML file"):
+        load_config(tmp_path)
+
+
+def test_invalid_yaml_in_a_config_file_is_one_line_with_its_position(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\nbatch_size: [4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "\n" not in str(err.value) and "at line 3, column 1" in str(err.value)
+
+
 def test_yaml_scientific_notation_strings_become_floats():
     # YAML 1.1 (PyYAML) reads `1e-4` as the string "1e-4"; the seed config writes numbers that way.
     cfg = TrainConfig(learning_rate="1e-4", max_steps="1e3")

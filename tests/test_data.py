@@ -250,6 +250,31 @@ def test_open_tokens_rejects_empty_and_corrupt_files(tmp_path):
         open_tokens(tmp_path / "c.npz")
 
 
+def test_open_tokens_names_a_truncated_npy_and_both_sizes(tmp_path):
+    np.save(tmp_path / "t.npy", np.arange(1000, dtype=np.uint16))
+    (tmp_path / "t.npy").write_bytes((tmp_path / "t.npy").read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"t.npy is truncated: its header promises 1,000 uint16 ids \(2,128 bytes\) "
+                                         r"but the file has 1,000 bytes"):
+        open_tokens(tmp_path / "t.npy")
+
+
+def test_open_tokens_names_an_npz_member_that_runs_past_the_end_of_the_file(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<u2", "fortran_order": False, "shape": (5000,)})
+    with zipfile.ZipFile(tmp_path / "t.npz", "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("tokens.npy", header.getvalue() + bytes(200))
+    with pytest.raises(ValueError, match=r"t.npz is truncated: its header promises 5,000 uint16 ids in tokens.npy"):
+        open_tokens(tmp_path / "t.npz")
+
+
+def test_a_directory_given_as_data_is_called_a_directory(tmp_path):
+    for name in ("x.txt", "x.npy", "plain"):
+        (tmp_path / name).mkdir()
+        with pytest.raises(FileNotFoundError, match=f"{name} is a directory, not a token or text file; set "
+                                                    "`train_data_path` to a"):
+            load_dataset(tmp_path / name, context_length=4, key="train_data_path")
+
+
 def test_open_tokens_npz_with_several_unnamed_arrays_asks_for_a_tokens_key(tmp_path):
     np.savez(tmp_path / "t.npz", a=np.arange(5), b=np.arange(5))
     with pytest.raises(ValueError, match=r"holds arrays \[a, b\]; .* one named 'tokens'"):

@@ -153,6 +153,42 @@ def test_decode_of_an_unknown_id_raises_and_names_it(gpt2):
 def test_decode_accepts_a_numpy_array_of_ids(gpt2):
     ids = gpt2.encode("Hello world")
     assert gpt2.decode(np.asarray(ids, dtype=np.uint16)) == "Hello world"
+    assert gpt2.decode([np.int32(i) for i in ids]) == "Hello world"
+
+
+@pytest.mark.parametrize("ids, error, message", [
+    (np.array([1.7]), TypeError, "integer token ids, got an array of float64; ids are never rounded"),
+    ([15496, 1.0], TypeError, "token ids must be int, got float 1.0 at position 1"),
+    ([True], TypeError, "token ids must be int, got bool True at position 0"),
+    ([None], TypeError, "token ids must be int, got NoneType None at position 0"),
+    ("15496", TypeError, "decode expects a sequence of int token ids, got str"),
+    (np.array([2**63], dtype=np.uint64), ValueError, "unknown token id 9223372036854775808 at position 0"),
+    ([2**70], ValueError, "unknown token id 1180591620717411303424 at position 0"),
+    ([10**5000], ValueError, "unknown token id of 16610 bits at position 0"),
+])
+def test_decode_refuses_what_is_not_a_token_id_and_names_it(gpt2, ids, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        gpt2.decode(ids)
+
+
+@pytest.mark.parametrize("ids, error, message", [
+    ([2**70], ValueError, "unknown token id 1180591620717411303424 at position 0; valid ids are those in the vocab"),
+    ([3, None], TypeError, "token ids must be int, got NoneType None at position 1"),
+    ([1.5], TypeError, "token ids must be int, got float 1.5 at position 0"),
+])
+def test_both_engines_refuse_bad_ids_with_the_same_clean_message(gpt2, ids, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        gpt2._engine.decode_bytes(ids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad_id, message", [(10**12, "vocab id 1000000000000 is out of range"),
+                                             (2**31, "vocab id 2147483648 is out of range"),
+                                             (2**30, "vocab ids are too sparse")])
+def test_both_engines_refuse_vocab_ids_they_cannot_index(backend, bad_id, message):
+    vocab = {i: bytes([i]) for i in range(256)} | {bad_id: b"ab"}
+    with pytest.raises(ValueError, match=message):
+        Tokenizer(vocab, [], backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -327,6 +363,35 @@ def test_a_merge_whose_parts_are_not_in_the_vocab_is_rejected():
     vocab = {i: bytes([i]) for i in range(256)}
     with pytest.raises(ValueError, match="not in the vocab"):
         Tokenizer(vocab, [(b"a", b"b")], backend="python")
+
+
+@pytest.mark.parametrize("merges_text", ["", "#version: 0.2\n", "\n\n"])
+def test_an_empty_merges_file_for_a_vocab_with_merged_tokens_is_an_error(tmp_path, merges_text):
+    vocab_path, merges_path = _write_pair(tmp_path, _byte_vocab_lines({"he": 256}), merges_text)
+    with pytest.raises(ValueError, match="merges.txt: holds no merges, but the vocab has 1 multi-byte tokens"):
+        Tokenizer.from_files(vocab_path, merges_path)
+
+
+def test_an_empty_merges_file_is_fine_for_a_vocab_of_bytes_and_special_tokens(tmp_path):
+    vocab_path, merges_path = _write_pair(tmp_path, _byte_vocab_lines({EOT: 256}), "#version: 0.2\n")
+    assert Tokenizer.from_files(vocab_path, merges_path, [EOT]).encode("ab" + EOT) == [97, 98, 256]
+
+
+def test_directories_where_files_belong_are_called_directories(tmp_path, small):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(FileNotFoundError, match="d is a directory; pass the vocab"):
+        Tokenizer.from_files(tmp_path / "d", tmp_path / "merges.txt")
+    with pytest.raises(FileNotFoundError, match="d is a directory; pass the training text file itself"):
+        train_bpe(tmp_path / "d", 300)
+    with pytest.raises(FileNotFoundError, match="d is a directory; pass the text to encode file itself"):
+        small.encode_file(tmp_path / "d", tmp_path / "out.npy")
+    (tmp_path / "in.txt").write_text("hello")
+    with pytest.raises(ValueError, match="d is a directory; the output is a file"):
+        small.encode_file(tmp_path / "in.txt", tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="in.txt: a file, not a tokenizer directory"):
+        Tokenizer.load(tmp_path / "in.txt")
+    with pytest.raises(ValueError, match="in.txt is a file; a tokenizer is saved into a directory"):
+        small.save(tmp_path / "in.txt")
 
 
 def test_missing_files_raise_file_not_found(tmp_path):

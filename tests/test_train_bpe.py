@@ -107,6 +107,18 @@ def test_vocab_size_too_small_raises_value_error(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(special_tokens="<|a|>"), r"special_tokens must be a list of strings, got the single str '<\|a\|>'"),
+    (dict(vocab_size=2**31 + 1), "vocab_size=2147483649 is too large"),
+    (dict(num_workers=10**30), "num_workers=1000000000000000000000000000000: must be None"),
+])
+def test_bad_training_arguments_are_refused_before_any_work(tmp_path, backend, kwargs, message):
+    args = dict(vocab_size=300, special_tokens=[EOT]) | kwargs
+    with pytest.raises(ValueError, match=message):
+        train_bpe(write(tmp_path, CS336_EXAMPLE), backend=backend, **args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_utf8_input_names_the_file_and_byte_offset(tmp_path, backend):
     path = tmp_path / "latin1.txt"
     path.write_bytes(b"caf\xe9 au lait")
