@@ -52,11 +52,12 @@ def count_parameters(vocab_size: int, d_model: int, num_layers: int, d_ff: int) 
     return 2 * vocab_size * d_model + num_layers * per_layer + d_model
 
 
-def estimate_training_memory(cfg, autocast: bool = False) -> MemoryEstimate:
+def estimate_training_memory(cfg, autocast: bool = False, shards: int = 1) -> MemoryEstimate:
     """Bytes one process needs to train ``cfg`` (a :class:`lmfast.config.TrainConfig`); exact Python ints, so absurd
-    sizes give absurd numbers, never an overflow. ``autocast``: bf16/fp16 activations."""
+    sizes give absurd numbers, never an overflow. ``autocast``: bf16/fp16 activations. ``shards``: the ranks FSDP
+    splits weights, gradients and optimizer state over (1 without it)."""
     p = count_parameters(cfg.vocab_size, cfg.d_model, cfg.num_layers, cfg.d_ff)
-    weights = 16 * p + (2 * p if autocast else 0)
+    weights = (16 * p + (2 * p if autocast else 0)) // max(1, shards)
     tokens = cfg.batch_size * cfg.context_length
     act_bytes = 2 if autocast else 4
     per_token = act_bytes * (cfg.num_layers * (11 * cfg.d_model + 9 * cfg.d_ff // 2) + 3 * cfg.d_model)

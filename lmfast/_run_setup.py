@@ -160,7 +160,8 @@ def _check_memory(cfg: TrainConfig, device: torch.device) -> None:
     from lmfast._memory import available_memory, estimate_training_memory, format_bytes
 
     autocast = cfg.dtype in ("bfloat16", "float16") or (cfg.dtype == "auto" and device.type == "cuda")
-    need = estimate_training_memory(cfg, autocast)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))  # torchrun's; 1 for a plain process
+    need = estimate_training_memory(cfg, autocast, shards=world if cfg.distributed == "fsdp" else 1)
     have = available_memory(device)
     if have is None:
         return
