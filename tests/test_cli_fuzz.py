@@ -229,12 +229,18 @@ def test_tokenize_on_any_arguments_exits_0_or_2_without_a_traceback(cli, argv):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# generate (its own flags are lmfast.generate's; this holds its command line to the same rule)
+# generate (its flags are lmfast.generate's; this holds its command line to the same rule)
 
 _GENERATE_FLAGS = {
     "--checkpoint": st.sampled_from(["gen-ck/final_model.pt", "garbage.pt", "a-dir", "missing.pt", "train.txt", ""]),
     "--prompt": st.one_of(st.text(max_size=10), st.just(""), st.just("\udcff")),
-    "--max-new-tokens": st.one_of(st.integers(-3, 8).map(str), st.integers(2**31, 2**70).map(str)),
+    # Sizes stay small: a huge --max-new-tokens or --num-samples is valid, and generation slides past the window.
+    "--max-new-tokens": st.one_of(st.integers(-3, 8).map(str), st.sampled_from(["x", "1e3", ""])),
+    "--num-samples": st.one_of(st.integers(-2, 3).map(str), st.sampled_from(["x", ""])),
+    "--top-k": st.one_of(st.integers(-2, 2**70).map(str), st.just("x")),
+    "--stop": st.text(max_size=4),
+    "--window-keep": st.one_of(st.integers(-2, 64).map(str), st.integers(2**31, 2**70).map(str)),
+    "--backend": st.sampled_from(["auto", "reference", "fused", "x"]),
     "--temperature": st.sampled_from(["0", "0.8", "nan", "inf", "-1", "1e309", "x"]),
     "--top-p": st.sampled_from(["0.9", "1", "0", "nan", "2"]),
     "--seed": st.one_of(st.integers(-5, 5).map(str), st.integers(2**63, 2**80).map(str)),
