@@ -1,7 +1,8 @@
 """Text without whitespace: BPE training stays near-linear and exact, and encode_file keeps its memory bounded.
 
-Before, one multi-megabyte pre-token was rewritten at every merge (1 MB of random letters: 201 s for 1000 merges),
-and encode_file held a whitespace-free line whole with a Python int per id (a 50 MB base64 line peaked at 645 MiB).
+Before, one multi-megabyte pre-token was rewritten at every merge (1 MB of random letters: 90 s of CPU for 1000
+merges), and encode_file held a whitespace-free line whole with a Python int per id (a 50 MB base64 line peaked at
+568 MiB with GPT-2's vocabulary).
 """
 
 import base64
@@ -54,7 +55,7 @@ def test_overlapping_pairs_in_a_long_word_merge_left_to_right(tmp_path):
 
 @native_only
 def test_training_on_a_megabyte_without_whitespace_finishes(tmp_path):
-    # 1 MB of random letters is one pre-token; 1000 merges took 201 s of rewriting it, now about a second. The
+    # 1 MB of random letters is one pre-token; 1000 merges took 90 s of CPU rewriting it, now under a second. The
     # subprocess and its generous timeout only keep a regression from hanging the suite.
     path = tmp_path / "letters.txt"
     rng = np.random.default_rng(0)
