@@ -99,7 +99,7 @@ def prepare_tokens(
     if text_path.stat().st_size == 0:
         raise ValueError(f"{text_path} is empty (0 bytes); there is nothing to tokenize")
     cache = _resolve_cache(cache_dir)
-    digest = _content_sha256(text_path, cache, progress)
+    digest = _content_sha256(text_path, progress)
     out = cache / f"{text_path.stem}-{digest[:16]}-{tokenizer_fingerprint(tokenizer)}.npy"
     if out.exists():
         logger.info("using cached tokens %s for %s", out, text_path)

@@ -125,7 +125,7 @@ def _open_npz(path: Path, cache: Path) -> np.ndarray:
                 offset = _npz_member_offset(path, info) + src.tell()
                 _check_size(path, offset + shape[0] * dtype.itemsize, f"{shape[0]:,} {dtype} ids in {member}")
                 return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-            out = cache / f"{path.stem}-{member[:-4]}-{_content_sha256(path, cache)[:16]}.npy"
+            out = cache / f"{path.stem}-{member[:-4]}-{_content_sha256(path)[:16]}.npy"
             with _file_lock(out):
                 if not out.exists():
                     logger.info("extracting compressed %s from %s to %s (once)", member, path, out)
