@@ -1,4 +1,6 @@
 import io
+import struct
+import zipfile
 
 import pytest
 import torch
@@ -79,3 +81,30 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an lmfast checkpoint"):
         load_checkpoint(tmp_path / "other.pt", _model())
+
+
+def _flip_a_byte_of_tensor_data(path, member_index=0, offset=5):
+    """Flip one bit inside the stored bytes of a tensor, leaving the zip and pickle intact."""
+    data = bytearray(path.read_bytes())
+    members = [i for i in zipfile.ZipFile(path).infolist() if "/data/" in i.filename and "serialization" not in
+               i.filename]
+    info = members[member_index]
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + offset] ^= 0x01
+    path.write_bytes(data)
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_detected_on_load_naming_the_tensor(tmp_path):
+    src = _model()
+    save_checkpoint(src, _trained(src), 7, tmp_path / "c.pt")
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["checksum"]  # written with every checkpoint
+    _flip_a_byte_of_tensor_data(tmp_path / "c.pt")
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["step"] == 7  # torch alone loads it without a word
+    with pytest.raises(ValueError, match=r"c\.pt' is corrupt: (model|optimizer)/\S+ differ.*another checkpoint"):
+        load_checkpoint(tmp_path / "c.pt", _model())
+
+
+def test_a_checkpoint_without_checksums_from_an_older_lmfast_still_loads(tmp_path):
+    src = _model()
+    torch.save({"model": src.state_dict(), "optimizer": None, "step": 3}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt", _model(seed=1)) == 3
