@@ -2,12 +2,16 @@
 
 Each record is a flat dict with ``step`` and numeric fields (``loss``, ``lr``, ``val_loss``, ...). The optional
 sinks are imported when the run is built, so a missing package is an error before training, not after it.
+A resumed run first drops the records past the step it resumes from (:meth:`MetricsLogger.drop_after`), so
+``metrics.jsonl`` holds each step once, as an uninterrupted run's does.
 """
 
 from __future__ import annotations
 
 import json
 import numbers
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +61,39 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(numbers_only, step=record["step"])
 
+    def drop_after(self, step: int) -> int:
+        """Rewrite metrics.jsonl without the records past ``step`` (and any line a kill cut short); returns how many.
+
+        A resumed run repeats the steps after its checkpoint, so their old records would appear twice.
+        """
+        if not self.path.is_file():
+            return 0
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        if len(kept) == len(lines):
+            return 0
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.run_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        return len(lines) - len(kept)
+
     def close(self) -> None:
         """Flush and close the optional sinks."""
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _step_of(line: str) -> int | None:
+    """The ``step`` of one metrics.jsonl line; None for a line that is not a whole record (cut off by a kill)."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None

@@ -18,22 +18,33 @@ __all__ = ["read_metrics", "draw_runs", "plot_runs", "main"]
 
 
 def read_metrics(run: str | Path) -> tuple[list[dict], list[dict]]:
-    """(train records, validation records) of a run directory or metrics.jsonl; bad lines name the line."""
+    """(train records, validation records) of a run directory or metrics.jsonl, each step once, in step order.
+
+    Where a step appears twice (a resume by an lmfast that did not drop the repeated steps) the later record wins:
+    it is the one the resumed run continued from. A last line without its newline (a run killed mid-write) is
+    skipped; any other bad line is an error naming the line.
+    """
     path = Path(run)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a run's checkpoint_dir or its metrics.jsonl")
-    train, val = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # cut short by a kill
+    train: dict[int, dict] = {}
+    val: dict[int, dict] = {}
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}:{n} is not a JSON object; was the file written by lmfast.train?") from None
-        (val if "val_loss" in record else train).append(record)
-    return train, val
+            step = record["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{n} is not a JSON object with a step; was it written by lmfast.train?") from None
+        (val if "val_loss" in record else train)[step] = record
+    return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
 
 
 def draw_runs(runs: list[str | Path]):
