@@ -181,8 +181,12 @@ def _check_memory(cfg: TrainConfig, device: torch.device) -> None:
                      f"{cfg.num_layers} layers take {format_bytes(need.activations)}; {fix}")
 
 
-def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
-    """The run's tokenizer (None = byte level); ``tokenizer: train`` trains a BPE once and keeps it in run_dir."""
+def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path, resuming: bool = False):
+    """The run's tokenizer (None = byte level); ``tokenizer: train`` trains a BPE once and keeps it in run_dir.
+
+    A BPE left in run_dir by an earlier run is reused only if it was trained with the same vocab_size and special
+    tokens on text with the same content (sha256); a resumed run keeps its own even if the text changed since.
+    """
     from lmfast.tokenizer import Tokenizer, train_bpe
 
     kind = cfg.tokenizer
@@ -193,7 +197,7 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
     if kind == "train":
         saved = run_dir / "tokenizer"
         if (saved / "vocab.json").is_file():
-            _check_saved_tokenizer_is_for(saved, cfg)
+            _check_saved_tokenizer_is_for(saved, _trained_for(cfg, train_path), resuming)
             log.info("Using the BPE tokenizer trained earlier for this run: %s", saved)
             return Tokenizer.load(saved)
         if train_path.suffix != ".txt":
@@ -202,8 +206,7 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
         start = time.perf_counter()
         vocab, merges = train_bpe(str(train_path), cfg.vocab_size, cfg.special_tokens)
         tokenizer = Tokenizer(vocab, merges, cfg.special_tokens)
-        tokenizer.save(saved)
-        (saved / _TRAINED_FOR).write_text(json.dumps(_trained_for(cfg)), encoding="utf-8")
+        _save_trained(tokenizer, saved, _trained_for(cfg, train_path))
         log.info("Tokenizer trained in %.1fs, saved to %s", time.perf_counter() - start, saved)
         return tokenizer
     path = Path(kind)
@@ -213,23 +216,52 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path):
     return Tokenizer.load(path)
 
 
-_TRAINED_FOR = "trained_for.json"  # the settings a run's trained tokenizer was made with
+_TRAINED_FOR = "trained_for.json"  # the settings and text a run's trained tokenizer was made with
 
 
-def _trained_for(cfg: TrainConfig) -> dict:
-    return {"vocab_size": cfg.vocab_size, "special_tokens": list(cfg.special_tokens)}
+def _trained_for(cfg: TrainConfig, train_path: Path) -> dict:
+    from lmfast._cache import _content_sha256
+
+    return {"vocab_size": cfg.vocab_size, "special_tokens": list(cfg.special_tokens),
+            "text_sha256": _content_sha256(train_path) if train_path.is_file() else None}
 
 
-def _check_saved_tokenizer_is_for(saved: Path, cfg: TrainConfig) -> None:
-    """A tokenizer an earlier run left in checkpoint_dir is reused only if it was trained with these settings."""
+def _save_trained(tokenizer, saved: Path, trained_for: dict) -> None:
+    """Write the tokenizer and its trained_for.json into a temp folder, then rename it into place: all or nothing."""
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", suffix=".tmp", dir=saved.parent))
+    try:
+        tokenizer.save(tmp)
+        (tmp / _TRAINED_FOR).write_text(json.dumps(trained_for), encoding="utf-8")
+        os.replace(tmp, saved)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SetupError(f"cannot save the trained tokenizer to {saved} ({e.strerror}); move away what is there "
+                         "(it holds no vocab.json), or choose another checkpoint_dir") from None
+
+
+def _check_saved_tokenizer_is_for(saved: Path, wanted: dict, resuming: bool) -> None:
+    """A tokenizer an earlier run left in checkpoint_dir is reused only if it was made with these settings and text."""
     marker = saved / _TRAINED_FOR
-    if not marker.is_file():
+    earlier = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+    if earlier == wanted or (resuming and earlier is None):
         return
-    earlier = json.loads(marker.read_text(encoding="utf-8"))
-    if earlier != _trained_for(cfg):
+    fix = f"choose another checkpoint_dir, or move {saved} away to train a new one"
+    if earlier is None:
+        raise SetupError(f"{saved} holds a BPE tokenizer with no record of what it was trained on (no {_TRAINED_FOR}: "
+                         f"made by an older lmfast); {fix}")
+    settings = {k: v for k, v in wanted.items() if k != "text_sha256"}
+    if {k: v for k, v in earlier.items() if k != "text_sha256"} != settings:
         raise SetupError(f"{saved} holds the BPE tokenizer of an earlier run in this checkpoint_dir, trained for "
-                         f"{earlier}, but this config asks for {_trained_for(cfg)}; choose another checkpoint_dir, "
-                         f"or move {saved} away to train a new one")
+                         f"{ {k: earlier.get(k) for k in settings} }, but this config asks for {settings}; {fix}")
+    if resuming:
+        log.warning("The training text changed since this run's tokenizer was trained on it (sha256 %s, now %s); "
+                    "the resumed run keeps that tokenizer", str(earlier.get("text_sha256"))[:16],
+                    str(wanted["text_sha256"])[:16])
+        return
+    raise SetupError(f"{saved} holds the BPE tokenizer of an earlier run in this checkpoint_dir, trained on other "
+                     f"text (sha256 {str(earlier.get('text_sha256'))[:16]}..., this train_data_path has "
+                     f"{str(wanted['text_sha256'])[:16]}...); {fix}")
 
 
 def load_run_tokenizer(spec: str | None, run_dir: Path):
@@ -272,7 +304,8 @@ def _resolve_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
 
 def _archive_earlier_run(run_dir: Path) -> None:
     """A fresh run into a directory holding an earlier run's checkpoints moves them aside, never over them."""
-    old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".dcp") or p.name == "metrics.jsonl"]  # .dcp: fsdp
+    old = [p for p in run_dir.glob("*") if (p.suffix in (".pt", ".dcp") and not p.name.startswith(".")) or  # .dcp: fsdp
+           p.name == "metrics.jsonl"]
     if not old:
         return
     stamp = time.strftime("previous-%Y%m%d-%H%M%S")

@@ -9,6 +9,8 @@ alone writes. An fsdp run writes its training checkpoints as ``.dcp`` directorie
 kind. A resume continues the saved sampler streams whenever the global batch is unchanged, with any number of
 ranks that divides or is a multiple of the number of streams (:mod:`lmfast._streams`); otherwise it warns and
 reseeds each rank with ``[seed, rank, step]``. ``--resume auto`` takes the newest checkpoint in the run directory.
+Every checkpoint is taken at a step boundary, after that step's validation, so resuming from any of them
+continues exactly where the run was (the sampler has drawn nothing of the next step yet).
 :class:`lmfast.train.Trainer` calls these; they log to the ``train`` logger, as it does.
 """
 
@@ -57,12 +59,14 @@ class _Progress:
     tokens_seen: int = 0
 
     def add_step(self, loss: float, tokens: int) -> None:
-        """Count one optimizer step of ``tokens`` tokens and its train ``loss``; a non-finite loss stops the run."""
+        """Count one optimizer step of ``tokens`` tokens and its train ``loss``; a non-finite loss stops the run.
+
+        The trainer turns the FloatingPointError into advice that names a checkpoint only if one exists.
+        """
         self.step += 1
         self.tokens_seen += tokens
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {self.step}; lower max_learning_rate "
-                                     "or grad_clip_norm, then resume from the last good checkpoint")
+            raise FloatingPointError(f"the training loss became {loss} at step {self.step}")
         self.epoch_loss_sum += loss
         self.epoch_loss_count += 1
 
@@ -118,17 +122,16 @@ def _run_extras(run: Trainer, data, extra: dict) -> dict:
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     return dict(schedule={"step": run.progress.step, "total_steps": run.total_steps}, data=data, rng=rng,
                 config=run.cfg.to_dict(), progress=vars(run.progress).copy(),
-                meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": __version__}, **extra)
+                meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": __version__},
+                scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None, **extra)
 
 
-def save_interrupted(run: Trainer) -> None:
-    """On Ctrl-C write ``interrupted.pt`` for ``--resume auto``; under torchrun only say where to continue from."""
-    if run.dist.enabled:  # the ranks stop at different points, so a checkpoint's gather could hang
-        log.warning("Interrupted at step %d; under torchrun no checkpoint is written on interrupt. Continue "
-                    "from the last saved one with --resume auto", run.progress.step)
-        return
+def save_interrupted(run: Trainer, signal_name: str) -> Path:
+    """Write ``interrupted.pt`` at a step boundary; under torchrun every rank calls it (they agreed on the step)."""
     path = run.save("interrupted.pt")
-    log.warning("Interrupted at step %d; saved %s. Continue with --resume auto", run.progress.step, path)
+    log.warning("%s: stopped after step %d of %d and saved %s. Continue with: python -m lmfast.train --config ... "
+                "--resume auto", signal_name, run.progress.step, run.total_steps, path)
+    return path
 
 
 def _tokenizer_spec(run: Trainer) -> str:
@@ -164,6 +167,8 @@ def load_run(run: Trainer, path: Path) -> None:
     run.progress.step = int(state["step"])
     if "data" in state:
         _load_sampler(run, state["data"])
+    if state.get("scaler") is not None and run.scaler.is_enabled():
+        run.scaler.load_state_dict(state["scaler"])
     if "rng" in state:
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:

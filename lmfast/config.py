@@ -72,6 +72,8 @@ class TrainConfig:
     max_steps: int | None = _f(None, "train for this many optimizer steps instead of num_epochs", min=1)
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", min=1)
     checkpoint_steps: int = _f(0, "also save checkpoint_step_{s}.pt every this many steps; 0 = never", min=0)
+    keep_last: int = _f(0, "keep only the newest this many checkpoint_step_{s}.pt files; 0 = keep all (best, final, "
+                        "epoch and interrupted checkpoints are never deleted)", min=0)
     eval_interval: int = _f(0, "validate every this many steps as well as at each epoch end; 0 = epoch ends only",
                             min=0)
     eval_iters: int = _f(20, "validation batches per evaluation", min=1)

@@ -22,6 +22,11 @@ is all-reduced, so with ``eval_iters`` a multiple of N the validation loss is th
 ``distributed: fsdp`` shards the model instead of replicating it (FSDP2, :mod:`lmfast._sharded`): parameters,
 gradients and optimizer state are split over the ranks, and training checkpoints are ``.dcp`` directories that any
 world size resumes from. Everything above holds for it as well.
+
+A run holds an exclusive lock on its ``checkpoint_dir`` (a second run there is refused, naming the holder's PID)
+and stops on SIGINT or SIGTERM at the next step boundary, saving ``interrupted.pt`` (:mod:`lmfast._lifecycle`).
+Exit codes: 0 trained (or nothing left to do), 1 the loss diverged, 2 bad input, 130 / 143 stopped by SIGINT /
+SIGTERM with ``interrupted.pt`` saved (continue with ``--resume auto``).
 """
 
 from __future__ import annotations
@@ -31,12 +36,22 @@ import contextlib
 import inspect
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from lmfast._lifecycle import (
+    Interrupted,
+    RunLock,
+    StopSignals,
+    agree_on_stop,
+    lock_run_dir,
+    prune_step_checkpoints,
+    sweep_run_dir,
+)
 from lmfast._run_setup import (
     ByteTokenizer,
     SetupError,
@@ -61,14 +76,18 @@ from lmfast.mfu import device_peak_flops, mfu
 from lmfast.model import TransformerLM
 from lmfast.optim import AdamW, clip_grad_norm_, cosine_lr
 
-__all__ = ["main", "build", "Trainer", "SetupError", "ByteTokenizer", "build_tokenizer", "load_run_tokenizer",
-           "resolve_device", "setup_logging"]
+__all__ = ["main", "build", "Trainer", "SetupError", "TrainingDiverged", "ByteTokenizer", "build_tokenizer",
+           "load_run_tokenizer", "resolve_device", "setup_logging"]
 
 log = logging.getLogger("train")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The trainer
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the last checkpoint (if any) and what to change."""
 
 
 class _NoMetrics:
@@ -95,28 +114,30 @@ class Trainer:
         # FSDP over a world of one has nothing to shard: the model stays whole, checkpoints are still .dcp
         self.sharded = cfg.distributed == "fsdp" and self.dist.enabled
         self.mesh = self.dist.device_mesh() if self.sharded else None  # on every rank, before anything can fail
+        self.run_lock: RunLock | None = None  # build() takes it; a Trainer made directly holds none
         torch.manual_seed(cfg.seed)
+        self.resume_from = find_resume(resume, self.run_dir)
         # Rank 0 fetches a named corpus and trains/saves the BPE first; the other ranks then load what it wrote.
         self.tokenizer, train_path, val_path = self.dist.main_first(self._build_tokenizer)
         # Every rank builds its own data, model and optimizer; a failure on any rank stops all of them here,
         # before DDP's first collective.
-        self.dist.agree(self._build_run, train_path, val_path, resume)
+        self.dist.agree(self._build_run, train_path, val_path)
         self.step_model = self._wrap_model()
 
     # -- building --------------------------------------------------------------------------------------------
 
     def _build_tokenizer(self):
         train_path, val_path = _resolve_paths(self.cfg)
-        return build_tokenizer(self.cfg, train_path, self.run_dir), train_path, val_path
+        tokenizer = build_tokenizer(self.cfg, train_path, self.run_dir, resuming=self.resume_from is not None)
+        return tokenizer, train_path, val_path
 
-    def _build_run(self, train_path: Path, val_path: Path | None, resume: str | None) -> None:
+    def _build_run(self, train_path: Path, val_path: Path | None) -> None:
         cfg, device = self.cfg, self.device
         self._check_tokenizer_fits()
         common = dict(tokenizer=self.tokenizer, vocab_size=cfg.vocab_size, cache_dir=cfg.cache_dir,
                       context_length=cfg.context_length)
         self.train_data = load_dataset(train_path, key="train_data_path", **common)
         self.val_data = load_dataset(val_path, key="val_data_path", **common) if val_path else None
-        self.resume_from = find_resume(resume, self.run_dir)
         self.model = self.new_model()
         if self.init_from is not None and self.resume_from is None:  # a resume continues its own weights
             init_from_hf(self.model, self.init_from)  # before sharding: the folder's tensors are whole
@@ -135,9 +156,14 @@ class Trainer:
         self.progress = _Progress()
         # build() adds TensorBoard / W&B once the run dir is settled
         self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else _NoMetrics()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+        self.last_saved: tuple[Path, int] | None = None  # (checkpoint, step): where a diverged run can go back to
         if self.resume_from is not None:
             load_run(self, self.resume_from)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+            self.last_saved = (self.resume_from, self.progress.step)
+            if self.dist.is_main and (dropped := self.metrics.drop_after(self.progress.step)):
+                log.info("Dropped %d metrics.jsonl records past step %d (this run repeats those steps)", dropped,
+                         self.progress.step)
 
     def new_model(self) -> TransformerLM:
         """A freshly initialised model of this run's shape, on its device."""
@@ -206,7 +232,9 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         """Write a checkpoint (rank 0); under torchrun every rank must call it, as it gathers the sampler states."""
-        return save_run(self, self.run_dir / name)
+        path = save_run(self, self.run_dir / name)
+        self.last_saved = (path, self.progress.step)
+        return path
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -306,12 +334,50 @@ class Trainer:
         else:
             log.info("Epoch %d - Train Loss: %.4f, Val Loss: %.4f, Val PPL: %.2f", epoch, train_loss, val_loss,
                      _perplexity(val_loss))
-        if self.cfg.checkpoint_interval and epoch % self.cfg.checkpoint_interval == 0:
+
+    def _after_step(self, epoch: int) -> None:
+        """Validation, then checkpoints: every checkpoint holds the state after all of this step's work, so a run
+        resumed from it repeats nothing and skips nothing."""
+        cfg, p = self.cfg, self.progress
+        epoch_ends = p.step % self.steps_per_epoch == 0 or p.step == self.total_steps
+        if epoch_ends:
+            self._end_epoch(epoch)
+        elif cfg.eval_interval and p.step % cfg.eval_interval == 0:
+            val = self._validate(epoch)
+            if val is not None:
+                log.info("Step %d - Val Loss: %.4f, Val PPL: %.2f", p.step, val, _perplexity(val))
+        if cfg.checkpoint_steps and p.step % cfg.checkpoint_steps == 0:
+            log.info("Checkpoint saved: %s", self.save(f"checkpoint_step_{p.step}.pt"))
+            if self.dist.is_main:
+                prune_step_checkpoints(self.run_dir, cfg.keep_last, p.step)
+        if epoch_ends and cfg.checkpoint_interval and epoch % cfg.checkpoint_interval == 0:
             log.info("Checkpoint saved: %s", self.save(f"checkpoint_epoch_{epoch}.pt"))
 
-    def fit(self) -> dict:
-        """Train to ``total_steps``; returns a summary (final step, last train loss, best val loss)."""
+    def fit(self, signals: StopSignals | None = None) -> dict:
+        """Train to ``total_steps``; returns a summary: ``step``, ``train_loss``, ``best_val_loss``, ``final`` (the
+        final checkpoint, None if the run had already finished) and ``stopped_by`` (the signal that stopped it at a
+        step boundary, with ``interrupted.pt`` saved, else None). A non-finite loss raises :class:`TrainingDiverged`.
+
+        ``signals`` (from :func:`main`) is where SIGINT/SIGTERM are caught; without it fit installs its own.
+        """
+        own = signals is None
+        signals = signals or StopSignals(announce=self.dist.is_main)
+        with signals if own else contextlib.nullcontext(), signals.deferred():
+            try:
+                return self._fit(signals)
+            except FloatingPointError as e:
+                raise TrainingDiverged(self._divergence_advice(e)) from None
+            finally:
+                self.metrics.close()
+
+    def _fit(self, signals: StopSignals) -> dict:
         cfg, p = self.cfg, self.progress
+        summary = {"step": p.step, "train_loss": math.nan, "best_val_loss": p.best_val_loss, "final": None,
+                   "stopped_by": None}
+        if p.step >= self.total_steps:
+            log.info("Nothing left to do: this run already finished at step %d of %d (%s). Raise max_steps or "
+                     "num_epochs to train it further", p.step, self.total_steps, self.resume_from)
+            return summary
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log.info("Starting training...")
         log.info("Model created with %s total parameters", f"{self.model.num_parameters():,}")
@@ -321,44 +387,49 @@ class Trainer:
                  f" x {self.dist.world_size} ranks" if self.dist.enabled else "")
         tokens_per_step = self.tokens_per_step
         bar = _progress_bar(self.total_steps, p.step, cfg.progress and self.dist.is_main)
-        last_loss = math.nan
         epoch_start = window_start = time.perf_counter()
         window_tokens = 0
-        try:
+        with bar:
             while p.step < self.total_steps:
                 epoch = p.step // self.steps_per_epoch + 1
                 if p.step % self.steps_per_epoch == 0:
                     log.info("Epoch %d/%d", epoch, self.num_epochs)
                     epoch_start = time.perf_counter()
                 loss, norm, lr = self.train_step(p.step)
-                last_loss = loss.item()
-                p.add_step(last_loss, tokens_per_step)
+                summary["train_loss"] = loss.item()
+                p.add_step(summary["train_loss"], tokens_per_step)
                 window_tokens += tokens_per_step
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+                bar.set_postfix(loss=f"{summary['train_loss']:.3f}", refresh=False)
                 if (p.step - 1) % cfg.log_interval == 0:  # step indices 0, log_interval, ... as the seed logs
                     now = time.perf_counter()
-                    self._log_step(epoch, last_loss, float(norm), lr, now - epoch_start,
+                    self._log_step(epoch, summary["train_loss"], float(norm), lr, now - epoch_start,
                                    window_tokens / max(now - window_start, 1e-9))
                     window_start, window_tokens = now, 0
-                epoch_ends = p.step % self.steps_per_epoch == 0 or p.step == self.total_steps
-                if cfg.eval_interval and p.step % cfg.eval_interval == 0 and not epoch_ends:  # epoch ends validate
-                    val = self._validate(epoch)
-                    if val is not None:
-                        log.info("Step %d - Val Loss: %.4f, Val PPL: %.2f", p.step, val, _perplexity(val))
-                if cfg.checkpoint_steps and p.step % cfg.checkpoint_steps == 0:
-                    log.info("Checkpoint saved: %s", self.save(f"checkpoint_step_{p.step}.pt"))
-                if epoch_ends:
-                    self._end_epoch(epoch)
-        except KeyboardInterrupt:
-            bar.close()
-            save_interrupted(self)
-            raise
-        bar.close()
-        self.metrics.close()
+                self._after_step(epoch)
+                stop = agree_on_stop(signals.signum, self.dist)  # every rank stops after the same step
+                if stop is not None and p.step < self.total_steps:
+                    save_interrupted(self, signal.Signals(stop).name)
+                    return {**summary, "step": p.step, "best_val_loss": p.best_val_loss, "stopped_by": stop}
         final = self.save("final_model.pt")
         log.info("Training finished at step %d; final model saved: %s", p.step, final)
-        return {"step": p.step, "train_loss": last_loss, "best_val_loss": p.best_val_loss, "final": str(final)}
+        return {**summary, "step": p.step, "best_val_loss": p.best_val_loss, "final": str(final)}
+
+    def _divergence_advice(self, error: FloatingPointError) -> str:
+        """What to do about a non-finite loss: which settings to change, and the checkpoint to go back to if any."""
+        c = self.cfg
+        key, lr = ("max_learning_rate", c.max_learning_rate) if c.use_lr_schedule else ("learning_rate",
+                                                                                        c.learning_rate)
+        change = f"lower {key} (now {lr:g})"
+        if c.use_lr_schedule:
+            change += f", lengthen warmup_iters (now {c.warmup_iters})"
+        change += f" or clip gradients harder with grad_clip_norm (now {c.grad_clip_norm:g})"
+        if self.last_saved is not None and self.last_saved[0].is_file():
+            path, step = self.last_saved
+            return (f"{error}. The last checkpoint is {path} (step {step}); with the same settings the run would "
+                    f"diverge again, so {change}, then continue with --resume {path} --set {key}=...")
+        return (f"{error}, and no checkpoint was saved before it. {change}, then start again (checkpoint_steps: N "
+                "keeps checkpoints to go back to)")
 
 
 def _perplexity(loss: float) -> float:
@@ -382,7 +453,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m lmfast.train", description="Train a Llama-style LM.")
+    parser = _Parser(
+        prog="python -m lmfast.train", description="Train a Llama-style LM.",
+        epilog="SIGINT (Ctrl-C) or SIGTERM finishes the current step, saves interrupted.pt in checkpoint_dir and "
+               "exits; continue with --resume auto. Exit codes: 0 trained (or nothing left to do), 1 the loss "
+               "became NaN or infinite, 2 bad input (one line says what and how to fix it; also: checkpoint_dir in "
+               "use by another run), 130 stopped by SIGINT, 143 stopped by SIGTERM.")
     parser.add_argument("--config", help="YAML config (see configs/); omitted = all defaults")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the config's device)")
     parser.add_argument("--resume", help="a checkpoint .pt to continue from, or 'auto' for the newest in "
@@ -414,21 +490,43 @@ def build(argv: list[str] | None = None) -> Trainer:
     device = ctx.resolve_device(resolve_device(cfg.device))
     check_run_inputs(cfg, device)
     ctx.init(device)
-    trainer = Trainer(cfg, device, resume=args.resume, dist=ctx, init_from=args.init_from)
+    # Rank 0 locks the run directory for every rank (they share it) before anything is written there.
+    lock = ctx.agree(_claim_run_dir if ctx.is_main else lambda _: None, Path(cfg.checkpoint_dir))
+    try:
+        trainer = Trainer(cfg, device, resume=args.resume, dist=ctx, init_from=args.init_from)
 
-    def settle_run_dir() -> None:  # rank 0 only: the other ranks never write to the run directory
-        if trainer.resume_from is None:
-            _archive_earlier_run(trainer.run_dir)
-        if cfg.tensorboard or cfg.wandb_project:
-            trainer.metrics = MetricsLogger(trainer.run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb_project)
+        def settle_run_dir() -> None:  # rank 0 only: the other ranks never write to the run directory
+            if trainer.resume_from is None:
+                _archive_earlier_run(trainer.run_dir)
+            if cfg.tensorboard or cfg.wandb_project:
+                trainer.metrics = MetricsLogger(trainer.run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb_project)
 
-    ctx.agree(settle_run_dir if ctx.is_main else lambda: None)
+        ctx.agree(settle_run_dir if ctx.is_main else lambda: None)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    trainer.run_lock = lock
     return trainer
 
 
+def _claim_run_dir(run_dir: Path) -> RunLock:
+    """Lock ``run_dir`` and remove the temp files a killed run left there (ours alone, now that we hold it)."""
+    lock = lock_run_dir(run_dir)
+    for p in sweep_run_dir(run_dir):
+        log.info("Removed %s, left by a run that was killed while saving", p)
+    return lock
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit code (see ``--help``)."""
+    signals = StopSignals()
     try:
-        return _run(argv)
+        with signals:
+            return _run(argv, signals)
+    except Interrupted as e:  # outside the training loop: while building, or while sampling after it
+        print(f"{e}: stopped outside the training loop; nothing was lost that had been saved", file=sys.stderr)
+        return e.exit_code
     finally:
         shutdown()  # the torchrun process group, on success and on error alike
 
@@ -443,21 +541,31 @@ def _fail(e: BaseException) -> int:
     return 2
 
 
-def _run(argv: list[str] | None) -> int:
+def _run(argv: list[str] | None, signals: StopSignals) -> int:
     try:
         trainer = build(argv)
     except PeerFailedError:
         return 2  # the rank that failed printed the error
     except _BAD_INPUT as e:
         return _fail(e)
+    signals.announce = trainer.dist.is_main
     try:
-        summary = trainer.fit()
+        summary = trainer.fit(signals)
+    except TrainingDiverged as e:
+        if trainer.dist.is_main:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
     except (OSError, torch.OutOfMemoryError) as e:  # e.g. the disk filled up while a checkpoint was written
         return _fail(e)
-    if not trainer.dist.is_main:
-        return 0 if math.isfinite(summary["train_loss"]) else 1
+    finally:
+        if trainer.run_lock is not None:
+            trainer.run_lock.release()
+    if summary["stopped_by"] is not None:
+        return 128 + summary["stopped_by"]
+    if not trainer.dist.is_main or summary["final"] is None:
+        return 0
     shutdown()  # rank 0 samples alone; the process group is no longer needed
-    if trainer.cfg.sample_prompt is not None:
+    if trainer.cfg.sample_prompt is not None and signals.signum is None:
         from lmfast.generate import generate_text
 
         tok = trainer.tokenizer if trainer.tokenizer is not None else ByteTokenizer()
@@ -474,7 +582,7 @@ def _run(argv: list[str] | None) -> int:
         except ValueError as e:  # an empty prompt, or NaN logits from a diverged run
             log.warning("No sample: %s", e)
     log.info("Sample more with: python -m lmfast.generate --checkpoint %s --prompt \"...\"", summary["final"])
-    return 0 if math.isfinite(summary["train_loss"]) else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,414 @@
+"""Stop a small CPU training run at random moments, resume it until done, and hold it equal to a run never stopped.
+
+    nice python scripts/kill_resume.py --kills 120 --seed 0 --out benchmarks/results/kill_resume_cpu.md
+
+Each trial starts a fresh run in its own directory and stops it with SIGKILL, SIGTERM or SIGINT at a chosen
+moment: inside a training step (after its batch was drawn), during validation, while a checkpoint's temp file is
+half written, or at a random time after the start (which also lands in start-up, forward/backward and the
+optimizer step). Then ``--resume auto`` runs, and may itself be stopped, until a run exits 0. The final and best
+checkpoints (model and optimizer tensors) and every train and validation loss in ``metrics.jsonl`` must equal an
+uninterrupted run's bit for bit, no temp file may be left, and each stop must end as documented: SIGKILL -9,
+SIGTERM 143 and SIGINT 130 with ``interrupted.pt`` saved (or 0 when the signal came during the last step).
+
+The run is tiny (byte-level tokens from a generated ``.npy``, one layer of width 32, 24 steps, three epochs,
+validation every 5 steps, a step checkpoint every 4 with ``keep_last: 2``), on one CPU thread: the process
+start dominates, about 2 s a run. The child process runs ``lmfast.train.main`` with hooks that only mark where it
+is (on stdout) and pause at the one moment chosen for the kill, so the kill lands there; they change no number.
+``tests/test_reliability.py`` imports this file and runs a few kills in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAUSE = 0.5  # seconds the child holds still at the chosen moment; the kill lands inside this window
+PHASES = ("step", "eval", "save", "random")
+SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
+STEPS, EVAL_INTERVAL, CHECKPOINT_STEPS = 24, 5, 4
+CONFIG = dict(vocab_size=256, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64, batch_size=4,
+              max_steps=STEPS, warmup_iters=2, cosine_cycle_iters=STEPS, max_learning_rate=3e-3,
+              min_learning_rate=1e-4, checkpoint_steps=CHECKPOINT_STEPS, keep_last=2, checkpoint_interval=1,
+              eval_interval=EVAL_INTERVAL, eval_iters=4, log_interval=1, compile="false", progress=False,
+              device="cpu", dtype="float32", backend="reference")
+# the most times each phase can come up in one process: the kill is aimed at a uniformly drawn occurrence
+OCCURRENCES = {"step": STEPS, "eval": STEPS // EVAL_INTERVAL + 3, "save": STEPS // CHECKPOINT_STEPS + 8}
+
+
+@dataclass
+class Kill:
+    """One planned stop: the signal, the moment, and which occurrence of it in the process."""
+
+    signal: str
+    phase: str
+    occurrence: int = 1  # the n-th step / validation / checkpoint write of that process
+    delay: float = 0.0  # seconds after the moment (random: after the start)
+
+
+@dataclass
+class Outcome:
+    kill: Kill
+    returncode: int
+    landed: bool  # the moment came and the signal was sent
+    interrupted_saved: bool = False
+    where: str = ""
+
+
+@dataclass
+class TrialResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    runs: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def make_data(root: Path) -> None:
+    """Byte-level tokens (uint8 .npy) of a small generated text: 8 steps an epoch at batch 4 x 16."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = ["to be", "or not", "that is", "the question", "whether", "tis nobler", "in the mind", "to suffer"]
+    text = " ".join(rng.choice(words, 400)).encode()
+    np.save(root / "train.npy", np.frombuffer(text[:8 * 64 + 1], dtype=np.uint8))
+    np.save(root / "val.npy", np.frombuffer(text[-300:], dtype=np.uint8))
+
+
+def write_config(root: Path, run_dir: Path) -> Path:
+    import yaml
+
+    cfg = {**CONFIG, "train_data_path": str(root / "train.npy"), "val_data_path": str(root / "val.npy"),
+           "checkpoint_dir": str(run_dir), "log_file": str(run_dir / "train.log"), "cache_dir": str(root / "cache")}
+    path = run_dir.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _child_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"  # tiny matrices: threads only add start-up time
+    return env
+
+
+def _start(config: Path, resume: bool, kill: Kill | None, stderr) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--child", "--pause-at", f"{kill.phase}:{kill.occurrence}" if kill else "",
+           "--", "--config", str(config), *(["--resume", "auto"] if resume else [])]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=_child_env(), preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:  # a harness started in the background may pass SIGINT on as ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@dataclass
+class Process:
+    returncode: int
+    landed: bool  # the moment came and the signal was sent
+    out: str  # the child's markers
+    err: str
+
+
+def run_once(config: Path, resume: bool, kill: Kill | None) -> Process:
+    """One process, stopped as ``kill`` says."""
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: nothing blocks on a full pipe while we read stdout
+        proc = _start(config, resume, kill, err)
+        landed, seen = _stop(proc, kill)
+        out = seen + proc.stdout.read()
+        proc.wait(timeout=600)
+        proc.stdout.close()
+        err.seek(0)
+        return Process(proc.returncode, landed, out.decode(), err.read().decode(errors="replace"))
+
+
+def _stop(proc: subprocess.Popen, kill: Kill | None) -> tuple[bool, bytes]:
+    """Send ``kill``'s signal at its moment: (whether it was sent, as the process may finish first; stdout read)."""
+    seen = b""
+    if kill is not None and kill.phase == "random":
+        try:
+            proc.wait(timeout=kill.delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(SIGNALS[kill.signal])
+            return True, seen
+    elif kill is not None:
+        for line in proc.stdout:
+            seen += line
+            if line.startswith(b"@pause"):
+                time.sleep(kill.delay)
+                proc.send_signal(SIGNALS[kill.signal])
+                return True, seen
+    return False, seen
+
+
+def uninterrupted(root: Path) -> Path:
+    """The reference: one run, never stopped."""
+    run_dir = root / "reference"
+    run = run_once(write_config(root, run_dir), False, None)
+    if run.returncode != 0:
+        raise RuntimeError(f"the uninterrupted run failed ({run.returncode}):\n{run.err[-3000:]}")
+    return run_dir
+
+
+def plan_kills(rng: random.Random, count: int, duration: float) -> list[Kill]:
+    """``count`` kills with every signal and phase drawn uniformly; ``duration`` is one whole run's wall time."""
+    kills = []
+    for _ in range(count):
+        phase = rng.choice(PHASES)
+        delay = rng.uniform(0.2, duration) if phase == "random" else rng.uniform(0.0, 0.8 * PAUSE)
+        kills.append(Kill(rng.choice(list(SIGNALS)), phase, rng.randint(1, OCCURRENCES.get(phase, 1)), delay))
+    return kills
+
+
+def run_trial(root: Path, name: str, reference: Path, kills: list[Kill]) -> TrialResult:
+    """Start a fresh run, stop it with each of ``kills`` in turn (each on a new ``--resume auto``), finish it, and
+    compare it with ``reference``."""
+    run_dir = root / name
+    config = write_config(root, run_dir)
+    result, resume = TrialResult(), False
+    for kill in [*kills, None]:
+        run = run_once(config, resume, kill)
+        result.runs += 1
+        if kill is None:
+            if run.returncode != 0:
+                result.problems.append(f"the last --resume auto exited {run.returncode}:\n{run.err[-2000:]}")
+            break
+        saved = "interrupted.pt. Continue with" in run.err
+        outcome = Outcome(kill, run.returncode, run.landed, interrupted_saved=saved)
+        result.outcomes.append(outcome)
+        result.problems += _check_exit(outcome, run)
+        resume = True
+    if not result.problems:
+        result.problems += compare_runs(reference, run_dir)
+    return result
+
+
+def _check_exit(o: Outcome, run: Process) -> list[str]:
+    """The documented ending for each signal; a signal that came before lmfast installed its handlers (still
+    importing torch) ends the way Python ends."""
+    sig, err = SIGNALS[o.kill.signal], run.err
+    if not o.landed:
+        o.where = "the run ended before the moment came"
+        return [] if o.returncode == 0 else [f"{o.kill}: exited {o.returncode} without a kill:\n{err[-2000:]}"]
+    if o.returncode == 0:
+        o.where = "after the last step began (the run finished)"
+        return []
+    if sig == signal.SIGKILL:
+        o.where = "killed"
+        return [] if o.returncode == -9 else [f"{o.kill}: SIGKILL gave exit {o.returncode}"]
+    if o.returncode == -sig and "@handlers" not in run.out:
+        o.where = "during interpreter start-up, before lmfast's handlers"
+        return []
+    if o.returncode != 128 + sig:
+        return [f"{o.kill}: exited {o.returncode}, expected {128 + sig}:\n{err[-2000:]}"]
+    if "Traceback" in err:
+        return [f"{o.kill}: a traceback on a stop:\n{err[-2000:]}"]
+    o.where = "at a step boundary, interrupted.pt saved" if o.interrupted_saved else "outside the training loop"
+    return []
+
+
+def compare_runs(reference: Path, run_dir: Path) -> list[str]:
+    """What differs between two finished runs: checkpoints' tensors, losses, leftovers."""
+    import torch
+
+    from lmfast.checkpoint import read_checkpoint
+
+    problems = []
+    for name in ("final_model.pt", "best_model.pt"):
+        a, b = read_checkpoint(reference / name), read_checkpoint(run_dir / name)
+        for part in ("model", "optimizer"):
+            flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
+            differ = [k for k in flat_a if k not in flat_b or not torch.equal(flat_a[k], flat_b[k])]
+            if differ or flat_a.keys() != flat_b.keys():
+                problems.append(f"{name} {part} differs from the uninterrupted run's: {differ[:3]}")
+    for kind in ("loss", "val_loss"):
+        ref, got = _series(reference, kind), _series(run_dir, kind)
+        if ref != got:
+            problems.append(f"metrics.jsonl {kind} differs: {_first_difference(ref, got)}")
+    leftovers = [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+    if leftovers:
+        problems.append(f"temp files left in {run_dir}: {leftovers}")
+    return problems
+
+
+def _tensors(tree, prefix="") -> dict:
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    return {k: v for key, sub in items for k, v in _tensors(sub, f"{prefix}/{key}").items()}
+
+
+def _series(run_dir: Path, kind: str) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r[kind]) for r in records if kind in r]
+
+
+def _first_difference(a: list, b: list) -> str:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"record {i}: {x} vs {y}"
+    return f"{len(a)} records vs {len(b)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The child: lmfast.train with markers and one pause
+
+
+def _child(pause_at: str, argv: list[str]) -> int:
+    import torch
+
+    from lmfast import data, train
+
+    phase, _, nth = pause_at.partition(":")
+    seen = Counter()
+    in_step = [False]
+
+    def moment(kind: str) -> None:
+        seen[kind] += 1
+        if kind == phase and seen[kind] == int(nth):
+            os.write(1, f"@pause {kind} {seen[kind]}\n".encode())
+            time.sleep(PAUSE)  # a signal's handler runs inside the sleep, which then goes on
+
+    real_step, real_eval, real_draw, real_save = train.Trainer.train_step, train.Trainer.evaluate, \
+        data.BatchSampler.__call__, torch.save
+
+    def train_step(self, step):
+        in_step[0] = True
+        try:
+            return real_step(self, step)
+        finally:
+            in_step[0] = False
+
+    def draw(self):
+        batch = real_draw(self)
+        if in_step[0]:
+            moment("step")  # the batch of this step is drawn, nothing computed: the issue's inexact Ctrl-C
+        return batch
+
+    def evaluate(self):
+        moment("eval")
+        return real_eval(self)
+
+    def save(obj, f, *args, **kwargs):
+        if not hasattr(f, "write"):
+            return real_save(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        half = len(buf.getvalue()) // 2
+        f.write(buf.getvalue()[:half])
+        f.flush()
+        moment("save")  # half of the temp file is on disk
+        f.write(buf.getvalue()[half:])
+
+    real_enter = train.StopSignals.__enter__
+
+    def enter(self):
+        entered = real_enter(self)
+        os.write(1, b"@handlers\n")  # from here on SIGINT/SIGTERM are lmfast's to answer
+        return entered
+
+    train.Trainer.train_step, train.Trainer.evaluate, data.BatchSampler.__call__ = train_step, evaluate, draw
+    train.StopSignals.__enter__ = enter
+    torch.save = save
+    return train.main(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The long run
+
+
+def long_run(root: Path, kills: int, seed: int, max_per_trial: int = 3) -> dict:
+    """Trials of 1..max_per_trial kills each until ``kills`` signals have been sent; returns the figures."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    make_data(root)
+    start = time.perf_counter()
+    reference = uninterrupted(root)
+    duration = time.perf_counter() - start
+    sent, trials, outcomes, problems, runs = 0, 0, [], [], 1
+    while sent < kills:
+        plan = plan_kills(rng, rng.randint(1, max_per_trial), duration)
+        result = run_trial(root, f"trial-{trials:04d}", reference, plan)
+        trials += 1
+        runs += result.runs
+        outcomes += result.outcomes
+        sent += sum(o.landed for o in result.outcomes)
+        problems += [f"trial-{trials - 1:04d}: {p}" for p in result.problems]
+        print(f"trial {trials}: {len(result.outcomes)} planned, {sent}/{kills} sent, "
+              f"{'OK' if not result.problems else 'FAILED'}", file=sys.stderr, flush=True)
+    return {"trials": trials, "runs": runs, "outcomes": outcomes, "problems": problems, "seconds":
+            time.perf_counter() - start, "reference_seconds": duration, "seed": seed}
+
+
+def report(figures: dict) -> str:
+    """The long run's figures as Markdown."""
+    import platform
+
+    import torch
+
+    outcomes = figures["outcomes"]
+    landed = [o for o in outcomes if o.landed]
+    table = Counter((o.kill.signal, o.kill.phase) for o in landed)
+    where = Counter((o.kill.signal, o.where) for o in landed)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# Kill and resume: a CPU run stopped at random moments equals a run never stopped",
+        "",
+        f"`nice python scripts/kill_resume.py --kills {len(landed)} --seed {figures['seed']}` on {platform.node()} "
+        f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, commit {commit}.",
+        "",
+        f"- {len(landed)} signals sent in {figures['trials']} trials ({figures['runs']} processes, "
+        f"{figures['seconds'] / 60:.1f} min; one uninterrupted run takes {figures['reference_seconds']:.1f} s)",
+        f"- trials whose final and best checkpoints (model and optimizer tensors) and losses equal the "
+        f"uninterrupted run's bitwise: **{figures['trials'] - len({p.split(':')[0] for p in figures['problems']})} "
+        f"of {figures['trials']}**",
+        f"- problems: {len(figures['problems'])}",
+        "",
+        "| signal | inside a step | during validation | during a checkpoint write | at a random time |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for sig in SIGNALS:
+        lines.append(f"| {sig} | " + " | ".join(str(table[(sig, p)]) for p in PHASES) + " |")
+    lines += ["", "| signal | how the process ended | count |", "|---|---|---:|"]
+    lines += [f"| {sig} | {w} | {n} |" for (sig, w), n in sorted(where.items())]
+    if figures["problems"]:
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in figures["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        pause_at = argv[argv.index("--pause-at") + 1]
+        return _child(pause_at, argv[argv.index("--") + 1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=120, help="signals to send in all (default 120)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default="/tmp/lmfast-kill-resume", help="where the runs go (default %(default)s)")
+    parser.add_argument("--out", help="write the figures as Markdown here")
+    args = parser.parse_args(argv)
+    figures = long_run(Path(args.workdir), args.kills, args.seed)
+    text = report(figures)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0 if not figures["problems"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
