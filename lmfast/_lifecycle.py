@@ -4,6 +4,7 @@
   (holding the holder's PID and host), which the kernel releases when the process ends however it ends, so the
   file itself never blocks anyone: only a live holder does. It is never deleted (deleting a lock file lets two
   processes lock two different files of the same name). Under torchrun rank 0 takes it for all ranks.
+  :func:`claim_run_dir` locks, then sweeps.
 - :class:`StopSignals`: SIGINT and SIGTERM. During the loop they only ask it to stop: the step under way finishes
   (with its validation and checkpoints), ``interrupted.pt`` is written and the process exits with 128 + the signal
   number (130 for SIGINT, 143 for SIGTERM), the shell convention. Repeats while stopping are only acknowledged:
@@ -12,11 +13,13 @@
   raises :class:`Interrupted` (a BaseException, so ``except Exception`` blocks do not swallow it).
 - :func:`sweep_run_dir`: the temp files and folders a kill -9 left in the run directory (ours, by name).
 - :func:`prune_step_checkpoints`: ``keep_last`` for ``checkpoint_step_{s}.pt``.
+- :func:`divergence_advice`: what a run whose loss became NaN says.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -28,10 +31,12 @@ from pathlib import Path
 import torch
 
 from lmfast._run_setup import SetupError
+from lmfast.config import TrainConfig
 
-__all__ = ["RunLock", "lock_run_dir", "StopSignals", "Interrupted", "agree_on_stop", "sweep_run_dir",
-           "prune_step_checkpoints", "LOCK_NAME"]
+__all__ = ["RunLock", "lock_run_dir", "claim_run_dir", "StopSignals", "Interrupted", "agree_on_stop",
+           "sweep_run_dir", "prune_step_checkpoints", "divergence_advice", "LOCK_NAME"]
 
+log = logging.getLogger("train")
 LOCK_NAME = ".lmfast.lock"
 
 
@@ -72,6 +77,14 @@ def lock_run_dir(run_dir: Path) -> RunLock:
     return RunLock(fd, path)
 
 
+def claim_run_dir(run_dir: Path) -> RunLock:
+    """Lock ``run_dir`` and remove the temp files a killed run left there (ours alone, now that we hold it)."""
+    lock = lock_run_dir(run_dir)
+    for p in sweep_run_dir(run_dir):
+        log.info("Removed %s, left by a run that was killed while saving", p)
+    return lock
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM outside the training loop: nothing more is saved; exit with :attr:`exit_code`."""
 
@@ -98,7 +111,8 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
             for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) is not signal.SIG_IGN:  # `cmd &` in a script ignores SIGINT: keep that
+                    self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -176,3 +190,19 @@ def prune_step_checkpoints(run_dir: Path, keep_last: int, upto_step: int) -> lis
     for p in older:
         p.unlink(missing_ok=True)
     return older
+
+
+def divergence_advice(error: FloatingPointError, cfg: TrainConfig, last_saved: tuple[Path, int] | None) -> str:
+    """What to do about a non-finite loss: the settings to change, and the checkpoint to go back to if one exists."""
+    key, lr = ("max_learning_rate", cfg.max_learning_rate) if cfg.use_lr_schedule else ("learning_rate",
+                                                                                        cfg.learning_rate)
+    change = f"lower {key} (now {lr:g})"
+    if cfg.use_lr_schedule:
+        change += f", lengthen warmup_iters (now {cfg.warmup_iters})"
+    change += f" or clip gradients harder with grad_clip_norm (now {cfg.grad_clip_norm:g})"
+    if last_saved is not None and last_saved[0].is_file():
+        path, step = last_saved
+        return (f"{error}. The last checkpoint is {path} (step {step}); with the same settings the run would "
+                f"diverge again, so {change}, then continue with --resume {path} --set {key}=...")
+    return (f"{error}, and no checkpoint was saved before it. {change}, then start again (checkpoint_steps: N "
+            "keeps checkpoints to go back to)")

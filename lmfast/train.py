@@ -48,9 +48,9 @@ from lmfast._lifecycle import (
     RunLock,
     StopSignals,
     agree_on_stop,
-    lock_run_dir,
+    claim_run_dir,
+    divergence_advice,
     prune_step_checkpoints,
-    sweep_run_dir,
 )
 from lmfast._run_setup import (
     ByteTokenizer,
@@ -366,7 +366,7 @@ class Trainer:
             try:
                 return self._fit(signals)
             except FloatingPointError as e:
-                raise TrainingDiverged(self._divergence_advice(e)) from None
+                raise TrainingDiverged(divergence_advice(e, self.cfg, self.last_saved)) from None
             finally:
                 self.metrics.close()
 
@@ -414,22 +414,6 @@ class Trainer:
         final = self.save("final_model.pt")
         log.info("Training finished at step %d; final model saved: %s", p.step, final)
         return {**summary, "step": p.step, "best_val_loss": p.best_val_loss, "final": str(final)}
-
-    def _divergence_advice(self, error: FloatingPointError) -> str:
-        """What to do about a non-finite loss: which settings to change, and the checkpoint to go back to if any."""
-        c = self.cfg
-        key, lr = ("max_learning_rate", c.max_learning_rate) if c.use_lr_schedule else ("learning_rate",
-                                                                                        c.learning_rate)
-        change = f"lower {key} (now {lr:g})"
-        if c.use_lr_schedule:
-            change += f", lengthen warmup_iters (now {c.warmup_iters})"
-        change += f" or clip gradients harder with grad_clip_norm (now {c.grad_clip_norm:g})"
-        if self.last_saved is not None and self.last_saved[0].is_file():
-            path, step = self.last_saved
-            return (f"{error}. The last checkpoint is {path} (step {step}); with the same settings the run would "
-                    f"diverge again, so {change}, then continue with --resume {path} --set {key}=...")
-        return (f"{error}, and no checkpoint was saved before it. {change}, then start again (checkpoint_steps: N "
-                "keeps checkpoints to go back to)")
 
 
 def _perplexity(loss: float) -> float:
@@ -491,7 +475,7 @@ def build(argv: list[str] | None = None) -> Trainer:
     check_run_inputs(cfg, device)
     ctx.init(device)
     # Rank 0 locks the run directory for every rank (they share it) before anything is written there.
-    lock = ctx.agree(_claim_run_dir if ctx.is_main else lambda _: None, Path(cfg.checkpoint_dir))
+    lock = ctx.agree(claim_run_dir if ctx.is_main else lambda _: None, Path(cfg.checkpoint_dir))
     try:
         trainer = Trainer(cfg, device, resume=args.resume, dist=ctx, init_from=args.init_from)
 
@@ -508,14 +492,6 @@ def build(argv: list[str] | None = None) -> Trainer:
         raise
     trainer.run_lock = lock
     return trainer
-
-
-def _claim_run_dir(run_dir: Path) -> RunLock:
-    """Lock ``run_dir`` and remove the temp files a killed run left there (ours alone, now that we hold it)."""
-    lock = lock_run_dir(run_dir)
-    for p in sweep_run_dir(run_dir):
-        log.info("Removed %s, left by a run that was killed while saving", p)
-    return lock
 
 
 def main(argv: list[str] | None = None) -> int:
