@@ -42,8 +42,9 @@ CONFIG = dict(vocab_size=256, context_length=16, d_model=32, num_layers=1, num_h
               min_learning_rate=1e-4, checkpoint_steps=CHECKPOINT_STEPS, keep_last=2, checkpoint_interval=1,
               eval_interval=EVAL_INTERVAL, eval_iters=4, log_interval=1, compile="false", progress=False,
               device="cpu", dtype="float32", backend="reference")
-# the most times each phase can come up in one process: the kill is aimed at a uniformly drawn occurrence
-OCCURRENCES = {"step": STEPS, "eval": STEPS // EVAL_INTERVAL + 3, "save": STEPS // CHECKPOINT_STEPS + 8}
+# the kill is aimed at a uniformly drawn occurrence of its phase in the process, up to these (a resumed process
+# has fewer steps left; an occurrence that never comes is a kill not sent, counted apart)
+OCCURRENCES = {"step": STEPS // 2, "eval": 3, "save": 6}
 
 
 @dataclass
@@ -364,7 +365,8 @@ def report(figures: dict) -> str:
     landed = [o for o in outcomes if o.landed]
     table = Counter((o.kill.signal, o.kill.phase) for o in landed)
     where = Counter((o.kill.signal, o.where) for o in landed)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or os.environ.get("LMFAST_COMMIT", "unknown")
     lines = [
         "# Kill and resume: a CPU run stopped at random moments equals a run never stopped",
         "",
