@@ -179,18 +179,21 @@ def run_trial(root: Path, name: str, reference: Path, kills: list[Kill]) -> Tria
     run_dir = root / name
     config = write_config(root, run_dir)
     result, resume = TrialResult(), False
-    for kill in [*kills, None]:
+    for kill in kills:
         run = run_once(config, resume, kill)
         result.runs += 1
-        if kill is None:
-            if run.returncode != 0:
-                result.problems.append(f"the last --resume auto exited {run.returncode}:\n{run.err[-2000:]}")
-            break
         saved = "interrupted.pt. Continue with" in run.err
         outcome = Outcome(kill, run.returncode, run.landed, interrupted_saved=saved)
         result.outcomes.append(outcome)
         result.problems += _check_exit(outcome, run)
         resume = True
+        if run.returncode == 0:  # it finished first: the kills left have nothing to stop
+            break
+    else:
+        run = run_once(config, resume, None)
+        result.runs += 1
+        if run.returncode != 0:
+            result.problems.append(f"the last --resume auto exited {run.returncode}:\n{run.err[-2000:]}")
     if not result.problems:
         result.problems += compare_runs(reference, run_dir)
     return result
