@@ -129,8 +129,11 @@ def _run_extras(run: Trainer, data, extra: dict) -> dict:
 def save_interrupted(run: Trainer, signal_name: str) -> Path:
     """Write ``interrupted.pt`` at a step boundary; under torchrun every rank calls it (they agreed on the step)."""
     path = run.save("interrupted.pt")
-    log.warning("%s: stopped after step %d of %d and saved %s. Continue with: python -m lmfast.train --config ... "
-                "--resume auto", signal_name, run.progress.step, run.total_steps, path)
+    # No rank leaves before rank 0 has written it: torchrun answers a worker's exit by stopping the others.
+    run.dist.all_reduce_mean(torch.zeros((), device=run.dist.device))
+    if run.dist.is_main:
+        log.warning("%s: stopped after step %d of %d and saved %s. Continue with: python -m lmfast.train --config "
+                    "... --resume auto", signal_name, run.progress.step, run.total_steps, path)
     return path
 
 

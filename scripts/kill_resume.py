@@ -88,11 +88,13 @@ def make_data(root: Path) -> None:
     np.save(root / "val.npy", np.frombuffer(text[-300:], dtype=np.uint8))
 
 
-def write_config(root: Path, run_dir: Path) -> Path:
+def write_config(root: Path, run_dir: Path, **overrides) -> Path:
+    """``run_dir``'s config (beside it, as ``<run_dir>.yaml``): :data:`CONFIG` on the data :func:`make_data` wrote."""
     import yaml
 
     cfg = {**CONFIG, "train_data_path": str(root / "train.npy"), "val_data_path": str(root / "val.npy"),
-           "checkpoint_dir": str(run_dir), "log_file": str(run_dir / "train.log"), "cache_dir": str(root / "cache")}
+           "checkpoint_dir": str(run_dir), "log_file": str(run_dir / "train.log"), "cache_dir": str(root / "cache"),
+           **overrides}
     path = run_dir.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(cfg))
     return path

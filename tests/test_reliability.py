@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,8 +56,8 @@ def reference(data):
     return data / "reference"
 
 
-def _train(root: Path, name: str, *args: str) -> int:
-    return train.main(["--config", str(kill_resume.write_config(root, root / name)), *args])
+def _train(root: Path, name: str, *args: str, **overrides) -> int:
+    return train.main(["--config", str(kill_resume.write_config(root, root / name, **overrides)), *args])
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -280,3 +281,44 @@ def test_kill_9_sigterm_and_sigint_at_chosen_moments_then_resume_auto_equal_the_
         assert result.problems == []
         assert [o.returncode for o in result.outcomes] == [{"SIGKILL": -9, "SIGTERM": 143, "SIGINT": 130}[k.signal]
                                                            for k in kills]
+
+
+_STOP_RANK_1 = """
+import os, signal, sys
+from lmfast import train
+
+real_step = train.Trainer.train_step
+
+def train_step(self, s):
+    if s + 1 == 5 and self.dist.rank == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # only rank 1 is told to stop, at the start of step 5
+    return real_step(self, s)
+
+train.Trainer.train_step = train_step
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def _torchrun(data: Path, script: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    config = kill_resume.write_config(data, data / name, max_steps=8, checkpoint_steps=0)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "--config", str(config), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(data, tmp_path):
+    stop_rank_1, plain = tmp_path / "stop_rank_1.py", tmp_path / "plain.py"
+    stop_rank_1.write_text(_STOP_RANK_1)
+    plain.write_text("import sys\nfrom lmfast import train\nsys.exit(train.main(sys.argv[1:]))\n")
+    assert _torchrun(data, plain, "ddp-reference").returncode == 0
+    stopped = _torchrun(data, stop_rank_1, "ddp-stopped")
+    assert stopped.returncode != 0 and stopped.stderr.count("stopped after step 5 of 8") == 1  # rank 0 says so
+    assert 'lmfast/train.py", line' not in stopped.stderr  # no rank's traceback (torchrun prints its own)
+    state = read_checkpoint(data / "ddp-stopped" / "interrupted.pt")
+    assert state["step"] == 5 and len(state["data"]) == 2  # both ranks' sampler states, gathered at step 5
+    resumed = _torchrun(data, plain, "ddp-stopped", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert kill_resume.compare_runs(data / "ddp-reference", data / "ddp-stopped") == []
