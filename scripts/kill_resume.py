@@ -203,7 +203,7 @@ def run_trial(root: Path, name: str, reference: Path, kills: list[Kill]) -> Tria
 
 def _check_exit(o: Outcome, run: Process) -> list[str]:
     """The documented ending for each signal; a signal that came before lmfast installed its handlers (still
-    importing torch) ends the way Python ends."""
+    importing torch) or after it restored them (the run over, the process exiting) ends the way Python ends."""
     sig, err = SIGNALS[o.kill.signal], run.err
     if not o.landed:
         o.where = "the run ended before the moment came"
@@ -216,6 +216,9 @@ def _check_exit(o: Outcome, run: Process) -> list[str]:
         return [] if o.returncode == -9 else [f"{o.kill}: SIGKILL gave exit {o.returncode}"]
     if o.returncode == -sig and "@handlers" not in run.out:
         o.where = "during interpreter start-up, before lmfast's handlers"
+        return []
+    if o.returncode == -sig and "@restored" in run.out:
+        o.where = "while the process exited, after lmfast restored the handlers"
         return []
     if o.returncode != 128 + sig:
         return [f"{o.kill}: exited {o.returncode}, expected {128 + sig}:\n{err[-2000:]}"]
@@ -320,15 +323,19 @@ def _child(pause_at: str, argv: list[str]) -> int:
         moment("save")  # half of the temp file is on disk
         f.write(buf.getvalue()[half:])
 
-    real_enter = train.StopSignals.__enter__
+    real_enter, real_exit = train.StopSignals.__enter__, train.StopSignals.__exit__
 
     def enter(self):
         entered = real_enter(self)
-        os.write(1, b"@handlers\n")  # from here on SIGINT/SIGTERM are lmfast's to answer
+        os.write(1, b"@handlers\n")  # from here on SIGINT/SIGTERM are lmfast's to answer ...
         return entered
 
+    def exit_(self, *exc):
+        os.write(1, b"@restored\n")  # ... and from here on Python's again
+        return real_exit(self, *exc)
+
     train.Trainer.train_step, train.Trainer.evaluate, data.BatchSampler.__call__ = train_step, evaluate, draw
-    train.StopSignals.__enter__ = enter
+    train.StopSignals.__enter__, train.StopSignals.__exit__ = enter, exit_
     torch.save = save
     return train.main(argv)
 
@@ -354,8 +361,9 @@ def long_run(root: Path, kills: int, seed: int, max_per_trial: int = 3) -> dict:
         outcomes += result.outcomes
         sent += sum(o.landed for o in result.outcomes)
         problems += [f"trial-{trials - 1:04d}: {p}" for p in result.problems]
-        print(f"trial {trials}: {len(result.outcomes)} planned, {sent}/{kills} sent, "
-              f"{'OK' if not result.problems else 'FAILED'}", file=sys.stderr, flush=True)
+        print(f"trial {trials}: {len(result.outcomes)} stopped, {sent}/{kills} sent, "
+              f"{'OK' if not result.problems else 'FAILED: ' + ' | '.join(result.problems)}", file=sys.stderr,
+              flush=True)
     return {"trials": trials, "runs": runs, "outcomes": outcomes, "problems": problems, "seconds":
             time.perf_counter() - start, "reference_seconds": duration, "seed": seed}
 
