@@ -7,7 +7,8 @@ beside it and moved into place with ``os.replace``, so a crash mid-write never l
 ``checksum`` holds a CRC-32 of every tensor and one of all other values; :func:`read_checkpoint` recomputes them
 and refuses a checkpoint that differs, naming the tensor. torch's zip reader does not check the CRCs its own
 archive stores, so without this a flipped byte on disk or in a copy loads as a slightly different weight.
-zlib's CRC-32 runs at over 1 GB/s, a few ms for the quickstart model's 26 MB of model + optimizer state.
+Cost: 48 ms for the quickstart model's 26 MB of model + optimizer state (zlib's CRC-32, measured on a busy
+2-core machine), against about 250 ms for the save itself.
 """
 
 from __future__ import annotations
