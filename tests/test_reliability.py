@@ -232,7 +232,7 @@ def test_the_token_cache_never_serves_old_tokens_for_a_file_rewritten_with_the_s
     assert bytes(first) == b"the first text, " * 64 and bytes(second) == b"other text,here " * 64
 
 
-def test_a_trained_tokenizer_is_not_reused_for_other_training_text(tmp_path, capsys):
+def test_a_trained_tokenizer_is_not_reused_for_other_training_text(tmp_path, capsys, caplog):
     text = tmp_path / "train.txt"
     text.write_text("to be or not to be, that is the question\n" * 40)
     config = tmp_path / "c.yaml"
@@ -245,6 +245,8 @@ def test_a_trained_tokenizer_is_not_reused_for_other_training_text(tmp_path, cap
     assert train.main(["--config", str(config)]) == 2
     line = _last_error_line(capsys)
     assert "trained on other text" in line and str(tmp_path / "ck" / "tokenizer") in line
+    assert train.main(["--config", str(config), "--resume", "auto"]) == 0  # the run's own tokenizer, with a warning
+    assert "The training text changed since this run's tokenizer was trained" in caplog.text
 
 
 # -- a diverged loss -------------------------------------------------------------------------------------------------
