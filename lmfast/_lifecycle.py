@@ -159,9 +159,10 @@ def agree_on_stop(signum: int | None, dist) -> int | None:
     return int(flag.item()) or None
 
 
-# Temp names made by atomic_torch_save (``.<file>.<letters>.tmp``) and for the trained tokenizer and for
-# metrics.jsonl (``.tokenizer.<letters>.tmp``, ``.metrics.jsonl.<letters>.tmp``).
-_RUN_TEMP = re.compile(r"^\.(.+\.pt|tokenizer|metrics\.jsonl)\.[a-z0-9_]+\.tmp$")
+# Temp names made by atomic_torch_save (``.<file>.<letters>.tmp``), for the trained tokenizer and for
+# metrics.jsonl (``.tokenizer.<letters>.tmp``, ``.metrics.jsonl.<letters>.tmp``), and by an fsdp run's sharded
+# saves (``.<name>.dcp.tmp``, ``.<name>.dcp.old``: a resume from an older checkpoint is as exact as any).
+_RUN_TEMP = re.compile(r"^\.((.+\.pt|tokenizer|metrics\.jsonl)\.[a-z0-9_]+\.tmp|.+\.dcp\.(tmp|old))$")
 
 
 def sweep_run_dir(run_dir: Path) -> list[Path]:
@@ -174,11 +175,11 @@ def sweep_run_dir(run_dir: Path) -> list[Path]:
     return removed
 
 
-_STEP_CHECKPOINT = re.compile(r"^checkpoint_step_(\d+)\.pt$")
+_STEP_CHECKPOINT = re.compile(r"^checkpoint_step_(\d+)\.(pt|dcp)$")  # .dcp: a directory (fsdp)
 
 
 def prune_step_checkpoints(run_dir: Path, keep_last: int, upto_step: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` ``checkpoint_step_{s}.pt`` with ``s <= upto_step`` (0 keeps all).
+    """Delete all but the newest ``keep_last`` ``checkpoint_step_{s}.pt``/``.dcp`` with ``s <= upto_step`` (0: none).
 
     Best, final, epoch and interrupted checkpoints are never touched, nor step checkpoints past ``upto_step`` (left
     by a run resumed from an earlier checkpoint: the user may still want them).
@@ -188,7 +189,7 @@ def prune_step_checkpoints(run_dir: Path, keep_last: int, upto_step: int) -> lis
     steps = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := _STEP_CHECKPOINT.match(p.name)))
     older = [p for s, p in steps if s <= upto_step][:-keep_last]
     for p in older:
-        p.unlink(missing_ok=True)
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     return older
 
 
@@ -200,7 +201,7 @@ def divergence_advice(error: FloatingPointError, cfg: TrainConfig, last_saved: t
     if cfg.use_lr_schedule:
         change += f", lengthen warmup_iters (now {cfg.warmup_iters})"
     change += f" or clip gradients harder with grad_clip_norm (now {cfg.grad_clip_norm:g})"
-    if last_saved is not None and last_saved[0].is_file():
+    if last_saved is not None and last_saved[0].exists():
         path, step = last_saved
         return (f"{error}. The last checkpoint is {path} (step {step}); with the same settings the run would "
                 f"diverge again, so {change}, then continue with --resume {path} --set {key}=...")

@@ -36,7 +36,7 @@ from lmfast._sharded import (
     save_sharded,
 )
 from lmfast._streams import resume_sampler, saved_streams
-from lmfast.checkpoint import atomic_torch_save, load_model_state, read_checkpoint, save_checkpoint
+from lmfast.checkpoint import atomic_torch_save, checksummed, load_model_state, read_checkpoint, save_checkpoint
 from lmfast.config import TrainConfig
 from lmfast.data import BatchSampler
 
@@ -109,7 +109,8 @@ def save_run(run: Trainer, path: Path) -> Path:
     if is_sharded(run.model):
         model_state, optim_state = gather_full(run.model, run.optimizer)
         if run.dist.is_main:
-            atomic_torch_save({"model": model_state, "optimizer": optim_state, "step": run.progress.step, **rest}, path)
+            atomic_torch_save(checksummed({"model": model_state, "optimizer": optim_state, "step": run.progress.step,
+                                           **rest}), path)
         return path
     if run.dist.is_main:
         save_checkpoint(run.model, run.optimizer, run.progress.step, path, **rest)

@@ -25,7 +25,7 @@ from typing import IO, Any, BinaryIO
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state", "check_model_shapes",
-           "unwrap_model", "atomic_torch_save", "CheckpointWriteError", "checksums"]
+           "unwrap_model", "atomic_torch_save", "CheckpointWriteError", "checksums", "checksummed"]
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
@@ -99,8 +99,12 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
         "step": int(iteration),
         **extra,
     }
-    state[_CHECKSUM] = {"crc32": checksums(state)}
-    atomic_torch_save(state, out)
+    atomic_torch_save(checksummed(state), out)
+
+
+def checksummed(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its ``checksum`` key added (see :func:`checksums`), as every lmfast checkpoint is saved."""
+    return {**state, _CHECKSUM: {"crc32": checksums(state)}}
 
 
 _CHECKSUM = "checksum"

@@ -14,6 +14,7 @@ from _torchrun import BATCH, STEPS, WORLD, make_data, torchrun, write_config
 from _torchrun import losses as _losses
 
 from lmfast import ops, train
+from lmfast._lifecycle import LOCK_NAME
 from lmfast._run_setup import _archive_earlier_run
 from lmfast._run_state import find_resume
 from lmfast._sharded import is_sharded, shard_model
@@ -62,7 +63,7 @@ def test_two_fsdp_ranks_continue_a_one_process_run_with_the_same_losses(fsdp_run
 def test_an_fsdp_run_writes_sharded_training_checkpoints_and_one_plain_final_model(fsdp_runs):
     two = fsdp_runs / "two"
     sharded = {f"checkpoint_step_{s}.dcp" for s in range(RESUME_AT, STEPS + 1, 3)} | {"checkpoint_epoch_1.dcp"}
-    plain = {"best_model.pt", "final_model.pt", "metrics.jsonl", "train.log"}
+    plain = {"best_model.pt", "final_model.pt", "metrics.jsonl", "train.log", LOCK_NAME}
     assert {p.name for p in two.iterdir()} == sharded | plain  # no temporary directory left behind
     assert {p.name for p in (two / "checkpoint_step_9.dcp").iterdir()} == {".metadata", "__0_0.distcp",
                                                                            "__1_0.distcp", "run_state.pt"}

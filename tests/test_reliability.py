@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _torchrun import torchrun
 
 from lmfast import _cache, train
 from lmfast._lifecycle import LOCK_NAME, lock_run_dir
@@ -302,12 +303,8 @@ sys.exit(train.main(sys.argv[1:]))
 
 
 def _torchrun(data: Path, script: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
     config = kill_resume.write_config(data, data / name, max_steps=8, checkpoint_steps=0)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           "--config", str(config), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return torchrun([str(script), "--config", str(config), *args], cwd=data, timeout=600)
 
 
 @pytest.mark.slow
