@@ -129,10 +129,6 @@ class StopSignals:
         finally:
             self._deferring = False
 
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.signum is None else 128 + self.signum
-
     def _handle(self, signum: int, frame) -> None:
         if not self._deferring:
             raise Interrupted(signum)
