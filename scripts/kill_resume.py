@@ -365,7 +365,7 @@ def long_run(root: Path, kills: int, seed: int, max_per_trial: int = 3) -> dict:
               f"{'OK' if not result.problems else 'FAILED: ' + ' | '.join(result.problems)}", file=sys.stderr,
               flush=True)
     return {"trials": trials, "runs": runs, "outcomes": outcomes, "problems": problems, "seconds":
-            time.perf_counter() - start, "reference_seconds": duration, "seed": seed}
+            time.perf_counter() - start, "reference_seconds": duration, "seed": seed, "kills": kills}
 
 
 def report(figures: dict) -> str:
@@ -378,14 +378,17 @@ def report(figures: dict) -> str:
     landed = [o for o in outcomes if o.landed]
     table = Counter((o.kill.signal, o.kill.phase) for o in landed)
     where = Counter((o.kill.signal, o.where) for o in landed)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or os.environ.get("LMFAST_COMMIT", "unknown")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from _machine import commit, cpu_name
+
+    made_from = os.environ.get("LMFAST_COMMIT") or commit()  # a snapshot outside git names its commit this way
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "# Kill and resume: a CPU run stopped at random moments equals a run never stopped",
         "",
-        f"`nice python scripts/kill_resume.py --kills {len(landed)} --seed {figures['seed']}` on {platform.node()} "
-        f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), Python {platform.python_version()}, "
-        f"torch {torch.__version__}, commit {commit}.",
+        f"Command: `nice python scripts/kill_resume.py --kills {figures['kills']} --seed {figures['seed']}`. "
+        f"Machine: {cpu_name()} ({os.cpu_count()} cores, shared with other jobs: load average (1, 5, 15 min) "
+        f"at the end {load}); Python {platform.python_version()}, torch {torch.__version__}; commit {made_from}.",
         "",
         f"- {len(landed)} signals sent in {figures['trials']} trials ({figures['runs']} processes, "
         f"{figures['seconds'] / 60:.1f} min; one uninterrupted run takes {figures['reference_seconds']:.1f} s)",
