@@ -346,12 +346,27 @@ class Trainer:
             val = self._validate(epoch)
             if val is not None:
                 log.info("Step %d - Val Loss: %.4f, Val PPL: %.2f", p.step, val, _perplexity(val))
-        if cfg.checkpoint_steps and p.step % cfg.checkpoint_steps == 0:
-            log.info("Checkpoint saved: %s", self.save(f"checkpoint_step_{p.step}.pt"))
-            if self.dist.is_main:
-                prune_step_checkpoints(self.run_dir, cfg.keep_last, p.step)
+        self._save_checkpoints(epoch)
+
+    def _save_checkpoints(self, epoch: int, only_missing: bool = False) -> None:
+        """The step and epoch checkpoints due after step ``progress.step``; ``only_missing`` on a resume writes those
+        a kill left unwritten (the state is the same, so they equal what the run would have written)."""
+        cfg, p = self.cfg, self.progress
+        epoch_ends = p.step % self.steps_per_epoch == 0 or p.step == self.total_steps
+        due = [f"checkpoint_step_{p.step}.pt"] if cfg.checkpoint_steps and p.step % cfg.checkpoint_steps == 0 else []
         if epoch_ends and cfg.checkpoint_interval and epoch % cfg.checkpoint_interval == 0:
-            log.info("Checkpoint saved: %s", self.save(f"checkpoint_epoch_{epoch}.pt"))
+            due.append(f"checkpoint_epoch_{epoch}.pt")
+        for name in due:
+            if only_missing and any((self.run_dir / name).with_suffix(s).exists() for s in (".pt", ".dcp")):
+                continue
+            log.info("Checkpoint saved: %s", self.save(name))
+            if name.startswith("checkpoint_step_") and self.dist.is_main:
+                prune_step_checkpoints(self.run_dir, cfg.keep_last, p.step)
+
+    def _finished(self) -> bool:
+        """Whether this run's final model is written (else a resume at the last step still has it to write)."""
+        return self.resume_from is not None and (self.resume_from.name.startswith("final_model") or
+                                                 (self.run_dir / "final_model.pt").is_file())
 
     def fit(self, signals: StopSignals | None = None) -> dict:
         """Train to ``total_steps``; returns a summary: ``step``, ``train_loss``, ``best_val_loss``, ``final`` (the
@@ -374,11 +389,13 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         summary = {"step": p.step, "train_loss": math.nan, "best_val_loss": p.best_val_loss, "final": None,
                    "stopped_by": None}
-        if p.step >= self.total_steps:
+        if p.step >= self.total_steps and self._finished():
             log.info("Nothing left to do: this run already finished at step %d of %d (%s). Raise max_steps or "
                      "num_epochs to train it further", p.step, self.total_steps, self.resume_from)
             return summary
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume_from is not None and p.step > 0:
+            self._save_checkpoints((p.step - 1) // self.steps_per_epoch + 1, only_missing=True)
         log.info("Starting training...")
         log.info("Model created with %s total parameters", f"{self.model.num_parameters():,}")
         log.info("Training for %d steps (%d per epoch of %s tokens), batch %d x %d tokens x %d accumulation%s",

@@ -234,7 +234,9 @@ def compare_runs(reference: Path, run_dir: Path) -> list[str]:
 
     from lmfast.checkpoint import read_checkpoint
 
-    problems = []
+    problems = [f"{name} is missing" for name in ("final_model.pt", "best_model.pt") if not (run_dir / name).is_file()]
+    if problems:
+        return problems
     for name in ("final_model.pt", "best_model.pt"):
         a, b = read_checkpoint(reference / name), read_checkpoint(run_dir / name)
         for part in ("model", "optimizer"):

@@ -149,6 +149,18 @@ def test_resuming_a_finished_run_exits_0_and_says_there_is_nothing_left_to_do(da
     assert (run_dir / "final_model.pt").read_bytes() == final
 
 
+def test_a_kill_after_the_last_step_checkpoint_still_leaves_the_final_model_and_every_checkpoint(data, reference):
+    """kill -9 after checkpoint_step_24.pt was written, while the last epoch checkpoint was (found by the harness)."""
+    run_dir = data / "last-step"
+    shutil.copytree(reference, run_dir)
+    for name in ("final_model.pt", "checkpoint_epoch_3.pt"):
+        (run_dir / name).unlink()
+    assert _train(data, "last-step", "--resume", "auto") == 0
+    assert kill_resume.compare_runs(reference, run_dir) == []
+    written, expected = (read_checkpoint(d / "checkpoint_epoch_3.pt")["model"] for d in (run_dir, reference))
+    assert all(torch.equal(written[k], v) for k, v in expected.items())
+
+
 def test_metrics_after_a_resume_hold_each_step_once(data, reference):
     run_dir = data / "metrics"
     shutil.copytree(reference, run_dir)
