@@ -5,10 +5,11 @@
 Each trial starts a fresh run in its own directory and stops it with SIGKILL, SIGTERM or SIGINT at a chosen
 moment: inside a training step (after its batch was drawn), during validation, while a checkpoint's temp file is
 half written, or at a random time after the start (which also lands in start-up, forward/backward and the
-optimizer step). Then ``--resume auto`` runs, and may itself be stopped, until a run exits 0. The final and best
-checkpoints (model and optimizer tensors) and every train and validation loss in ``metrics.jsonl`` must equal an
-uninterrupted run's bit for bit, no temp file may be left, and each stop must end as documented: SIGKILL -9,
-SIGTERM 143 and SIGINT 130 with ``interrupted.pt`` saved (or 0 when the signal came during the last step).
+optimizer step). Then ``--resume auto`` runs, and may itself be stopped, until a run exits 0. The run must end
+with the same checkpoints as an uninterrupted run (final, best, epoch, the step checkpoints ``keep_last`` keeps),
+each with equal model and optimizer tensors, and every train and validation loss in ``metrics.jsonl``, all bit for
+bit; no temp file may be left, and each stop must end as documented: SIGKILL -9, SIGTERM 143 and SIGINT 130 with
+``interrupted.pt`` saved (or 0 when the signal came during the last step).
 
 The run is tiny (byte-level tokens from a generated ``.npy``, one layer of width 32, 24 steps, three epochs,
 validation every 5 steps, a step checkpoint every 4 with ``keep_last: 2``), on one CPU thread: the process
@@ -229,15 +230,15 @@ def _check_exit(o: Outcome, run: Process) -> list[str]:
 
 
 def compare_runs(reference: Path, run_dir: Path) -> list[str]:
-    """What differs between two finished runs: checkpoints' tensors, losses, leftovers."""
+    """What differs between two finished runs: the set of checkpoints and each one's model and optimizer tensors
+    (``interrupted.pt`` aside, which only a stopped run has), the losses, leftover temp files."""
     import torch
 
     from lmfast.checkpoint import read_checkpoint
 
-    problems = [f"{name} is missing" for name in ("final_model.pt", "best_model.pt") if not (run_dir / name).is_file()]
-    if problems:
-        return problems
-    for name in ("final_model.pt", "best_model.pt"):
+    want, have = ({p.name for p in d.glob("*.pt")} - {"interrupted.pt"} for d in (reference, run_dir))
+    problems = [f"{sorted(want - have)} missing, {sorted(have - want)} extra"] if want != have else []
+    for name in sorted(want & have):
         a, b = read_checkpoint(reference / name), read_checkpoint(run_dir / name)
         for part in ("model", "optimizer"):
             flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
@@ -394,7 +395,7 @@ def report(figures: dict) -> str:
         "",
         f"- {len(landed)} signals sent in {figures['trials']} trials ({figures['runs']} processes, "
         f"{figures['seconds'] / 60:.1f} min; one uninterrupted run takes {figures['reference_seconds']:.1f} s)",
-        f"- trials whose final and best checkpoints (model and optimizer tensors) and losses equal the "
+        f"- trials whose checkpoints (every one, model and optimizer tensors) and losses equal the "
         f"uninterrupted run's bitwise: **{figures['trials'] - len({p.split(':')[0] for p in figures['problems']})} "
         f"of {figures['trials']}**",
         f"- problems: {len(figures['problems'])}",
