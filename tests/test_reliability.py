@@ -21,7 +21,6 @@ from _torchrun import torchrun
 
 from lmfast import _cache, train
 from lmfast._lifecycle import LOCK_NAME, lock_run_dir
-from lmfast._run_setup import _archive_earlier_run
 from lmfast.checkpoint import read_checkpoint
 from lmfast.data import BatchSampler, prepare_tokens
 from lmfast.plot import read_metrics
@@ -218,16 +217,6 @@ def test_temp_files_a_kill_left_in_the_token_cache_are_removed_unless_their_writ
         _cache._resolve_cache(tmp_path)
     left = sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name)
     assert left == [".b-4567.npy.x1y2z3w4.tmp.npy", ".b-4567.npy.x1y2z3w4.tmp.npy.q9r8s7t6.tmp", ".unrelated.tmp"]
-
-
-def test_two_runs_archived_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
-    monkeypatch.setattr("lmfast._run_setup.time.strftime", lambda fmt: "previous-20260101-000000")
-    for content in (b"first", b"second"):
-        (tmp_path / "final_model.pt").write_bytes(content)
-        _archive_earlier_run(tmp_path)
-    archived = sorted(p.name for p in tmp_path.glob("previous-*"))
-    assert archived == ["previous-20260101-000000", "previous-20260101-000000-2"]
-    assert (tmp_path / archived[1] / "final_model.pt").read_bytes() == b"second"
 
 
 # -- nothing stale ------------------------------------------------------------------------------------------------
