@@ -58,8 +58,8 @@ def scratch(tmp_path_factory):
 def cli(scratch, monkeypatch, capsys):
     """``cli(main, argv)`` runs an entry point in the scratch directory and checks the exit code and stderr."""
     monkeypatch.chdir(scratch)
-    monkeypatch.setattr(train.Trainer, "fit", lambda self: {"step": 0, "train_loss": 0.0, "best_val_loss": math.inf,
-                                                             "final": "ck/final_model.pt"})
+    monkeypatch.setattr(train.Trainer, "fit", lambda self, signals=None: {
+        "step": 0, "train_loss": 0.0, "best_val_loss": math.inf, "final": "ck/final_model.pt", "stopped_by": None})
     monkeypatch.setattr(_memory, "available_memory", lambda device: 256 << 20)
 
     def _cli(main, argv):
