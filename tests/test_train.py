@@ -127,10 +127,10 @@ def _write_tokens(path, array):
     ("too short", "short", [], "context_length"),
     ("heads", dict(num_heads=5), [], "divisible by num_heads"),
     ("odd head dim", dict(d_model=36, num_heads=4, context_length=32), [], "even head dim"),
-    ("cuda", {}, ["--device", "cuda"], "CUDA is not available"),
+    pytest.param("cuda", {}, ["--device", "cuda"], "CUDA is not available", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="the cuda case expects a machine without CUDA")),
     ("bad resume", {}, ["--resume", "/nonexistent/c.pt"], "does not exist"),
 ])
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda case expects a machine without CUDA")
 def test_bad_input_stops_before_training_with_one_message(run, tmp_path, capsys, case, overrides, args, message):
     if overrides == "floats":
         overrides = dict(train_data_path=_write_tokens(tmp_path / "f.npy", np.random.rand(1000)))
