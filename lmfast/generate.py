@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import secrets
 import sys
 import time
@@ -334,6 +335,23 @@ def main(argv: list[str] | None = None) -> int:
     except (SetupError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        return _generate_and_print(args, model, tokenizer, state)
+    except BrokenPipeError:
+        # The reader closed the pipe (`generate ... | head`): it has what it wanted, so stop generating and exit 0.
+        # Point stdout at /dev/null so that Python's flush at exit does not raise the same error again.
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (replaced in-process): nothing will flush to the pipe
+        pass
+
+
+def _generate_and_print(args: argparse.Namespace, model: TransformerLM, tokenizer, state: dict) -> int:
     device = model.lm_head.weight.device
     dtype = generation_dtype(state["config"].get("dtype", "auto"), device)
     seed = args.seed if args.seed is not None else secrets.randbits(63)  # printed below, so a run can be repeated

@@ -396,3 +396,17 @@ def test_bad_input_gets_one_clear_line_and_exit_code_2(checkpoint, capsys, monke
     last = err.strip().splitlines()[-1]  # earlier lines can only be log records, when a test set up logging
     assert code == 2 and out == "" and "Traceback" not in err
     assert last.startswith("error: ") and message in last, err
+
+
+def test_a_reader_that_closes_the_pipe_early_stops_generation_quietly_with_exit_0(checkpoint):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "lmfast.generate", "--checkpoint", checkpoint, "--device", "cpu", "--seed", "1",
+           "--max-new-tokens", "1000000"]  # would run for many minutes if the closed pipe did not stop it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(64)) == 64  # `| head -c 64`: the reader takes what it wants and goes away
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
