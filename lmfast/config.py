@@ -82,7 +82,8 @@ class TrainConfig:
     eps: float = _f(1e-8, "AdamW epsilon", min=0)
     seed: int = _f(1337, "seed for weights, batch sampling and dropout-free determinism", min=0, max=_INT64_MAX)
     device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    dtype: str = _f("auto", "autocast dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16",
+    dtype: str = _f("auto", "autocast dtype: auto (bfloat16 on CUDA and on CPUs that multiply bf16 natively, i.e. "
+                    "AMX; float32 elsewhere), float32, bfloat16, float16",
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: str = _f("auto", "torch.compile the model: auto (on for CUDA), true, false",
                       choices=("auto", "true", "false"))
@@ -91,6 +92,8 @@ class TrainConfig:
     distributed: str = _f("ddp", "under torchrun: ddp (every rank holds the whole model) or fsdp (FSDP2 shards "
                           "parameters, gradients and optimizer state over the ranks; sharded checkpoints)",
                           choices=("ddp", "fsdp"))
+    fused_loss: bool = _f(True, "loss from hidden states and the LM head in chunks, never the full logits "
+                          "(memory-lean); false = full logits, then cross-entropy")
     tokenizer: str | None = _f(None, "null = byte-level (vocab 256); train = BPE of vocab_size trained on the "
                                "training text; gpt2; or a directory with vocab.json + merges.txt")
     special_tokens: list[str] = _f(["<|endoftext|>"], "special tokens of a trained BPE tokenizer")

@@ -17,6 +17,9 @@ __all__ = [
     "softmax",
     "silu",
     "cross_entropy",
+    "linear_cross_entropy",
+    "lce_compute_dtype",
+    "lce_chunk_rows",
     "rmsnorm",
     "rope_cos_sin",
     "apply_rope",
@@ -78,6 +81,156 @@ class _CrossEntropy(torch.autograd.Function):
         grad[torch.arange(rows, device=grad.device), targets] -= 1.0
         grad.mul_(grad_loss / rows)
         return grad, None
+
+
+# Logits of one chunk of tokens hold at most this many elements (128 MiB in fp32). Measured on 2 CPU cores at
+# N = 8192, d = 768, V = 50257 (benchmarks/results/loss_memory_cpu.md): smaller chunks re-read the (V, d)
+# weight-gradient accumulator more often; larger ones only add memory.
+LCE_CHUNK_ELEMENTS = 1 << 25
+
+
+def lce_chunk_rows(rows: int, vocab: int, chunk_size: int | None = None) -> int:
+    """Tokens per chunk of :func:`linear_cross_entropy`: ``chunk_size``, or the most whose logits fit in
+    ``LCE_CHUNK_ELEMENTS``, evened out so the last chunk is not a sliver."""
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
+        return chunk_size
+    most = max(1, LCE_CHUNK_ELEMENTS // max(vocab, 1))
+    chunks = max(1, -(-rows // most))
+    return max(1, -(-rows // chunks))
+
+
+def lce_compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the logits matmul runs in: autocast's where it is on (as ``F.linear`` would), else the inputs'.
+
+    fp64 inputs stay fp64, as autocast leaves them.
+    """
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    device = hidden.device.type
+    if dtype != torch.float64 and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return dtype
+
+
+def _check_lce_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> None:
+    if weight.dim() != 2 or hidden.dim() == 0 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy needs hidden (..., d) and weight (vocab, d), got hidden "
+                         f"{tuple(hidden.shape)} and weight {tuple(weight.shape)}")
+    if targets.shape != hidden.shape[:-1]:
+        raise ValueError(f"targets must have hidden's leading shape {tuple(hidden.shape[:-1])}, got "
+                         f"{tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integer token ids, got dtype {targets.dtype}")
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk_size: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``hidden @ weight.T`` against ``targets``, never holding all the logits.
+
+    hidden: (..., d); weight: (vocab, d); targets: (...) integer ids in [0, vocab), hidden's leading shape.
+    Returns a 0-d tensor equal to ``cross_entropy(hidden @ weight.T, targets)``: fp32 (fp64 for fp64 inputs).
+    Tokens go through in chunks of ``chunk_size`` (default: see :func:`lce_chunk_rows`); each chunk's logits are
+    made, turned into the loss and, when a gradient is wanted, straight into its share of ``d hidden`` and
+    ``d weight`` (fp32 accumulators), then dropped. Backward only scales those by the incoming gradient.
+    Under autocast the matmuls run in the autocast dtype, as ``F.linear`` would, and the softmax in fp32.
+
+    >>> h, w, t = torch.randn(6, 4), torch.randn(10, 4), torch.randint(0, 10, (6,))
+    >>> torch.allclose(linear_cross_entropy(h, w, t, chunk_size=4), cross_entropy(h @ w.T, t))
+    True
+    """
+    _check_lce_inputs(hidden, weight, targets)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    rows = lce_chunk_rows(flat.shape[0], weight.shape[0], chunk_size)
+    dtype = lce_compute_dtype(hidden, weight)
+    return _LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), dtype, rows, torch.is_grad_enabled())
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Chunked linear + cross-entropy whose gradient is made in the forward (as Liger-Kernel's fused linear
+    cross-entropy does on GPUs), so backward only scales it.
+
+    Per chunk of c tokens: ``logits = h_c W^T`` (c, V); ``log_softmax`` in fp32 gives the loss; its ``exp``,
+    minus 1 at the targets, is ``d logits`` (the 1/N of the mean goes into the two matmuls that follow):
+    ``d h_c = d logits @ W``, ``d W += d logits^T @ h_c``. Three matmuls in all, as the unfused loss.
+
+    Performance notes (2 CPU cores, N = 8192, d = 768, V = 50257; benchmarks/results/loss_memory_cpu.md):
+    recomputing the logits in backward instead would lower no peak (d W is allocated either way) and cost a
+    fourth matmul. The chunk buffers are allocated once and reused through ``out=``: fresh ones cost a page
+    fault per 4 KiB on every chunk (glibc maps each allocation over 32 MiB anew), and reusing them took bf16
+    forward+backward from 12.6 to 8.6 s of CPU time. ``d logits`` overwrites the logits buffer in the matmul
+    dtype, rounded once from fp32, as the unfused loss under autocast rounds it.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, dtype, rows, grad_enabled):
+        want_dh = grad_enabled and ctx.needs_input_grad[0]
+        want_dw = grad_enabled and ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            total, dh, dw = _lce_forward(hidden, weight, targets, dtype, rows, want_dh, want_dw)
+        ctx.save_for_backward(dh, dw)
+        return total / hidden.shape[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        dh, dw = ctx.saved_tensors
+        # In place: the forward made these for this backward alone. A second backward through a retained graph
+        # fails autograd's saved-tensor version check rather than hand out gradients scaled twice.
+        dh = dh.mul_(grad_loss) if dh is not None else None
+        dw = dw.mul_(grad_loss) if dw is not None else None
+        return dh, dw, None, None, None, None
+
+
+def _lce_forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype, rows: int,
+                 want_dh: bool, want_dw: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Summed loss, and ``d hidden`` / ``d weight`` of the mean loss when wanted (else None), chunk by chunk."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    device, c0 = hidden.device, max(1, min(rows, n))
+    h, w = hidden.to(dtype), weight.to(dtype)  # once, not per chunk as autocast would
+    dh = torch.empty(hidden.shape, dtype=hidden.dtype, device=device) if want_dh else None
+    dw = torch.zeros(weight.shape, dtype=acc, device=device) if want_dw else None
+    narrow = dtype != acc  # bf16/fp16 matmuls: logits and d logits in that dtype, the softmax widened to fp32
+    dw_part = torch.empty(weight.shape, dtype=dtype, device=device) if want_dw and narrow else None
+    logits_buf = torch.empty(c0, vocab, dtype=dtype, device=device)
+    wide_buf = torch.empty(c0, vocab, dtype=acc, device=device) if narrow else None
+    log_probs_buf = torch.empty(c0, vocab, dtype=acc, device=device)
+    total = torch.zeros((), dtype=acc, device=device)
+    scale = 1.0 / max(n, 1)
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        h_c, t_c = h[start:end], targets[start:end]
+        logits = torch.mm(h_c, w.T, out=logits_buf[: end - start])
+        wide = wide_buf[: end - start].copy_(logits) if narrow else logits
+        log_probs = torch.log_softmax(wide, dim=-1, out=log_probs_buf[: end - start])
+        target_lp = log_probs.gather(1, t_c.unsqueeze(1)).squeeze(1)
+        total -= target_lp.sum()
+        if not (want_dh or want_dw):
+            continue
+        grad = logits.copy_(log_probs.exp_()) if narrow else torch.exp(log_probs, out=logits)
+        grad[torch.arange(end - start, device=device), t_c] = (target_lp.exp() - 1.0).to(dtype)
+        if want_dh:
+            torch.mul(grad @ w, scale, out=dh[start:end])
+        if dw_part is not None:
+            _add_widened(dw, torch.mm(grad.T, h_c, out=dw_part), wide_buf.view(-1), scale)
+        elif want_dw:
+            dw.addmm_(grad.T, h_c, alpha=scale)
+    return total, dh, dw.to(weight.dtype) if want_dw else None
+
+
+def _add_widened(acc: torch.Tensor, part: torch.Tensor, scratch: torch.Tensor, scale: float) -> None:
+    """``acc += scale * part`` for an fp32 ``acc`` and a bf16/fp16 ``part``, widened through ``scratch`` (fp32).
+
+    CPU has no mixed-precision addmm, and ``acc.add_(part)`` would allocate an fp32 copy of ``part`` (V x d, a
+    fresh mapping and its page faults) every chunk; the chunk's softmax buffer is free by now, so the widening
+    goes through it, a slice of rows at a time.
+    """
+    rows = max(1, scratch.numel() // part.shape[1])
+    for start in range(0, part.shape[0], rows):
+        end = min(start + rows, part.shape[0])
+        stage = scratch[: (end - start) * part.shape[1]].view(end - start, part.shape[1])
+        acc[start:end].add_(stage.copy_(part[start:end]), alpha=scale)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -249,7 +249,9 @@ class TransformerLM(nn.Module):
         self.lm_head = Linear(d_model, vocab_size, **kw)
 
     def forward(self, in_indices: torch.Tensor, token_positions: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None) -> torch.Tensor:
+                caches: list[KVCache] | None = None, return_hidden: bool = False) -> torch.Tensor:
+        """Logits (batch, seq, vocab); with ``return_hidden=True`` the final-norm hidden states (batch, seq, d_model)
+        instead, for a loss that applies ``lm_head.weight`` itself (``ops.linear_cross_entropy``)."""
         seq = in_indices.shape[-1]
         start = caches[0].length if caches else 0
         if start + seq > self.context_length:
@@ -257,7 +259,8 @@ class TransformerLM(nn.Module):
         x = self.token_embeddings(in_indices)
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, caches[i] if caches else None)
-        return self.lm_head(self.ln_final(x))
+        x = self.ln_final(x)
+        return x if return_hidden else self.lm_head(x)
 
     @classmethod
     def from_hf(cls, directory, backend: str = "auto", device=None, dtype=None) -> TransformerLM:

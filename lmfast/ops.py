@@ -29,12 +29,15 @@ _log = logging.getLogger("lmfast")
 
 @dataclass(frozen=True)
 class Ops:
-    """The ops a model calls: ``self.ops.rmsnorm(x, w, eps)`` reads the same on either backend."""
+    """The ops a model calls: ``self.ops.rmsnorm(x, w, eps)`` reads the same on either backend (and the trainer's
+    loss, ``ops.linear_cross_entropy``)."""
 
     name: str
     rmsnorm: Callable  # (x, weight, eps) -> y
     rope: Callable  # (q, k, cos, sin) -> (q_rot, k_rot)
     attention: Callable  # (q, k, v, scale=None) -> causal attention output
+    # (hidden, weight, targets) -> mean cross-entropy of hidden @ weight.T, never holding all the logits
+    linear_cross_entropy: Callable = functional.linear_cross_entropy
 
 
 REFERENCE = Ops("reference", functional.rmsnorm, functional.rope, functional.causal_attention)
@@ -93,6 +96,7 @@ def resolve_backend(backend: str, device: torch.device | str, d_model: int | Non
 @functools.cache
 def _fused_ops() -> Ops:
     from lmfast.kernels.attention import attention
+    from lmfast.kernels.linear_cross_entropy import linear_cross_entropy
     from lmfast.kernels.rmsnorm import rmsnorm
     from lmfast.kernels.rope import rope
 
@@ -116,7 +120,7 @@ def _fused_ops() -> Ops:
             return functional.causal_attention(q, k, v, scale)
         return attention(q, k, v, scale)
 
-    return Ops("fused", fused_rmsnorm, fused_rope, fused_attention)
+    return Ops("fused", fused_rmsnorm, fused_rope, fused_attention, linear_cross_entropy=linear_cross_entropy)
 
 
 def get_ops(backend: str, device: torch.device | str, d_model: int | None = None,

@@ -75,6 +75,7 @@ from lmfast.metrics import MetricsLogger, MissingPackageError
 from lmfast.mfu import device_peak_flops, mfu
 from lmfast.model import TransformerLM
 from lmfast.optim import AdamW, clip_grad_norm_, cosine_lr
+from lmfast.precision import auto_autocast_dtype
 
 __all__ = ["main", "build", "Trainer", "SetupError", "TrainingDiverged", "ByteTokenizer", "build_tokenizer",
            "load_run_tokenizer", "resolve_device", "setup_logging"]
@@ -198,8 +199,9 @@ class Trainer:
     def _autocast_dtype(self) -> torch.dtype | None:
         name = self.cfg.dtype
         if name == "auto":
-            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-            return torch.bfloat16 if cuda_bf16 else None
+            dtype, why = auto_autocast_dtype(self.device)
+            log.info("dtype auto: %s on %s (%s)", "bfloat16 autocast" if dtype else "float32", self.device.type, why)
+            return dtype
         if name == "float32":
             return None
         if self.device.type == "cpu" and name == "float16":
@@ -262,7 +264,7 @@ class Trainer:
             x, y = self.sampler()
             with self._no_sync(last=i == accum - 1):  # DDP: all-reduce the gradients once, after the last one
                 with self._autocast():
-                    loss = cross_entropy(self.step_model(x), y) / accum
+                    loss = self._loss(x, y) / accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         # 3. clip the global gradient norm
@@ -275,6 +277,15 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return self.dist.all_reduce_mean(total), norm, lr
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the model on (x, y). ``fused_loss``: from the final hidden states and the LM head
+        weight, a chunk of tokens at a time (never the full logits, which at GPT-2's vocabulary are the peak
+        of a step's memory); else full logits, then cross-entropy."""
+        if self.cfg.fused_loss:
+            hidden = self.step_model(x, return_hidden=True)
+            return self.model.ops.linear_cross_entropy(hidden, self.model.lm_head.weight, y)
+        return cross_entropy(self.step_model(x), y)
 
     def _no_sync(self, last: bool):
         if last or not self.dist.enabled:
@@ -298,7 +309,7 @@ class Trainer:
         for _ in range(count):
             x, y = sampler()
             with self._autocast():
-                losses.append(cross_entropy(self.step_model(x), y).float())
+                losses.append(self._loss(x, y).float())
         self.model.train()
         return self.dist.all_reduce_mean(torch.stack(losses).mean()).item()
 
