@@ -44,7 +44,7 @@ def aot_report(tmp_path_factory) -> dict:
 def test_every_kernel_module_lists_its_configurations(aot_report):
     assert aot_report["module_errors"] == {}
     modules = {r["module"] for r in aot_report["results"]}
-    assert {"rmsnorm", "rope", "attention", "adamw"} <= modules
+    assert {"rmsnorm", "rope", "attention", "adamw", "linear_cross_entropy"} <= modules
 
 
 def test_every_configuration_compiles_for_each_target_that_launches_it(aot_report):
