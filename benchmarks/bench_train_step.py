@@ -1,24 +1,28 @@
 """One full training step, lmfast vs Hugging Face ``LlamaForCausalLM`` of the same shape, in tokens/s.
 
-    pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-min-rounds=3
+    pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-min-rounds=5
 
 A step is: forward, mean cross-entropy, backward, global-norm clipping at 1.0, AdamW step (lr 1e-3, betas
-(0.9, 0.95), weight decay 0.1), on one fixed random batch. lmfast uses ``lmfast.functional.cross_entropy``,
-``lmfast.optim.clip_grad_norm_`` and ``lmfast.optim.AdamW``; HF uses ``F.cross_entropy``,
-``torch.nn.utils.clip_grad_norm_`` and ``torch.optim.AdamW`` with their defaults. Both models are built with the
-same shape (untied head, no biases, num_key_value_heads = num_heads, rms_norm_eps 1e-5, HF's default SDPA
-attention) and hold the same number of parameters.
+(0.9, 0.95), weight decay 0.1), on one fixed random batch. lmfast runs what its trainer runs by default: the
+loss from the final hidden states and the LM head weight through ``ops.linear_cross_entropy`` (``fused_loss:
+true``), ``lmfast.optim.clip_grad_norm_`` and ``lmfast.optim.AdamW`` (PyTorch's fused kernel on CPU). HF gets
+its best settings: ``torch.optim.AdamW(fused=True)``, ``torch.nn.utils.clip_grad_norm_(foreach=True)``, HF's
+default SDPA attention, and ``F.cross_entropy`` on the logits upcast to fp32 (what its own loss does). Both
+models are built with the same shape (untied head, no biases, num_key_value_heads = num_heads, rms_norm_eps
+1e-5) and hold the same number of parameters.
 
-* CPU, shape ``cpu-small`` (vocab 4096, context 128, d_model 256, 4 layers, 8 heads, d_ff 704 = 8/3·256 rounded
-  up to a multiple of 64, batch 16 → 2048 tokens a step), fp32: providers ``lmfast`` / ``hf`` × ``eager`` /
-  ``compiled`` (``torch.compile`` of model + loss; inductor's C++ backend). The run with all four takes 30-60 s
-  on 2 idle cores with a warm inductor cache, ~3 minutes cold (compiling is most of it). A Markdown summary
-  (CPU, versions, commit, tokens/s, ratios; also the command, threads, timer and load average) is written to
+* CPU, two shapes: ``d256`` (vocab 4096, context 128, d_model 256, 4 layers, 8 heads, d_ff 704, batch 16 → 2048
+  tokens a step) and ``d512`` (the config defaults: vocab 10000, context 256, d_model 512, 4 layers, 16 heads,
+  d_ff 1344, batch 8 → 2048 tokens), each in fp32 and under bf16 autocast (``dtype: bfloat16``), each eager and
+  ``torch.compile``d (model + loss; inductor's C++ backend; ``-k eager`` leaves those out, they take minutes to
+  compile). lmfast's defaults are its eager row in the dtype ``dtype: auto`` picks here: bf16 where the CPU has
+  AMX (:mod:`lmfast.precision`), else fp32. A Markdown summary per shape (CPU, AMX or not, versions, commit,
+  tokens/s, ratios; also the command, threads, timer and load average) is written to
   benchmarks/results/train_step_cpu.md. On a machine shared with other jobs, wall-clock time with two OpenMP
-  threads swings by 2-5x (every parallel region waits for a descheduled thread); a steadier comparison is one
-  thread timed by process CPU time:
+  threads swings by 2-5x (every parallel region waits for a descheduled thread); the CPU time of the process
+  is steadier, and ratios taken in one run hold either way:
 
-      OMP_NUM_THREADS=1 pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-min-rounds=3 \
+      pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-min-rounds=5 \
           --benchmark-timer=time.process_time
 
 * CUDA (skipped without a GPU), the shape of configs/tinystories_17m.yaml, bf16 autocast: providers ``hf``,
@@ -44,20 +48,24 @@ import torch.nn.functional as F
 import yaml
 from _machine import commit, cpu_name
 
-from lmfast import functional
 from lmfast.model import TransformerLM
 from lmfast.optim import AdamW, clip_grad_norm_
+from lmfast.precision import auto_autocast_dtype, cpu_bf16_native
 
 transformers = pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parent.parent
-CPU_SHAPE = dict(vocab_size=4096, context_length=128, d_model=256, num_layers=4, num_heads=8, d_ff=704,
-                 rope_theta=10000.0)
-CPU_BATCH = 16
+CPU_SHAPES = {  # name -> (shape, batch)
+    "d256": (dict(vocab_size=4096, context_length=128, d_model=256, num_layers=4, num_heads=8, d_ff=704,
+                  rope_theta=10000.0), 16),
+    "d512": (dict(vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344,
+                  rope_theta=10000.0), 8),
+}
+CPU_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 H100_BF16_DENSE_FLOPS = 989e12
 OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-_results: dict[str, dict[str, float]] = {"cpu": {}, "cuda": {}}  # device -> {provider-mode: tokens/s}
-_spread: dict[str, tuple[float, float]] = {}  # provider-mode -> (fastest, slowest) round in seconds
+_results: dict[str, dict[str, float]] = {}  # "cpu d256" / "cuda" -> {"provider dtype mode": tokens/s}
+_spread: dict[str, tuple[float, float]] = {}  # "cpu d256 provider dtype mode" -> (fastest, slowest) round, s
 
 
 def _gpu_shape() -> tuple[dict, int]:
@@ -92,8 +100,10 @@ def _make_step(provider: str, mode: str, shape: dict, batch: int, device: str, a
     y = torch.randint(0, vocab, (batch, shape["context_length"]), device=device)
     if provider == "hf":
         model = _hf_llama(shape, device)
-        opt = torch.optim.AdamW(model.parameters(), **OPTIM)
-        clip = torch.nn.utils.clip_grad_norm_
+        opt = torch.optim.AdamW(model.parameters(), **OPTIM, fused=True)
+
+        def clip(params, max_norm):
+            return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
         def loss_fn(a, b):
             return F.cross_entropy(model(input_ids=a).logits.flatten(0, 1).float(), b.flatten())
@@ -103,8 +113,8 @@ def _make_step(provider: str, mode: str, shape: dict, batch: int, device: str, a
         opt = AdamW(model.parameters(), **OPTIM, fused={"reference": False, "fused": True}.get(backend))
         clip = clip_grad_norm_
 
-        def loss_fn(a, b):
-            return functional.cross_entropy(model(a), b)
+        def loss_fn(a, b):  # the trainer's default loss (fused_loss: true)
+            return model.ops.linear_cross_entropy(model(a, return_hidden=True), model.lm_head.weight, b)
     if mode == "compiled":
         loss_fn = torch.compile(loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -122,13 +132,14 @@ def _make_step(provider: str, mode: str, shape: dict, batch: int, device: str, a
     return step, sum(p.numel() for p in params)
 
 
-def _run(benchmark, device: str, provider: str, mode: str, shape: dict, batch: int, autocast) -> float:
+def _run(benchmark, table: str, provider: str, dtype: str, mode: str, shape: dict, batch: int, autocast) -> float:
+    device = table.split()[0]
     step, n_params = _make_step(provider, mode, shape, batch, device, autocast)
     d, layers, d_ff, vocab = shape["d_model"], shape["num_layers"], shape["d_ff"], shape["vocab_size"]
     assert n_params == 2 * vocab * d + layers * (4 * d * d + 3 * d * d_ff + 2 * d) + d, "models differ in shape"
     for _ in range(2):  # warm up: compiles, autotunes and allocates optimizer state outside the timed rounds
         step()
-    benchmark.group = f"train step {device} {mode}"
+    benchmark.group = f"train step {table} {dtype} {mode}"
     benchmark(step)
     tokens_per_s = batch * shape["context_length"] / benchmark.stats.stats.median
     info = dict(tokens_per_s=round(tokens_per_s), tokens_per_step=batch * shape["context_length"], shape=shape,
@@ -136,15 +147,19 @@ def _run(benchmark, device: str, provider: str, mode: str, shape: dict, batch: i
     if device == "cuda":
         info["mfu"] = round(tokens_per_s * _flops_per_token(shape) / H100_BF16_DENSE_FLOPS, 4)
     benchmark.extra_info.update(info)
-    _results[device][f"{provider} {mode}"] = tokens_per_s
-    _spread[f"{provider} {mode}"] = (benchmark.stats.stats.min, benchmark.stats.stats.max)
+    name = f"{provider} {dtype} {mode}"
+    _results.setdefault(table, {})[name] = tokens_per_s
+    _spread[f"{table} {name}"] = (benchmark.stats.stats.min, benchmark.stats.stats.max)
     return tokens_per_s
 
 
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
 @pytest.mark.parametrize("provider", ["lmfast", "hf"])
-def test_train_step_tokens_per_second_cpu(benchmark, provider, mode):
-    _run(benchmark, "cpu", provider, mode, CPU_SHAPE, CPU_BATCH, None)
+@pytest.mark.parametrize("dtype", list(CPU_DTYPES))
+@pytest.mark.parametrize("shape_name", list(CPU_SHAPES))
+def test_train_step_tokens_per_second_cpu(benchmark, shape_name, dtype, provider, mode):
+    shape, batch = CPU_SHAPES[shape_name]
+    _run(benchmark, f"cpu {shape_name}", provider, dtype, mode, shape, batch, CPU_DTYPES[dtype])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -154,7 +169,7 @@ def test_train_step_tokens_per_second_cuda(benchmark, provider, mode):
     shape, batch = _gpu_shape()
     if provider == "lmfast-fused":
         pytest.importorskip("triton")
-    _run(benchmark, "cuda", provider, mode, shape, batch, torch.bfloat16)
+    _run(benchmark, "cuda", provider, "bf16", mode, shape, batch, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -164,7 +179,8 @@ def _machine(device: str) -> dict[str, str]:
     if device == "cuda":
         name = torch.cuda.get_device_name()
     else:
-        name = f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)"
+        amx = "AMX bf16" if cpu_bf16_native()[0] else "no AMX"
+        name = f"{cpu_name()} ({os.cpu_count()} cores, {amx}), {torch.get_num_threads()} torch thread(s)"
     return {"machine": name, "torch": torch.__version__, "transformers": transformers.__version__,
             "commit": commit()}
 
@@ -187,26 +203,43 @@ def _ratio(rows: dict[str, float], a: str, b: str) -> str:
     return f"{rows[a] / rows[b]:.2f}" if a in rows and b in rows else "n/a"
 
 
-def _summary(device: str, title: str, shape: dict, batch: int, pairs: list[tuple[str, str, str]], timer: str,
-             min_rounds: int) -> str:
-    rows, machine = _results[device], _machine(device)
-    flops = _flops_per_token(shape)
-    lines = [f"# {title}", "",
-             f"Machine: {machine['machine']}; torch {machine['torch']}; transformers {machine['transformers']}; "
-             f"commit {machine['commit']}.",
-             f"Shape: {shape}, batch {batch} ({batch * shape['context_length']} tokens a step); "
-             f"{flops / 1e6:.1f} MFLOP per token (6N + 12LdT).",
-             f"Command: `{_command(device, timer, min_rounds)}` (median of the rounds; timer {timer}); "
-             f"load average (1, 5, 15 min) at the end of the run: {_load()}.", "",
+def _header(device: str, title: str, timer: str, min_rounds: int) -> list[str]:
+    machine = _machine(device)
+    return [f"# {title}", "",
+            f"Machine: {machine['machine']}; torch {machine['torch']}; transformers {machine['transformers']}; "
+            f"commit {machine['commit']}.",
+            f"Command: `{_command(device, timer, min_rounds)}` (median of the rounds; timer {timer}); "
+            f"load average (1, 5, 15 min) at the end of the run: {_load()}."]
+
+
+def _table(table: str, shape: dict, batch: int, pairs: list[tuple[str, str, str]]) -> list[str]:
+    rows, flops = _results[table], _flops_per_token(shape)
+    lines = [f"Shape: {shape}, batch {batch} ({batch * shape['context_length']} tokens a step); "
+             f"{flops / 1e6:.1f} MFLOP per token (6N + 12LdT).", "",
              "| provider | tokens/s | ms / step (median) | fastest / slowest round, ms | GFLOP/s |",
              "|---|---:|---:|---:|---:|"]
     for name, tps in rows.items():
-        fastest, slowest = _spread[name]
+        fastest, slowest = _spread[f"{table} {name}"]
         lines.append(f"| {name} | {tps:,.0f} | {batch * shape['context_length'] / tps * 1e3:.1f} | "
                      f"{fastest * 1e3:.0f} / {slowest * 1e3:.0f} | {tps * flops / 1e9:.1f} |")
     lines += ["", "| ratio | x |", "|---|---:|"]
     lines += [f"| {label} | {_ratio(rows, a, b)} |" for label, a, b in pairs]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _cpu_pairs(table: str) -> list[tuple[str, str, str]]:
+    auto = "bf16" if auto_autocast_dtype("cpu")[0] is not None else "fp32"
+    rows = _results[table]
+    pairs = [(f"lmfast defaults (eager, dtype auto = {auto} here) / HF fp32 eager", f"lmfast {auto} eager",
+              "hf fp32 eager")]
+    pairs += [(f"{dt} {mode}: lmfast / HF", f"lmfast {dt} {mode}", f"hf {dt} {mode}")
+              for mode in ("eager", "compiled") for dt in CPU_DTYPES]
+    pairs += [(f"{who}: bf16 / fp32 ({mode})", f"{p} bf16 {mode}", f"{p} fp32 {mode}")
+              for p, who in (("lmfast", "lmfast"), ("hf", "HF")) for mode in ("eager", "compiled")]
+    best = {p: max((n for n in rows if n.startswith(p + " ")), key=rows.get, default=None) for p in ("lmfast", "hf")}
+    if best["lmfast"] and best["hf"]:
+        pairs.append((f"best of each: {best['lmfast']} / {best['hf']}", best["lmfast"], best["hf"]))
+    return pairs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -216,31 +249,32 @@ def _write_summaries(request):
     min_rounds = request.config.getoption("benchmark_min_rounds", None) or 5
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if _results["cpu"]:
-        pairs = [("eager: lmfast / HF", "lmfast eager", "hf eager"),
-                 ("compiled: lmfast / HF", "lmfast compiled", "hf compiled"),
-                 ("defaults (eager on CPU, the trainer's compile: auto): lmfast / HF", "lmfast eager", "hf eager"),
-                 ("best of each: lmfast compiled / HF eager", "lmfast compiled", "hf eager"),
-                 ("lmfast: compiled / eager", "lmfast compiled", "lmfast eager"),
-                 ("HF: compiled / eager", "hf compiled", "hf eager")]
-        text = _summary("cpu", "Training step on CPU: lmfast vs HF LlamaForCausalLM (fp32)", CPU_SHAPE, CPU_BATCH,
-                        pairs, timer, min_rounds)
-        (out_dir / "train_step_cpu.md").write_text(text)
-    if _results["cuda"]:
+    tables = [name for name in CPU_SHAPES if f"cpu {name}" in _results]
+    if tables:
+        lines = _header("cpu", "Training step on CPU: lmfast vs HF LlamaForCausalLM, fp32 and bf16 autocast", timer,
+                        min_rounds)
+        for name in tables:
+            shape, batch = CPU_SHAPES[name]
+            lines += ["", f"## {name}", "", *_table(f"cpu {name}", shape, batch, _cpu_pairs(f"cpu {name}"))]
+        (out_dir / "train_step_cpu.md").write_text("\n".join(lines) + "\n")
+    if "cuda" in _results:
         shape, batch = _gpu_shape()
-        pairs = [(f"{mode}: lmfast-{b} / HF", f"lmfast-{b} {mode}", f"hf {mode}")
+        pairs = [(f"{mode}: lmfast-{b} / HF", f"lmfast-{b} bf16 {mode}", f"hf bf16 {mode}")
                  for mode in ("eager", "compiled") for b in ("reference", "fused")]
-        pairs.append(("compiled: lmfast-fused / lmfast-reference", "lmfast-fused compiled",
-                      "lmfast-reference compiled"))
-        text = _summary("cuda", f"Training step on {torch.cuda.get_device_name()}: lmfast vs HF (bf16 autocast)",
-                        shape, batch, pairs, timer, min_rounds)
+        pairs.append(("compiled: lmfast-fused / lmfast-reference", "lmfast-fused bf16 compiled",
+                      "lmfast-reference bf16 compiled"))
+        lines = _header("cuda", f"Training step on {torch.cuda.get_device_name()}: lmfast vs HF (bf16 autocast)",
+                        timer, min_rounds)
+        lines += ["", *_table("cuda", shape, batch, pairs)]
         mfu = [f"| {name} | {tps * _flops_per_token(shape) / H100_BF16_DENSE_FLOPS:.1%} |"
                for name, tps in _results["cuda"].items()]
-        text += "\n| provider | MFU vs 989 TFLOPS |\n|---|---:|\n" + "\n".join(mfu) + "\n"
+        text = "\n".join(lines) + "\n\n| provider | MFU vs 989 TFLOPS |\n|---|---:|\n" + "\n".join(mfu) + "\n"
         slug = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name().lower()).strip("_")
         (out_dir / f"train_step_{slug}.md").write_text(text)
 
 
-def test_flops_per_token_formula_matches_the_model():
-    model = TransformerLM(**CPU_SHAPE, backend="reference", device="meta")
-    assert math.isclose(_flops_per_token(CPU_SHAPE), model.flops_per_token())
+@pytest.mark.parametrize("shape_name", list(CPU_SHAPES))
+def test_flops_per_token_formula_matches_the_model(shape_name):
+    shape = CPU_SHAPES[shape_name][0]
+    model = TransformerLM(**shape, backend="reference", device="meta")
+    assert math.isclose(_flops_per_token(shape), model.flops_per_token())
