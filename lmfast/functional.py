@@ -8,6 +8,7 @@ the reference calls it.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ __all__ = [
     "linear_cross_entropy",
     "lce_compute_dtype",
     "lce_chunk_rows",
+    "lce_release_workspace",
     "rmsnorm",
     "rope_cos_sin",
     "apply_rope",
@@ -185,17 +187,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _lce_forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype, rows: int,
                  want_dh: bool, want_dw: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Summed loss, and ``d hidden`` / ``d weight`` of the mean loss when wanted (else None), chunk by chunk."""
-    n, vocab = hidden.shape[0], weight.shape[0]
+    n = hidden.shape[0]
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    device, c0 = hidden.device, max(1, min(rows, n))
+    narrow = dtype != acc  # bf16/fp16 matmuls: logits and d logits in that dtype, the softmax widened to fp32
+    device = hidden.device
     h, w = hidden.to(dtype), weight.to(dtype)  # once, not per chunk as autocast would
     dh = torch.empty(hidden.shape, dtype=hidden.dtype, device=device) if want_dh else None
-    dw = torch.zeros(weight.shape, dtype=acc, device=device) if want_dw else None
-    narrow = dtype != acc  # bf16/fp16 matmuls: logits and d logits in that dtype, the softmax widened to fp32
-    dw_part = torch.empty(weight.shape, dtype=dtype, device=device) if want_dw and narrow else None
-    logits_buf = torch.empty(c0, vocab, dtype=dtype, device=device)
-    wide_buf = torch.empty(c0, vocab, dtype=acc, device=device) if narrow else None
-    log_probs_buf = torch.empty(c0, vocab, dtype=acc, device=device)
+    dw = torch.empty(weight.shape, dtype=acc, device=device) if want_dw else None
+    logits_buf, wide_buf, log_probs_buf, dw_part = _lce_buffers(max(1, min(rows, n)), weight.shape, dtype, acc, device)
     total = torch.zeros((), dtype=acc, device=device)
     scale = 1.0 / max(n, 1)
     for start in range(0, n, rows):
@@ -212,15 +211,50 @@ def _lce_forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
         grad[torch.arange(end - start, device=device), t_c] = (target_lp.exp() - 1.0).to(dtype)
         if want_dh:
             torch.mul(grad @ w, scale, out=dh[start:end])
-        if dw_part is not None:
-            _add_widened(dw, torch.mm(grad.T, h_c, out=dw_part), wide_buf.view(-1), scale)
-        elif want_dw:
-            dw.addmm_(grad.T, h_c, alpha=scale)
+        if want_dw and narrow:
+            _add_widened(dw, torch.mm(grad.T, h_c, out=dw_part), wide_buf.view(-1), scale, first=start == 0)
+        elif want_dw:  # beta=0 on the first chunk: dw starts uninitialised, and is not read
+            torch.addmm(dw, grad.T, h_c, beta=0.0 if start == 0 else 1.0, alpha=scale, out=dw)
+    if want_dw and n == 0:
+        dw.zero_()
     return total, dh, dw.to(weight.dtype) if want_dw else None
 
 
-def _add_widened(acc: torch.Tensor, part: torch.Tensor, scratch: torch.Tensor, scale: float) -> None:
-    """``acc += scale * part`` for an fp32 ``acc`` and a bf16/fp16 ``part``, widened through ``scratch`` (fp32).
+_workspace = threading.local()
+
+
+def _lce_buffers(rows: int, weight_shape: torch.Size, dtype: torch.dtype, acc: torch.dtype, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """The chunk buffers (logits, their fp32 copy when narrow, log-probs, a narrow d-weight product).
+
+    On CPU they are kept per thread from call to call while the shapes repeat (a training run calls with one shape
+    every step): glibc maps each allocation over 32 MiB afresh, and first touching its pages costs more than the
+    work done in them (an exp over 2048 x 10000 fp32: 62 ms into a fresh tensor, 17 ms into a reused one). The
+    buffers hold only scratch; nothing returned aliases them. :func:`lce_release_workspace` frees them.
+    """
+    key = (rows, tuple(weight_shape), dtype, device)
+    keep = device.type == "cpu" and not torch.compiler.is_compiling()
+    cached = getattr(_workspace, "lce", None)
+    if keep and cached is not None and cached[0] == key:
+        return cached[1]
+    narrow, vocab = dtype != acc, weight_shape[0]
+    buffers = (torch.empty(rows, vocab, dtype=dtype, device=device),
+               torch.empty(rows, vocab, dtype=acc, device=device) if narrow else None,
+               torch.empty(rows, vocab, dtype=acc, device=device),
+               torch.empty(weight_shape, dtype=dtype, device=device) if narrow else None)
+    if keep:
+        _workspace.lce = (key, buffers)
+    return buffers
+
+
+def lce_release_workspace() -> None:
+    """Free the chunk buffers :func:`linear_cross_entropy` keeps on CPU for this thread."""
+    _workspace.lce = None
+
+
+def _add_widened(acc: torch.Tensor, part: torch.Tensor, scratch: torch.Tensor, scale: float, first: bool) -> None:
+    """``acc += scale * part`` (``acc = scale * part`` when ``first``) for an fp32 ``acc`` and a bf16/fp16 ``part``,
+    widened through ``scratch`` (fp32).
 
     CPU has no mixed-precision addmm, and ``acc.add_(part)`` would allocate an fp32 copy of ``part`` (V x d, a
     fresh mapping and its page faults) every chunk; the chunk's softmax buffer is free by now, so the widening
@@ -229,8 +263,11 @@ def _add_widened(acc: torch.Tensor, part: torch.Tensor, scratch: torch.Tensor, s
     rows = max(1, scratch.numel() // part.shape[1])
     for start in range(0, part.shape[0], rows):
         end = min(start + rows, part.shape[0])
-        stage = scratch[: (end - start) * part.shape[1]].view(end - start, part.shape[1])
-        acc[start:end].add_(stage.copy_(part[start:end]), alpha=scale)
+        stage = scratch[: (end - start) * part.shape[1]].view(end - start, part.shape[1]).copy_(part[start:end])
+        if first:
+            torch.mul(stage, scale, out=acc[start:end])
+        else:
+            acc[start:end].add_(stage, alpha=scale)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -330,7 +367,32 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     as :func:`scaled_dot_product_attention` with a lower-triangular mask (the tests hold the two equal).
     A scale <= 0 takes SDPA's math backend: its fused CPU kernel returns NaN for one (torch 2.13).
     """
+    out_dtype = _cpu_attention_in_fp32(q)
+    if out_dtype is not None:
+        with torch.autocast("cpu", enabled=False):
+            return causal_attention(q.float(), k.float(), v.float(), scale).to(out_dtype)
     if scale is not None and scale <= 0:
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+
+def _cpu_attention_in_fp32(q: torch.Tensor) -> torch.dtype | None:
+    """The dtype to return when half-precision attention on CPU should run in fp32 instead; None to run as is.
+
+    Performance note: PyTorch's CPU flash attention is slower in bf16 than in fp32 below head dim 64, on AMX
+    Xeons too (torch 2.13, one core, forward + backward, causal, (batch, heads, seq) = (8, 16, 256)): head dim
+    16: 128 vs 64 ms, 32: 99 vs 72 ms (at (16, 8, 128): 57 vs 20 ms), 48: 153 vs 96 ms; at 64 and 128 bf16
+    wins (51 vs 75 ms) where the CPU multiplies bf16 natively. The fp32 run is also the more accurate one.
+    """
+    if q.device.type != "cpu":
+        return None
+    if q.dtype in (torch.bfloat16, torch.float16):
+        low = q.dtype
+    elif q.dtype == torch.float32 and torch.is_autocast_enabled("cpu"):
+        low = torch.get_autocast_dtype("cpu")  # autocast would run SDPA in it
+    else:
+        return None
+    from lmfast.precision import cpu_bf16_native
+
+    return low if q.shape[-1] < 64 or not cpu_bf16_native()[0] else None

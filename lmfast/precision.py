@@ -9,11 +9,14 @@ The decision reads what torch reports about the CPU (no timing probe, so it is t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["auto_autocast_dtype", "cpu_bf16_native"]
 
 
+@functools.cache
 def cpu_bf16_native() -> tuple[bool, str]:
     """Whether this CPU multiplies bf16 natively (AMX bf16 tiles the OS lets torch use), and why, in words."""
     has_tiles = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()

@@ -174,13 +174,22 @@ def test_trainer_loss_from_hidden_states_equals_the_full_logits_loss_with_the_sa
         assert_verbose_allclose(grad, results[False][1][name], 1e-6, 1e-4, name)
 
 
-def test_dtype_auto_on_cpu_is_bf16_exactly_where_torch_reports_amx_and_says_why(monkeypatch, caplog):
+@pytest.fixture
+def fresh_cpu_report():
+    precision.cpu_bf16_native.cache_clear()  # the report is read once per process
+    yield
+    precision.cpu_bf16_native.cache_clear()
+
+
+def test_dtype_auto_on_cpu_is_bf16_exactly_where_torch_reports_amx_and_says_why(monkeypatch, fresh_cpu_report):
     for tiles, expected in ((True, torch.bfloat16), (False, None)):
+        precision.cpu_bf16_native.cache_clear()
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda tiles=tiles: tiles)
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda tiles=tiles: {"amx_bf16": tiles, "amx_tile": tiles})
         monkeypatch.setattr(torch.cpu, "_init_amx", lambda: True)
         dtype, why = precision.auto_autocast_dtype("cpu")
         assert dtype == expected and "AMX" in why
+    precision.cpu_bf16_native.cache_clear()
     monkeypatch.setattr(torch.cpu, "_init_amx", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
