@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -44,3 +45,21 @@ def version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def slug(name: str) -> str:
+    """A device name as a file-name part: ``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia_h100_80gb_hbm3"``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def timer_and_rounds(config, default_rounds: int) -> tuple[str, int]:
+    """The pytest-benchmark timer and minimum rounds a run was given, for the command a result file names."""
+    timer = str(config.getoption("benchmark_timer", None) or "time.perf_counter")
+    return timer, config.getoption("benchmark_min_rounds", None) or default_rounds
+
+
+def results_dir() -> Path:
+    """benchmarks/results, where every benchmark writes its Markdown summary (created if missing)."""
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    return out

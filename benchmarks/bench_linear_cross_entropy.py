@@ -31,12 +31,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from _machine import commit, cpu_name
+from _machine import commit, cpu_name, results_dir, slug, timer_and_rounds
 
 from lmfast import functional
 from lmfast.precision import cpu_bf16_native
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKENS, D_MODEL, VOCAB = 8192, 768, 50257
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 _rows: dict[str, list[dict]] = {"cpu": [], "cuda": []}
@@ -176,12 +175,10 @@ def _summary(device: str, timer: str, min_rounds: int) -> str:
 @pytest.fixture(scope="module", autouse=True)
 def _write_summaries(request):
     yield
-    timer = str(request.config.getoption("benchmark_timer", None) or "time.perf_counter")
-    min_rounds = request.config.getoption("benchmark_min_rounds", None) or 3
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    timer, min_rounds = timer_and_rounds(request.config, 3)
+    out_dir = results_dir()
     if _rows["cpu"]:
         (out_dir / "loss_memory_cpu.md").write_text(_summary("cpu", timer, min_rounds))
     if _rows["cuda"]:
-        slug = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name().lower()).strip("_")
-        (out_dir / f"loss_memory_{slug}.md").write_text(_summary("cuda", timer, min_rounds))
+        (out_dir / f"loss_memory_{slug(torch.cuda.get_device_name())}.md").write_text(_summary("cuda", timer,
+                                                                                                min_rounds))

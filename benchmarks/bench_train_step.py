@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +45,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from _machine import commit, cpu_name
+from _machine import commit, cpu_name, results_dir, slug, timer_and_rounds
 
 from lmfast.model import TransformerLM
 from lmfast.optim import AdamW, clip_grad_norm_
@@ -245,10 +244,8 @@ def _cpu_pairs(table: str) -> list[tuple[str, str, str]]:
 @pytest.fixture(scope="module", autouse=True)
 def _write_summaries(request):
     yield
-    timer = str(request.config.getoption("benchmark_timer", None) or "time.perf_counter")
-    min_rounds = request.config.getoption("benchmark_min_rounds", None) or 5
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    timer, min_rounds = timer_and_rounds(request.config, 5)
+    out_dir = results_dir()
     tables = [name for name in CPU_SHAPES if f"cpu {name}" in _results]
     if tables:
         lines = _header("cpu", "Training step on CPU: lmfast vs HF LlamaForCausalLM, fp32 and bf16 autocast", timer,
@@ -269,8 +266,7 @@ def _write_summaries(request):
         mfu = [f"| {name} | {tps * _flops_per_token(shape) / H100_BF16_DENSE_FLOPS:.1%} |"
                for name, tps in _results["cuda"].items()]
         text = "\n".join(lines) + "\n\n| provider | MFU vs 989 TFLOPS |\n|---|---:|\n" + "\n".join(mfu) + "\n"
-        slug = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name().lower()).strip("_")
-        (out_dir / f"train_step_{slug}.md").write_text(text)
+        (out_dir / f"train_step_{slug(torch.cuda.get_device_name())}.md").write_text(text)
 
 
 @pytest.mark.parametrize("shape_name", list(CPU_SHAPES))
