@@ -17,7 +17,8 @@ WORLD, BATCH, ACCUM, STEPS = 2, 8, 2, 12
 TINY = dict(vocab_size=256, context_length=32, d_model=64, num_layers=2, num_heads=4, d_ff=128, batch_size=BATCH,
             gradient_accumulation_steps=ACCUM, max_steps=STEPS, warmup_iters=4, cosine_cycle_iters=40,
             max_learning_rate=3e-3, min_learning_rate=1e-4,
-            checkpoint_interval=1, checkpoint_steps=1, log_interval=1, eval_iters=2, compile="false", progress=False)
+            checkpoint_interval=1, checkpoint_steps=1, log_interval=1, eval_iters=2, compile="false", progress=False,
+            dtype="float32")  # ranks vs one process to 1e-5: fp32 even on CPUs where dtype auto picks bf16 (AMX)
 
 
 def text(n_lines: int, seed: int) -> str:

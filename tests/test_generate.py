@@ -308,10 +308,10 @@ def test_the_end_of_training_sample_runs_under_the_runs_autocast_dtype(tmp_path,
     seen = []
     forward = TransformerLM.forward
 
-    def spy(self, ids, token_positions=None, caches=None):
+    def spy(self, ids, token_positions=None, caches=None, **kwargs):
         if caches is not None:  # only generation passes KV caches
             seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
-        return forward(self, ids, token_positions, caches)
+        return forward(self, ids, token_positions, caches, **kwargs)
 
     monkeypatch.setattr(TransformerLM, "forward", spy)
     assert train.main(["--config", str(tmp_path / "c.yaml")]) == 0

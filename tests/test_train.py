@@ -67,7 +67,7 @@ def test_mfu_is_logged_beside_tokens_per_s_on_a_gpu_of_the_table(run, tmp_path, 
     # the run is on CPU; the trainer is told it runs on an H100 (fp32 without tf32: 67 TFLOPS)
     monkeypatch.setattr(train, "device_peak_flops", lambda device, dtype: peak_flops("NVIDIA H100 80GB HBM3",
                                                                                       dtype or torch.float32))
-    assert run(max_steps=3, val_data_path=None) == 0
+    assert run(max_steps=3, val_data_path=None, dtype="float32") == 0  # auto would be bf16 on an AMX CPU
     records = [m for m in _metrics(tmp_path / "ck" / "metrics.jsonl") if "loss" in m]
     shape = {k: TINY[k] for k in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")}
     flops = TransformerLM(**shape, rope_theta=10000.0, device="meta").flops_per_token()

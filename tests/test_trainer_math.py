@@ -23,7 +23,8 @@ VOCAB = 64
 TINY = dict(vocab_size=VOCAB, context_length=16, d_model=32, num_layers=2, num_heads=2, d_ff=64, batch_size=4,
             max_learning_rate=3e-3, min_learning_rate=3e-4, warmup_iters=3, cosine_cycle_iters=8,
             weight_decay=0.05, betas=[0.9, 0.95], eps=1e-8, log_interval=1, checkpoint_interval=0, val_data_path=None,
-            compile="false", backend="reference", device="cpu", progress=False, log_file=None)
+            compile="false", backend="reference", device="cpu", progress=False, log_file=None,
+            dtype="float32")  # exact comparisons: fp32 even on CPUs where dtype auto picks bf16 (AMX)
 
 
 @pytest.fixture
