@@ -3,10 +3,11 @@ cross-entropy), forward + backward, at GPT-2's vocabulary: N = 8192 tokens, d = 
 
     pytest benchmarks/bench_linear_cross_entropy.py --benchmark-only
 
-(on a machine shared with other jobs add ``--benchmark-timer=time.process_time``: CPU time of both threads, which
-load on other cores disturbs far less than wall-clock time). Every provider takes the same fp32 hidden states
-(N, d) and fp32 LM-head weight (V, d), both requiring grad, and integer targets, and returns the mean loss;
-a step is that loss and its backward, leaving ``hidden.grad`` and ``weight.grad`` as a training step would.
+(on a machine shared with other jobs, ``OMP_NUM_THREADS=1 ... --benchmark-timer=time.process_time``: the CPU time
+of one thread, which other jobs disturb far less than the wall-clock time of two). Every provider takes the same
+fp32 hidden states (N, d) and fp32 LM-head weight (V, d), both requiring grad, and integer targets, and returns the
+mean loss; a step is that loss and its backward, leaving ``hidden.grad`` and ``weight.grad`` as a training step
+would.
 
 * CPU, fp32 and bf16 autocast: ``unfused`` (``lmfast.functional.cross_entropy(hidden @ weight.T, targets)``, the
   trainer with ``fused_loss: false``) and ``fused`` (``lmfast.functional.linear_cross_entropy``, the default).
@@ -150,11 +151,14 @@ def _summary(device: str, timer: str, min_rounds: int) -> str:
     machine = torch.cuda.get_device_name() if device == "cuda" else \
         f"{cpu_name()} ({os.cpu_count()} cores, {amx}), {torch.get_num_threads()} torch threads"
     cmd = f"pytest benchmarks/bench_linear_cross_entropy.py --benchmark-only --benchmark-min-rounds={min_rounds}"
+    if device == "cpu" and torch.get_num_threads() != (os.cpu_count() or 1):
+        cmd = f"OMP_NUM_THREADS={torch.get_num_threads()} {cmd}"
     if not timer.endswith("perf_counter"):
         cmd += f" --benchmark-timer={timer}"
-    lines = [f"# Loss forward + backward, fused vs unfused: {machine}", "",
-             f"torch {torch.__version__}; commit {commit()}. N = {TOKENS} tokens, d = {D_MODEL}, V = {VOCAB}; "
-             "fp32 hidden states and weight, `bf16` = under bf16 autocast.",
+    lines = ["# Loss forward + backward, fused (chunked linear cross-entropy) vs unfused (full logits)", "",
+             f"Machine: {machine}; torch {torch.__version__}; commit {commit()}.",
+             f"N = {TOKENS} tokens, d = {D_MODEL}, V = {VOCAB}; fp32 hidden states and weight, `bf16` = under bf16 "
+             "autocast.",
              f"Command: `{cmd}` (median of the rounds; timer {timer}).",
              "Peak = what one step adds to memory at its peak, gradients included"
              + (" (resident set, VmHWM)." if device == "cpu" else " (torch.cuda.max_memory_allocated)."), "",
