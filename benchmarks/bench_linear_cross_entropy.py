@@ -19,6 +19,7 @@ would.
   ``torch.cuda.max_memory_allocated``. Results: benchmarks/results/loss_memory_<gpu>.md.
 
 Targets (issue 9): the fused peak at most 25% of the unfused one, in at most 10% more time.
+``LMFAST_BENCH_QUICK=1`` (what benchmarks/gpu_check.sh runs) leaves out the CPU rows on a machine with a GPU.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from lmfast.precision import cpu_bf16_native
 
 TOKENS, D_MODEL, VOCAB = 8192, 768, 50257
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+QUICK = os.environ.get("LMFAST_BENCH_QUICK") == "1"  # benchmarks/gpu_check.sh: the GPU rows, none of the CPU ones
 _rows: dict[str, list[dict]] = {"cpu": [], "cuda": []}
 
 
@@ -91,15 +93,15 @@ def _resident() -> tuple[int, int] | None:
     return kib["VmHWM"] * 1024, kib["VmRSS"] * 1024
 
 
-def _peak_bytes(step: Callable[[], None], device: str) -> float | None:
-    """What one step adds to memory at its peak, over what was held before it."""
+def _memory(step: Callable[[], None], device: str) -> tuple[float, float] | None:
+    """What one step adds to memory at its peak, and what it still holds after, over what was held before it."""
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
-        return torch.cuda.max_memory_allocated() - base
+        return torch.cuda.max_memory_allocated() - base, torch.cuda.memory_allocated() - base
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
     except OSError:
@@ -107,25 +109,28 @@ def _peak_bytes(step: Callable[[], None], device: str) -> float | None:
     before = _resident()
     step()
     after = _resident()
-    return None if before is None or after is None else after[0] - before[1]
+    return None if before is None or after is None else (after[0] - before[1], after[1] - before[1])
 
 
 def _run(benchmark, request, device: str, provider: str, dtype: str) -> None:
     hidden, weight, targets = _inputs(device)
     step = _step(_loss_fn(provider, device), hidden, weight, targets, device, DTYPES[dtype])
     step()  # warm-up: kernels compiled, allocator pools and page mappings settled
-    hidden.grad = weight.grad = None  # so the step's own gradients count in its peak
-    peak = _peak_bytes(step, device)
+    hidden.grad = weight.grad = None  # the step's own gradients count in its peak,
+    functional.lce_release_workspace()  # and so do the chunk buffers the fused loss keeps on CPU between calls
+    memory = _memory(step, device)
+    peak, held = memory if memory is not None else (None, None)
     rounds = request.config.getoption("benchmark_min_rounds", None) or 3
     benchmark.group = f"loss fwd+bwd {device} {dtype}"
     benchmark.pedantic(step, rounds=rounds, iterations=1)
     median = benchmark.stats.stats.median if benchmark.stats is not None else None
     benchmark.extra_info.update(peak_mib=None if peak is None else round(peak / 2**20, 1), tokens=TOKENS,
                                 d_model=D_MODEL, vocab=VOCAB, dtype=dtype)
-    _rows[device].append(dict(provider=provider, dtype=dtype, peak=peak, median=median,
+    _rows[device].append(dict(provider=provider, dtype=dtype, peak=peak, held=held, median=median,
                               spread=(benchmark.stats.stats.min, benchmark.stats.stats.max) if median else None))
 
 
+@pytest.mark.skipif(QUICK and torch.cuda.is_available(), reason="LMFAST_BENCH_QUICK=1 on a GPU machine: CUDA rows only")
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("provider", ["unfused", "fused"])
 def test_loss_memory_and_time_cpu(benchmark, request, provider, dtype):
@@ -161,18 +166,24 @@ def _summary(device: str, timer: str, min_rounds: int) -> str:
              "autocast.",
              f"Command: `{cmd}` (median of the rounds; timer {timer}).",
              "Peak = what one step adds to memory at its peak, gradients included"
-             + (" (resident set, VmHWM)." if device == "cpu" else " (torch.cuda.max_memory_allocated)."), "",
-             "| provider | dtype | ms (median) | fastest / slowest, ms | peak MiB | peak / unfused | time / unfused |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             + (" (resident set, VmHWM)" if device == "cpu" else " (torch.cuda.max_memory_allocated)")
+             + f"; held = what it still holds after: the gradients (d hidden and d weight, "
+             f"{(TOKENS + VOCAB) * D_MODEL * 4 / 2**20:.0f} MiB), and for the fused loss on CPU the chunk buffers it "
+             "keeps between calls.", "",
+             "| provider | dtype | ms (median) | fastest / slowest, ms | peak MiB | held MiB | peak / unfused | "
+             "time / unfused |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     unfused = {r["dtype"]: r for r in _rows[device] if r["provider"] == "unfused"}
     for r in _rows[device]:
         base = unfused.get(r["dtype"])
         peak = f"{r['peak'] / 2**20:,.0f}" if r["peak"] is not None else "n/a"
+        held = f"{r['held'] / 2**20:,.0f}" if r["held"] is not None else "n/a"
         peak_ratio = f"{r['peak'] / base['peak']:.0%}" if base and r["peak"] and base["peak"] else "n/a"
         time_ratio = f"{r['median'] / base['median']:.2f}" if base and r["median"] and base["median"] else "n/a"
         ms = f"{r['median'] * 1e3:,.0f}" if r["median"] else "n/a"
         spread = f"{r['spread'][0] * 1e3:,.0f} / {r['spread'][1] * 1e3:,.0f}" if r["spread"] else "n/a"
-        lines.append(f"| {r['provider']} | {r['dtype']} | {ms} | {spread} | {peak} | {peak_ratio} | {time_ratio} |")
+        lines.append(f"| {r['provider']} | {r['dtype']} | {ms} | {spread} | {peak} | {held} | {peak_ratio} | "
+                     f"{time_ratio} |")
     return "\n".join(lines) + "\n"
 
 
