@@ -224,7 +224,8 @@ class TransformerBlock(nn.Module):
 class TransformerLM(nn.Module):
     """Token embedding → ``num_layers`` pre-norm blocks → final RMSNorm → untied LM head.
 
-    ``forward(in_indices)``: (batch, seq) int64 token ids, seq ≤ context_length → logits (batch, seq, vocab).
+    ``forward(in_indices)``: (batch, seq) int64 token ids, seq ≤ context_length → logits (batch, seq, vocab);
+    ``forward(in_indices, targets=...)`` → the mean cross-entropy, the training loss.
     ``backend`` picks the ops (``auto`` | ``reference`` | ``fused``; see :mod:`lmfast.ops`).
 
     >>> model = TransformerLM(vocab_size=256, context_length=32, d_model=64, num_layers=2, num_heads=4,
@@ -254,9 +255,13 @@ class TransformerLM(nn.Module):
         self.lm_head = Linear(d_model, vocab_size, **kw)
 
     def forward(self, in_indices: torch.Tensor, token_positions: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None, return_hidden: bool = False) -> torch.Tensor:
-        """Logits (batch, seq, vocab); with ``return_hidden=True`` the final-norm hidden states (batch, seq, d_model)
-        instead, for a loss that applies ``lm_head.weight`` itself (``ops.linear_cross_entropy``)."""
+                caches: list[KVCache] | None = None, targets: torch.Tensor | None = None,
+                fused_loss: bool = True) -> torch.Tensor:
+        """Logits (batch, seq, vocab); given ``targets`` (batch, seq) the mean cross-entropy against them instead
+        (a 0-d tensor). With ``fused_loss`` that loss comes from the final hidden states and ``lm_head.weight`` a
+        chunk of tokens at a time (``ops.linear_cross_entropy``, never the full logits); else from full logits.
+        The loss is taken here, inside forward, because only here is ``lm_head.weight`` whole under FSDP (outside,
+        it is this rank's shard) and seen by DDP's and FSDP's gradient hooks."""
         seq = in_indices.shape[-1]
         start = caches[0].length if caches else 0
         if start + seq > self.context_length:
@@ -265,7 +270,11 @@ class TransformerLM(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, caches[i] if caches else None)
         x = self.ln_final(x)
-        return x if return_hidden else self.lm_head(x)
+        if targets is None:
+            return self.lm_head(x)
+        if fused_loss:
+            return self.ops.linear_cross_entropy(x, self.lm_head.weight, targets)
+        return functional.cross_entropy(self.lm_head(x), targets)
 
     @classmethod
     def from_hf(cls, directory, backend: str = "auto", device=None, dtype=None) -> TransformerLM:

@@ -69,7 +69,6 @@ from lmfast.checkpoint import load_model_state, read_checkpoint
 from lmfast.config import ConfigError, TrainConfig, load_config, parse_overrides
 from lmfast.data import BatchSampler, load_dataset
 from lmfast.distributed import DistContext, PeerFailedError, from_env, shutdown
-from lmfast.functional import cross_entropy
 from lmfast.hf import init_from_hf
 from lmfast.metrics import MetricsLogger, MissingPackageError
 from lmfast.mfu import device_peak_flops, mfu
@@ -279,13 +278,11 @@ class Trainer:
         return self.dist.all_reduce_mean(total), norm, lr
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the model on (x, y). ``fused_loss``: from the final hidden states and the LM head
-        weight, a chunk of tokens at a time (never the full logits, which at GPT-2's vocabulary are the peak
-        of a step's memory); else full logits, then cross-entropy."""
-        if self.cfg.fused_loss:
-            hidden = self.step_model(x, return_hidden=True)
-            return self.model.ops.linear_cross_entropy(hidden, self.model.lm_head.weight, y)
-        return cross_entropy(self.step_model(x), y)
+        """Mean cross-entropy of the model on (x, y), taken inside the model's forward (one path for one process,
+        DDP and FSDP). ``fused_loss``: from the final hidden states and the LM head weight, a chunk of tokens at a
+        time (never the full logits, which at GPT-2's vocabulary are the peak of a step's memory); else full
+        logits, then cross-entropy."""
+        return self.step_model(x, targets=y, fused_loss=self.cfg.fused_loss)
 
     def _no_sync(self, last: bool):
         if last or not self.dist.enabled:

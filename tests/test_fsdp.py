@@ -1,6 +1,7 @@
 """``distributed: fsdp`` on CPU with gloo: FSDP2 training equals one process on the same global batch, sharded
 checkpoints resume on another world size (1 -> 2 ranks, 2 -> 1) with the same losses, the plain final model is
-what generate takes, and the optimizer, the gradient clip and torch.compile work on the sharded model."""
+what generate takes, the optimizer, the gradient clip and torch.compile work on the sharded model, and the loss
+the model takes in forward (fused or not) equals the plain model's."""
 
 import copy
 import os
@@ -32,12 +33,13 @@ RESUME_AT = 6
 
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory):
-    """``one``: one process, ``distributed: fsdp``, batch 2 x 8, 12 steps, a sharded checkpoint every 3 steps.
+    """``one``: one process, ``distributed: fsdp``, batch 2 x 8, 12 steps, a sharded checkpoint every 3 steps, the
+    fused loss (the model takes it in forward, where FSDP has gathered the LM head weight).
     ``two``: torchrun with 2 ranks of batch 8 (the same global batch), ``--resume auto`` from one's step-6
     checkpoint, the only thing in its directory. (One launch serves every test here: each costs seconds.)"""
     root = tmp_path_factory.mktemp("fsdp")
     make_data(root)
-    common = dict(distributed="fsdp", checkpoint_steps=3)
+    common = dict(distributed="fsdp", checkpoint_steps=3, fused_loss=True)
     one = load_config(str(write_config(root, "one.yaml", "one", batch_size=WORLD * BATCH, **common)))
     train.Trainer(one, torch.device("cpu")).fit()
     (root / "two").mkdir()
@@ -163,7 +165,7 @@ def test_adamw_clip_and_per_block_compile_on_an_fsdp_model_equal_the_plain_model
     for model in (plain, sharded):
         optimizer = AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
         for _ in range(2):
-            loss = cross_entropy(model(x[:, :-1]), x[:, 1:])
+            loss = model(x[:, :-1], targets=x[:, 1:])  # the trainer's loss: fused, in forward
             loss.backward()
             norm = clip_grad_norm_(list(model.parameters()), 0.5)
             optimizer.step()
@@ -174,6 +176,24 @@ def test_adamw_clip_and_per_block_compile_on_an_fsdp_model_equal_the_plain_model
     assert torch.Tensor in kinds and not any("DTensor" in k.__name__ for k in kinds)  # the step got local shards
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(sharded.state_dict()[name].full_tensor(), value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused_loss", [True, False])
+def test_an_fsdp_model_given_targets_returns_the_plain_models_loss_and_gradients(world_of_one, fused_loss):
+    torch.manual_seed(0)
+    plain = TransformerLM(256, 16, 32, 2, 2, 64, 10000.0, backend="reference")
+    sharded = copy.deepcopy(plain)
+    shard_model(sharded, world_of_one, None, None)
+    x, y = torch.randint(0, 256, (2, 2, 16), generator=torch.Generator().manual_seed(1))
+    losses = [model(x, targets=y, fused_loss=fused_loss) for model in (plain, sharded)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1], losses[0])
+    assert cross_entropy(plain(x), y).item() == pytest.approx(losses[0].item(), rel=1e-6)
+    grads = dict(sharded.named_parameters())
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(grads[name].grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_fsdp_gathers_parameters_in_the_run_dtype_and_keeps_fp32_master_weights(world_of_one):

@@ -135,14 +135,16 @@ def test_chunks_are_the_given_size_or_even_slices_of_the_logits_budget(monkeypat
 # ---------------------------------------------------------------------------------------------- model, trainer
 
 
-def test_model_returns_final_hidden_states_whose_lm_head_gives_the_logits():
+def test_model_given_targets_returns_the_cross_entropy_of_its_logits_fused_or_not():
     torch.manual_seed(0)
     model = TransformerLM(vocab_size=97, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64,
                           rope_theta=10000.0, backend="reference")
-    tokens = torch.randint(0, 97, (2, 16))
-    hidden = model(tokens, return_hidden=True)
-    assert hidden.shape == (2, 16, 32)
-    assert_verbose_allclose(model.lm_head(hidden), model(tokens), 1e-6, 1e-6, "logits")
+    tokens, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    expected = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
+    for fused in (True, False):
+        loss = model(tokens, targets=targets, fused_loss=fused)
+        assert loss.shape == ()
+        assert_verbose_allclose(loss, expected, 1e-6, 1e-6, f"loss, fused_loss={fused}")
 
 
 @pytest.fixture
