@@ -6,8 +6,11 @@ huge ``batch_size`` fails on its first step with an allocator dump. The estimate
 - parameters ``P`` of the model (embedding, blocks, final norm, LM head), each kept in fp32 with its gradient and
   AdamW's two moments: ``16 P``, plus a 2-byte copy of each weight under bf16/fp16 autocast;
 - activations autograd keeps for the backward pass, per token of a micro-batch
-  ``num_layers * (11 d_model + 4.5 d_ff) + 3 d_model`` values (2 bytes each under autocast, else 4), plus
-  ``3 vocab_size`` fp32 values for the logits, their log-softmax and their gradient;
+  ``num_layers * (11 d_model + 4.5 d_ff) + 3 d_model`` values (2 bytes each under autocast, else 4);
+- the loss: unfused, ``3 vocab_size`` fp32 values per token for the logits, their log-softmax and their gradient;
+  fused (``fused_loss: true``, the default), at most three fp32 buffers of one chunk of logits
+  (:func:`lmfast.functional.lce_chunk_rows` tokens by ``vocab_size``) plus the gradients of the hidden states and
+  the LM head it makes in the forward, so a bigger batch adds no logits;
 - the batch itself: int64 inputs, targets and gather indices.
 
 The per-token coefficients were read off autograd's saved tensors for the reference model on CPU (``torch.autograd.
@@ -61,9 +64,18 @@ def estimate_training_memory(cfg, autocast: bool = False, shards: int = 1) -> Me
     tokens = cfg.batch_size * cfg.context_length
     act_bytes = 2 if autocast else 4
     per_token = act_bytes * (cfg.num_layers * (11 * cfg.d_model + 9 * cfg.d_ff // 2) + 3 * cfg.d_model)
-    per_token += 4 * 3 * cfg.vocab_size
     batch = 3 * 8 * cfg.batch_size * (cfg.context_length + 1)
-    return MemoryEstimate(parameters=p, weights_and_optimizer=weights, activations=tokens * per_token, batch=batch)
+    return MemoryEstimate(parameters=p, weights_and_optimizer=weights,
+                          activations=tokens * per_token + _loss_bytes(cfg, tokens), batch=batch)
+
+
+def _loss_bytes(cfg, tokens: int) -> int:
+    """fp32 bytes the loss holds at its peak for ``tokens`` tokens of one micro-batch (see the module docstring)."""
+    if not getattr(cfg, "fused_loss", False):
+        return 4 * 3 * cfg.vocab_size * tokens
+    from lmfast.functional import lce_chunk_rows
+
+    return 4 * (3 * lce_chunk_rows(tokens, cfg.vocab_size) * cfg.vocab_size + (tokens + cfg.vocab_size) * cfg.d_model)
 
 
 def available_memory(device: torch.device) -> int | None:
