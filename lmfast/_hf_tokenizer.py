@@ -1,4 +1,4 @@
-"""lmfast's tokenizer as Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` (a byte-level BPE).
+"""lmfast's tokenizer as Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` (a byte-level BPE), and back.
 
 The HF pipeline that gives lmfast's ids: a ``BPE`` model over GPT-2's byte<->unicode strings with the merges in
 priority order, the ``ByteLevel`` pre-tokenizer (GPT-2's split pattern, the one lmfast uses, no prefix space), the
@@ -6,16 +6,21 @@ priority order, the ``ByteLevel`` pre-tokenizer (GPT-2's split pattern, the one 
 lmfast's ``encode`` does by default). A byte-level model (``tokenizer: null``) is the same with 256 byte tokens
 and no merges, so its ids are the raw UTF-8 bytes. The file is built with the ``tokenizers`` library's own
 classes when it is installed; without it, the same document is written in the library's documented format.
+
+:func:`read_tokenizer_json` reads such a file back (an exported folder, or any GPT-2-style byte-level BPE on a
+hub), so that ``tokenizer: DIR`` takes the folder ``--init-from`` takes. It refuses, naming the field, any
+setting under which lmfast's encoder would give other ids than the file's tokenizer.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from lmfast._tokenizer_files import _to_str
+from lmfast._tokenizer_files import _to_bytes, _to_str
 from lmfast.tokenizer import EOT
 
-__all__ = ["tokenizer_json", "tokenizer_config"]
+__all__ = ["tokenizer_json", "tokenizer_config", "read_tokenizer_json"]
 
 
 def _parts(tokenizer) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], dict[str, int]]:
@@ -87,3 +92,59 @@ def tokenizer_config(tokenizer, context_length: int) -> dict:
             "bos_token": None, "eos_token": EOT if EOT in specials else None, "unk_token": None,
             "pad_token": None, "add_bos_token": False, "add_eos_token": False,
             "clean_up_tokenization_spaces": False}
+
+
+def read_tokenizer_json(path: Path, doc: dict) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str]]:
+    """(vocab, merges, special tokens) of ``doc``, the parsed Hugging Face ``tokenizer.json`` at ``path``.
+
+    Every added token becomes an lmfast special token: both are matched in the raw text before the split and never
+    broken up. A bad or foreign file raises ValueError naming the field.
+    """
+    model = doc.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{path}: no model.vocab object; not a Hugging Face tokenizer.json")
+
+    def refuse(field: str, value, wanted: str) -> ValueError:
+        return ValueError(f"{path}: {field} is {value!r}, but lmfast reads only a GPT-2-style byte-level BPE "
+                          f"({field} {wanted}), whose ids it reproduces exactly; use this tokenizer through "
+                          "`tokenizers`, or train one with `python -m lmfast.tokenize train`")
+
+    checks = [("model.type", model.get("type"), "BPE", "'BPE'"),
+              ("model.dropout", model.get("dropout"), None, "null"),
+              ("model.byte_fallback", bool(model.get("byte_fallback")), False, "false"),
+              ("model.ignore_merges", bool(model.get("ignore_merges")), False, "false"),
+              ("model.continuing_subword_prefix", model.get("continuing_subword_prefix") or None, None, "null"),
+              ("model.end_of_word_suffix", model.get("end_of_word_suffix") or None, None, "null"),
+              ("normalizer", doc.get("normalizer"), None, "null")]
+    for field, value, wanted, shown in checks:
+        if value != wanted:
+            raise refuse(field, value, shown)
+    pre = doc.get("pre_tokenizer")
+    if not (isinstance(pre, dict) and pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space", True)
+            and pre.get("use_regex", True)):
+        raise refuse("pre_tokenizer", pre, "ByteLevel with add_prefix_space false and use_regex true")
+
+    added = doc.get("added_tokens") or []
+    specials = {}
+    for t in added:
+        if not (isinstance(t, dict) and isinstance(t.get("content"), str) and t["content"]
+                and isinstance(t.get("id"), int)):
+            raise ValueError(f"{path}: added_tokens holds {t!r}, not an object with a non-empty content and an id")
+        specials[t["content"]] = t["id"]
+    vocab: dict[int, bytes] = {}
+    for s, i in model["vocab"].items():
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise ValueError(f"{path}: model.vocab[{s!r}] is {i!r}, not an integer id")
+        if i in vocab:
+            raise ValueError(f"{path}: model.vocab gives id {i} to both {vocab[i]!r} and {s!r}")
+        vocab[i] = s.encode("utf-8") if s in specials else _to_bytes(s)
+    for s, i in specials.items():
+        if vocab.setdefault(i, s.encode("utf-8")) != s.encode("utf-8"):
+            raise ValueError(f"{path}: added token {s!r} has id {i}, which model.vocab gives to another token")
+    merges = []
+    for k, m in enumerate(model.get("merges") or []):
+        pair = m.split(" ") if isinstance(m, str) else m  # "a b" (tokenizers < 0.20) or ["a", "b"]
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x for x in pair)):
+            raise ValueError(f"{path}: model.merges[{k}] is {m!r}, not a pair of tokens")
+        merges.append((_to_bytes(pair[0]), _to_bytes(pair[1])))
+    return vocab, merges, sorted(specials, key=specials.get)

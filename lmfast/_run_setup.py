@@ -211,7 +211,7 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path, resuming:
         return tokenizer
     path = Path(kind)
     if not path.is_dir():
-        raise SetupError(f"tokenizer: {kind!r} is not a directory with vocab.json + merges.txt; "
+        raise SetupError(f"tokenizer: {kind!r} is not a directory with vocab.json + merges.txt or a tokenizer.json; "
                          "use null (bytes), train, gpt2, or such a directory")
     return Tokenizer.load(path)
 

@@ -95,7 +95,8 @@ class TrainConfig:
     fused_loss: bool = _f(True, "loss from hidden states and the LM head in chunks, never the full logits "
                           "(memory-lean); false = full logits, then cross-entropy")
     tokenizer: str | None = _f(None, "null = byte-level (vocab 256); train = BPE of vocab_size trained on the "
-                               "training text; gpt2; or a directory with vocab.json + merges.txt")
+                               "training text; gpt2; or a directory with vocab.json + merges.txt, or with a "
+                               "byte-level BPE tokenizer.json (a lmfast.export folder)")
     special_tokens: list[str] = _f(["<|endoftext|>"], "special tokens of a trained BPE tokenizer")
     cache_dir: str | None = _f(None, "where tokenized text is cached; null = the user cache (~/.cache/lmfast)")
     sample_prompt: str | None = _f(None, "after training, print a sample continuing this prompt; null = no sample")

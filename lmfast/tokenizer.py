@@ -130,20 +130,29 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory, backend: str = "auto") -> Tokenizer:
-        """Load a tokenizer written by ``save``: ``vocab.json``, ``merges.txt`` and ``tokenizer.json``."""
+        """Load a tokenizer written by ``save`` (``vocab.json``, ``merges.txt`` and ``tokenizer.json``), or a folder
+        with only a Hugging Face ``tokenizer.json`` of a GPT-2-style byte-level BPE, as ``lmfast.export`` writes."""
         d = Path(directory)
         if not d.is_dir():
             kind = "a file, not a tokenizer directory" if d.exists() else "no such tokenizer directory"
             raise FileNotFoundError(f"{d}: {kind}; write one with Tokenizer.save or "
                                     "`python -m lmfast.tokenize train --out DIR`")
-        specials: list[str] = []
+        meta: dict = {}
         meta_path = d / "tokenizer.json"
         if meta_path.exists():
             try:
-                specials = list(json.loads(meta_path.read_text(encoding="utf-8")).get("special_tokens", []))
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                if not isinstance(meta, dict):
+                    raise AttributeError(f"the top level is a {type(meta).__name__}, not an object")
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
                 raise ValueError(f"{meta_path}: not a tokenizer.json written by Tokenizer.save ({e})") from None
-        return cls.from_files(d / "vocab.json", d / "merges.txt", specials, backend=backend)
+        if "model" in meta and not (d / "vocab.json").exists():
+            from lmfast._hf_tokenizer import read_tokenizer_json
+
+            vocab, merges, specials = read_tokenizer_json(meta_path, meta)
+            return cls(vocab, merges, specials, backend=backend)
+        return cls.from_files(d / "vocab.json", d / "merges.txt", list(meta.get("special_tokens", [])),
+                              backend=backend)
 
     @classmethod
     def gpt2(cls, backend: str = "auto") -> Tokenizer:

@@ -5,6 +5,7 @@ End to end (training runs exported and loaded by transformers without lmfast): t
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -171,3 +172,96 @@ def test_export_of_a_missing_or_foreign_checkpoint_is_one_clear_error(tmp_path, 
     assert len(errors) == 2 and "does not exist" in errors[0] and "not a torch checkpoint" in errors[1]
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# -- a Hugging Face tokenizer.json back into lmfast.Tokenizer --------------------------------------------------------
+
+_TEXT = "To be, or not to be: that is the question. Ça va? 東京 🙂 <|endoftext|> Whether 'tis nobler\n" * 20
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    """A BPE trained on _TEXT with <|endoftext|> and one more special token."""
+    from lmfast.tokenizer import Tokenizer, train_bpe
+
+    path = tmp_path_factory.mktemp("text") / "t.txt"
+    path.write_text(_TEXT, encoding="utf-8")
+    specials = ["<|endoftext|>", "<|pad|>"]
+    return Tokenizer(*train_bpe(path, 400, specials), specials)
+
+
+def _hf_only_folder(tmp_path, document: dict):
+    """A folder holding only ``tokenizer.json``, as an export or a hub download gives it."""
+    d = tmp_path / "hf_tokenizer"
+    d.mkdir(exist_ok=True)
+    (d / "tokenizer.json").write_text(json.dumps(document), encoding="utf-8")
+    return d
+
+
+@pytest.mark.parametrize("writer", ["tokenizers", "documented format"])
+def test_an_exported_tokenizer_json_loads_back_as_the_same_tokenizer(bpe, tmp_path, monkeypatch, writer):
+    import sys
+
+    from lmfast._hf_tokenizer import tokenizer_json
+    from lmfast.tokenizer import Tokenizer
+
+    if writer == "documented format":
+        monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` raises ImportError
+    back = Tokenizer.load(_hf_only_folder(tmp_path, json.loads(tokenizer_json(bpe))))
+    assert (back.vocab, back.merges, back.special_tokens) == (bpe.vocab, bpe.merges, bpe.special_tokens)
+    assert back.encode(_TEXT + "<|pad|>") == bpe.encode(_TEXT + "<|pad|>")
+
+
+def test_merges_written_as_space_separated_strings_load_too(bpe, tmp_path):
+    from lmfast._hf_tokenizer import tokenizer_json
+    from lmfast.tokenizer import Tokenizer
+
+    doc = json.loads(tokenizer_json(bpe))
+    doc["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in doc["model"]["merges"]]
+    assert Tokenizer.load(_hf_only_folder(tmp_path, doc)).merges == bpe.merges
+
+
+def test_gpt2_exported_and_read_back_gives_tiktokens_ids(tmp_path):
+    from _gpt2 import gpt2_tiktoken
+
+    from lmfast._hf_tokenizer import tokenizer_json
+    from lmfast.tokenizer import Tokenizer
+
+    back = Tokenizer.load(_hf_only_folder(tmp_path, json.loads(tokenizer_json(Tokenizer.gpt2()))))
+    text = _TEXT + "  spaces\tand 1234567 digits don't"
+    assert back.encode(text) == gpt2_tiktoken().encode(text, allowed_special="all")
+
+
+def test_the_trainer_takes_an_export_folder_as_its_tokenizer(bpe, tmp_path):
+    from pathlib import Path
+
+    from lmfast._run_setup import build_tokenizer
+    from lmfast.config import TrainConfig
+
+    folder = save_hf(_lm(vocab_size=len(bpe.vocab)), tmp_path / "hf", bpe)
+    got = build_tokenizer(TrainConfig(tokenizer=str(folder)), Path("unused.txt"), tmp_path / "run")
+    assert got.encode(_TEXT) == bpe.encode(_TEXT)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["model"].update(type="WordPiece"), "model.type"),
+    (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer"),
+    (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "pre_tokenizer"),
+    (lambda d: d.update(pre_tokenizer={"type": "Metaspace", "replacement": "▁"}), "pre_tokenizer"),
+    (lambda d: d["model"].update(byte_fallback=True), "model.byte_fallback"),
+    (lambda d: d["model"].update(ignore_merges=True), "model.ignore_merges"),
+    (lambda d: d["model"].update(dropout=0.1), "model.dropout"),
+    (lambda d: d["added_tokens"][0].update(id=3), "added token '<|endoftext|>' has id 3"),
+    (lambda d: d["model"]["vocab"].update({"Ġzzz": 3}), "gives id 3 to both"),
+    (lambda d: d["model"].update(merges=[["Ġ", "t", "x"]]), "model.merges[0]"),
+    (lambda d: d["model"]["vocab"].update({"\u4e00": 999}), "not in GPT-2's byte<->unicode map"),
+    (lambda d: d["model"].update(vocab=[]), "no model.vocab"),
+])
+def test_a_tokenizer_json_lmfast_would_encode_differently_is_refused_naming_the_field(bpe, tmp_path, edit, field):
+    from lmfast._hf_tokenizer import tokenizer_json
+    from lmfast.tokenizer import Tokenizer
+
+    doc = json.loads(tokenizer_json(bpe))
+    edit(doc)
+    with pytest.raises(ValueError, match=re.escape(field)):
+        Tokenizer.load(_hf_only_folder(tmp_path, doc))
