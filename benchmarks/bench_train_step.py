@@ -20,7 +20,10 @@ models are built with the same shape (untied head, no biases, num_key_value_head
   tokens/s, ratios; also the command, threads, timer and load average) is written to
   benchmarks/results/train_step_cpu.md. On a machine shared with other jobs, wall-clock time with two OpenMP
   threads swings by 2-5x (every parallel region waits for a descheduled thread); the CPU time of the process
-  is steadier, and ratios taken in one run hold either way:
+  is steadier. Even CPU time drifts on a VM whose neighbours come and go (the same step measured 30-50% apart
+  minutes apart), and each row above is measured at its own time; so the four eager steps of each shape are
+  also measured interleaved (``test_train_step_interleaved_eager_cpu``: every round runs each once, in a
+  rotating order), and the ratios the README quotes are the medians of those per-round ratios:
 
       pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-min-rounds=5 \
           --benchmark-timer=time.process_time
@@ -38,6 +41,8 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +70,8 @@ H100_BF16_DENSE_FLOPS = 989e12
 OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
 _results: dict[str, dict[str, float]] = {}  # "cpu d256" / "cuda" -> {"provider dtype mode": tokens/s}
 _spread: dict[str, tuple[float, float]] = {}  # "cpu d256 provider dtype mode" -> (fastest, slowest) round, s
+INTERLEAVED = ("lmfast fp32", "lmfast bf16", "hf fp32", "hf bf16")
+_interleaved: dict[str, dict[str, list[float]]] = {}  # shape name -> {"provider dtype": seconds of each round}
 
 
 def _gpu_shape() -> tuple[dict, int]:
@@ -161,6 +168,34 @@ def test_train_step_tokens_per_second_cpu(benchmark, shape_name, dtype, provider
     _run(benchmark, f"cpu {shape_name}", provider, dtype, mode, shape, batch, CPU_DTYPES[dtype])
 
 
+@pytest.mark.parametrize("shape_name", list(CPU_SHAPES))
+def test_train_step_interleaved_eager_cpu(benchmark, request, shape_name):
+    """lmfast and HF eager, fp32 and bf16, one step each per round in a rotating order, so that a machine whose
+    speed drifts slows all four alike; the summary gives medians of the per-round ratios."""
+    shape, batch = CPU_SHAPES[shape_name]
+    timer, rounds = timer_and_rounds(request.config, 5)
+    clock = time.process_time if timer.endswith("process_time") else time.perf_counter
+    steps = {}
+    for name in INTERLEAVED:
+        provider, dtype = name.split()
+        steps[name] = _make_step(provider, "eager", shape, batch, "cpu", CPU_DTYPES[dtype])[0]
+        steps[name]()  # warm up: allocate the optimizer state and autocast's weight casts outside the rounds
+        steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in INTERLEAVED}
+
+    def rounds_of_all_four() -> None:
+        for r in range(rounds):
+            for name in INTERLEAVED[r % 4:] + INTERLEAVED[:r % 4]:
+                start = clock()
+                steps[name]()
+                times[name].append(clock() - start)
+
+    benchmark.group = f"train step cpu {shape_name} interleaved"
+    benchmark.pedantic(rounds_of_all_four, rounds=1, iterations=1)
+    assert all(len(t) == rounds for t in times.values())
+    _interleaved[shape_name] = times
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
 @pytest.mark.parametrize("provider", ["lmfast-reference", "lmfast-fused", "hf"])
@@ -226,6 +261,26 @@ def _table(table: str, shape: dict, batch: int, pairs: list[tuple[str, str, str]
     return lines
 
 
+def _interleaved_table(name: str, shape: dict, batch: int) -> list[str]:
+    times, tokens = _interleaved[name], batch * shape["context_length"]
+    auto = "bf16" if auto_autocast_dtype("cpu")[0] is not None else "fp32"
+    lines = [f"Eager, interleaved: each of {len(times['hf fp32'])} rounds runs the four steps back to back in a "
+             "rotating order; ratios are the median over rounds of each round's ratio.", "",
+             "| provider | tokens/s (median) | ms / step (median) | fastest / slowest round, ms |",
+             "|---|---:|---:|---:|"]
+    for provider, t in times.items():
+        lines.append(f"| {provider} eager | {tokens / statistics.median(t):,.0f} | {statistics.median(t) * 1e3:.1f} | "
+                     f"{min(t) * 1e3:.0f} / {max(t) * 1e3:.0f} |")
+    lines += ["", "| ratio (interleaved, eager) | x (median) | lowest / highest round |", "|---|---:|---:|"]
+    for label, a, b in ((f"lmfast defaults (dtype auto = {auto} here) / HF fp32", f"lmfast {auto}", "hf fp32"),
+                        ("fp32: lmfast / HF", "lmfast fp32", "hf fp32"),
+                        ("bf16: lmfast / HF", "lmfast bf16", "hf bf16")):
+        per_round = [tb / ta for ta, tb in zip(times[a], times[b], strict=True)]
+        lines.append(f"| {label} | {statistics.median(per_round):.2f} | "
+                     f"{min(per_round):.2f} / {max(per_round):.2f} |")
+    return lines
+
+
 def _cpu_pairs(table: str) -> list[tuple[str, str, str]]:
     auto = "bf16" if auto_autocast_dtype("cpu")[0] is not None else "fp32"
     rows = _results[table]
@@ -246,13 +301,17 @@ def _write_summaries(request):
     yield
     timer, min_rounds = timer_and_rounds(request.config, 5)
     out_dir = results_dir()
-    tables = [name for name in CPU_SHAPES if f"cpu {name}" in _results]
+    tables = [name for name in CPU_SHAPES if f"cpu {name}" in _results or name in _interleaved]
     if tables:
         lines = _header("cpu", "Training step on CPU: lmfast vs HF LlamaForCausalLM, fp32 and bf16 autocast", timer,
                         min_rounds)
         for name in tables:
             shape, batch = CPU_SHAPES[name]
-            lines += ["", f"## {name}", "", *_table(f"cpu {name}", shape, batch, _cpu_pairs(f"cpu {name}"))]
+            lines += ["", f"## {name}"]
+            if name in _interleaved:
+                lines += ["", *_interleaved_table(name, shape, batch)]
+            if f"cpu {name}" in _results:
+                lines += ["", *_table(f"cpu {name}", shape, batch, _cpu_pairs(f"cpu {name}"))]
         (out_dir / "train_step_cpu.md").write_text("\n".join(lines) + "\n")
     if "cuda" in _results:
         shape, batch = _gpu_shape()
