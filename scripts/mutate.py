@@ -43,6 +43,8 @@ class Mutation:
 
 TRAIN_MATH = "tests/test_trainer_math.py"
 RESUME = ("tests/test_train.py::test_resume_continues_the_same_loss_curve", TRAIN_MATH)
+RELIABILITY = "tests/test_reliability.py"
+LCE = "tests/test_linear_cross_entropy.py"
 
 MUTATIONS = [
     # ---- trainer (lmfast/train.py)
@@ -52,7 +54,7 @@ MUTATIONS = [
              "for group in self.optimizer.param_groups:\n            group[\"lr\"] = lr",
              "for group in self.optimizer.param_groups[:1]:\n            group[\"lr\"] = lr", (TRAIN_MATH,)),
     Mutation("trainer: micro-batch losses summed instead of averaged", "lmfast/train.py",
-             "loss = cross_entropy(self.step_model(x), y) / accum", "loss = cross_entropy(self.step_model(x), y)",
+             "loss = self._loss(x, y) / accum", "loss = self._loss(x, y)",
              (TRAIN_MATH,)),
     Mutation("trainer: one micro-batch reused for every accumulation step", "lmfast/train.py",
              "x, y = self.sampler()", "x, y = self.sampler() if i == 0 else (x, y)", (TRAIN_MATH,)),
@@ -124,9 +126,24 @@ MUTATIONS = [
     Mutation("resume: --resume auto takes the oldest checkpoint", "lmfast/_run_state.py",
              "return max(candidates, key=lambda p: p.stat().st_mtime_ns)",
              "return min(candidates, key=lambda p: p.stat().st_mtime_ns)", RESUME),
+    # ---- run lifecycle and checkpoint integrity (lmfast/_lifecycle.py, lmfast/checkpoint.py)
+    Mutation("lifecycle: a second run on a directory in use is let in", "lmfast/_lifecycle.py",
+             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass", (RELIABILITY,)),
+    Mutation("lifecycle: keep_last keeps one step checkpoint too few", "lmfast/_lifecycle.py",
+             "older = [p for s, p in steps if s <= upto_step][:-keep_last]",
+             "older = [p for s, p in steps if s <= upto_step][:1 - keep_last]", (RELIABILITY,)),
+    Mutation("checkpoint: a tensor that differs from its checksum is loaded", "lmfast/checkpoint.py",
+             "bad = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))",
+             "bad = sorted(k for k in then.keys() - now.keys())", ("tests/test_checkpoint.py",)),
+    # ---- fused linear cross-entropy (lmfast/functional.py)
+    Mutation("linear cross-entropy: d weight is the summed, not the mean, loss's gradient", "lmfast/functional.py",
+             "beta=0.0 if start == 0 else 1.0, alpha=scale, out=dw)", "beta=0.0 if start == 0 else 1.0, out=dw)",
+             (LCE,)),
+    Mutation("linear cross-entropy: the target's gradient misses its -1", "lmfast/functional.py",
+             "(target_lp.exp() - 1.0).to(dtype)", "target_lp.exp().to(dtype)", (LCE,)),
     # ---- tokenizer (lmfast/_streaming.py, lmfast/_bpe_reference.py, csrc/)
     Mutation("tokenizer: streaming cuts before a word, splitting ' word' pre-tokens", "lmfast/_streaming.py",
-             "_SAFE_CUT = regex.compile(r\"(?r)\\S\\s\")", "_SAFE_CUT = regex.compile(r\"(?r)\\s\\S\")",
+             "_SAFE_CUT = regex.compile(r\"(?r)\\S\\s|", "_SAFE_CUT = regex.compile(r\"(?r)\\s\\S|",
              ("tests/test_tokenizer.py",)),
     Mutation("tokenizer: streaming may cut inside a special token", "lmfast/_streaming.py",
              "for s in specials if len(s) > 1)", "for s in specials if len(s) > 64)", ("tests/test_tokenizer.py",)),
