@@ -13,19 +13,19 @@ models are built with the same shape (untied head, no biases, num_key_value_head
 
 * CPU, two shapes: ``d256`` (vocab 4096, context 128, d_model 256, 4 layers, 8 heads, d_ff 704, batch 16 → 2048
   tokens a step) and ``d512`` (the config defaults: vocab 10000, context 256, d_model 512, 4 layers, 16 heads,
-  d_ff 1344, batch 8 → 2048 tokens), each in fp32 and under bf16 autocast (``dtype: bfloat16``), each eager and
-  ``torch.compile``d (model + loss; inductor's C++ backend; ``-k eager`` leaves those out, they take minutes to
-  compile). lmfast's defaults are its eager row in the dtype ``dtype: auto`` picks here: bf16 where the CPU has
-  AMX (:mod:`lmfast.precision`), else fp32. A Markdown summary per shape (CPU, AMX or not, versions, commit,
-  tokens/s, ratios; also the command, threads, timer and load average) is written to
-  benchmarks/results/train_step_cpu.md. On a machine shared with other jobs, wall-clock time with two OpenMP
-  threads swings by 2-5x (every parallel region waits for a descheduled thread); the CPU time of the process
-  is steadier. Even CPU time drifts on a VM whose neighbours come and go (the same step measured 30-50% apart
-  minutes apart), and each row above is measured at its own time; so the four eager steps of each shape are
-  also measured interleaved (``test_train_step_interleaved_eager_cpu``: every round runs each once, in a
-  rotating order), and the ratios the README quotes are the medians of those per-round ratios:
+  d_ff 1344, batch 8 → 2048 tokens), each eager and ``torch.compile``d (model + loss; inductor's C++ backend;
+  ``-k eager`` leaves those out, they take minutes to compile). lmfast's defaults are its eager step in the dtype
+  ``dtype: auto`` picks here: bf16 autocast where the CPU has AMX (:mod:`lmfast.precision`), else fp32.
+  The four steps of a shape and mode (lmfast and HF, fp32 and under bf16 autocast) are measured interleaved:
+  each round runs each once, in a rotating order, and every ratio is the median over rounds of that round's
+  ratio. On a machine shared with other jobs the same step's time drifts by 30-50% over minutes (on this
+  workplace's VMs even its CPU time), which steps measured one after another cannot cancel and interleaved
+  rounds do. Wall-clock time with two OpenMP threads swings by 2-5x there (every parallel region waits for a
+  descheduled thread); one thread timed by the process's CPU time is steadier. A Markdown summary per shape
+  (CPU, AMX or not, versions, commit, tokens/s, ratios, the command, threads, timer and load average) is
+  written to benchmarks/results/train_step_cpu.md:
 
-      pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-min-rounds=5 \
+      OMP_NUM_THREADS=1 pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-min-rounds=7 \
           --benchmark-timer=time.process_time
 
 * CUDA (skipped without a GPU), the shape of configs/tinystories_17m.yaml, bf16 autocast: providers ``hf``,
@@ -68,10 +68,10 @@ CPU_SHAPES = {  # name -> (shape, batch)
 CPU_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 H100_BF16_DENSE_FLOPS = 989e12
 OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-_results: dict[str, dict[str, float]] = {}  # "cpu d256" / "cuda" -> {"provider dtype mode": tokens/s}
-_spread: dict[str, tuple[float, float]] = {}  # "cpu d256 provider dtype mode" -> (fastest, slowest) round, s
+_results: dict[str, dict[str, float]] = {}  # "cuda" -> {"provider dtype mode": tokens/s}
+_spread: dict[str, tuple[float, float]] = {}  # "cuda provider dtype mode" -> (fastest, slowest) round, s
 INTERLEAVED = ("lmfast fp32", "lmfast bf16", "hf fp32", "hf bf16")
-_interleaved: dict[str, dict[str, list[float]]] = {}  # shape name -> {"provider dtype": seconds of each round}
+_interleaved: dict[tuple[str, str], dict[str, list[float]]] = {}  # (shape, mode) -> {"provider dtype": round s}
 
 
 def _gpu_shape() -> tuple[dict, int]:
@@ -138,11 +138,15 @@ def _make_step(provider: str, mode: str, shape: dict, batch: int, device: str, a
     return step, sum(p.numel() for p in params)
 
 
+def _check_shape(shape: dict, n_params: int) -> None:
+    d, layers, d_ff, vocab = shape["d_model"], shape["num_layers"], shape["d_ff"], shape["vocab_size"]
+    assert n_params == 2 * vocab * d + layers * (4 * d * d + 3 * d * d_ff + 2 * d) + d, "models differ in shape"
+
+
 def _run(benchmark, table: str, provider: str, dtype: str, mode: str, shape: dict, batch: int, autocast) -> float:
     device = table.split()[0]
     step, n_params = _make_step(provider, mode, shape, batch, device, autocast)
-    d, layers, d_ff, vocab = shape["d_model"], shape["num_layers"], shape["d_ff"], shape["vocab_size"]
-    assert n_params == 2 * vocab * d + layers * (4 * d * d + 3 * d * d_ff + 2 * d) + d, "models differ in shape"
+    _check_shape(shape, n_params)
     for _ in range(2):  # warm up: compiles, autotunes and allocates optimizer state outside the timed rounds
         step()
     benchmark.group = f"train step {table} {dtype} {mode}"
@@ -160,26 +164,19 @@ def _run(benchmark, table: str, provider: str, dtype: str, mode: str, shape: dic
 
 
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
-@pytest.mark.parametrize("provider", ["lmfast", "hf"])
-@pytest.mark.parametrize("dtype", list(CPU_DTYPES))
 @pytest.mark.parametrize("shape_name", list(CPU_SHAPES))
-def test_train_step_tokens_per_second_cpu(benchmark, shape_name, dtype, provider, mode):
-    shape, batch = CPU_SHAPES[shape_name]
-    _run(benchmark, f"cpu {shape_name}", provider, dtype, mode, shape, batch, CPU_DTYPES[dtype])
-
-
-@pytest.mark.parametrize("shape_name", list(CPU_SHAPES))
-def test_train_step_interleaved_eager_cpu(benchmark, request, shape_name):
-    """lmfast and HF eager, fp32 and bf16, one step each per round in a rotating order, so that a machine whose
-    speed drifts slows all four alike; the summary gives medians of the per-round ratios."""
+def test_train_step_tokens_per_second_cpu(benchmark, request, shape_name, mode):
+    """lmfast and HF, fp32 and bf16, one step each per round in a rotating order, so that a machine whose speed
+    drifts slows all four alike; the summary gives medians of the per-round ratios."""
     shape, batch = CPU_SHAPES[shape_name]
     timer, rounds = timer_and_rounds(request.config, 5)
     clock = time.process_time if timer.endswith("process_time") else time.perf_counter
     steps = {}
     for name in INTERLEAVED:
         provider, dtype = name.split()
-        steps[name] = _make_step(provider, "eager", shape, batch, "cpu", CPU_DTYPES[dtype])[0]
-        steps[name]()  # warm up: allocate the optimizer state and autocast's weight casts outside the rounds
+        steps[name], n_params = _make_step(provider, mode, shape, batch, "cpu", CPU_DTYPES[dtype])
+        _check_shape(shape, n_params)
+        steps[name]()  # warm up: compile, allocate the optimizer state and autocast's weight casts outside the rounds
         steps[name]()
     times: dict[str, list[float]] = {name: [] for name in INTERLEAVED}
 
@@ -190,10 +187,10 @@ def test_train_step_interleaved_eager_cpu(benchmark, request, shape_name):
                 steps[name]()
                 times[name].append(clock() - start)
 
-    benchmark.group = f"train step cpu {shape_name} interleaved"
+    benchmark.group = f"train step cpu {shape_name} {mode} interleaved"
     benchmark.pedantic(rounds_of_all_four, rounds=1, iterations=1)
     assert all(len(t) == rounds for t in times.values())
-    _interleaved[shape_name] = times
+    _interleaved[shape_name, mode] = times
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -261,39 +258,25 @@ def _table(table: str, shape: dict, batch: int, pairs: list[tuple[str, str, str]
     return lines
 
 
-def _interleaved_table(name: str, shape: dict, batch: int) -> list[str]:
-    times, tokens = _interleaved[name], batch * shape["context_length"]
-    auto = "bf16" if auto_autocast_dtype("cpu")[0] is not None else "fp32"
-    lines = [f"Eager, interleaved: each of {len(times['hf fp32'])} rounds runs the four steps back to back in a "
-             "rotating order; ratios are the median over rounds of each round's ratio.", "",
-             "| provider | tokens/s (median) | ms / step (median) | fastest / slowest round, ms |",
-             "|---|---:|---:|---:|"]
+def _interleaved_table(name: str, mode: str) -> list[str]:
+    shape, batch = CPU_SHAPES[name]
+    times, tokens, flops = _interleaved[name, mode], batch * shape["context_length"], _flops_per_token(shape)
+    lines = [f"### {mode}", "", "| provider | tokens/s (median) | ms / step (median) | fastest / slowest round, ms "
+             "| GFLOP/s |", "|---|---:|---:|---:|---:|"]
     for provider, t in times.items():
-        lines.append(f"| {provider} eager | {tokens / statistics.median(t):,.0f} | {statistics.median(t) * 1e3:.1f} | "
-                     f"{min(t) * 1e3:.0f} / {max(t) * 1e3:.0f} |")
-    lines += ["", "| ratio (interleaved, eager) | x (median) | lowest / highest round |", "|---|---:|---:|"]
-    for label, a, b in ((f"lmfast defaults (dtype auto = {auto} here) / HF fp32", f"lmfast {auto}", "hf fp32"),
-                        ("fp32: lmfast / HF", "lmfast fp32", "hf fp32"),
-                        ("bf16: lmfast / HF", "lmfast bf16", "hf bf16")):
+        median = statistics.median(t)
+        lines.append(f"| {provider} {mode} | {tokens / median:,.0f} | {median * 1e3:.1f} | "
+                     f"{min(t) * 1e3:.0f} / {max(t) * 1e3:.0f} | {tokens / median * flops / 1e9:.1f} |")
+    auto = "bf16" if auto_autocast_dtype("cpu")[0] is not None else "fp32"
+    pairs = [(f"lmfast defaults (dtype auto = {auto} here) / HF fp32", f"lmfast {auto}", "hf fp32")] * (mode == "eager")
+    pairs += [("fp32: lmfast / HF", "lmfast fp32", "hf fp32"), ("bf16: lmfast / HF", "lmfast bf16", "hf bf16"),
+              ("lmfast: bf16 / fp32", "lmfast bf16", "lmfast fp32"), ("HF: bf16 / fp32", "hf bf16", "hf fp32")]
+    lines += ["", f"| ratio ({mode}) | x (median of rounds) | lowest / highest round |", "|---|---:|---:|"]
+    for label, a, b in pairs:
         per_round = [tb / ta for ta, tb in zip(times[a], times[b], strict=True)]
         lines.append(f"| {label} | {statistics.median(per_round):.2f} | "
                      f"{min(per_round):.2f} / {max(per_round):.2f} |")
     return lines
-
-
-def _cpu_pairs(table: str) -> list[tuple[str, str, str]]:
-    auto = "bf16" if auto_autocast_dtype("cpu")[0] is not None else "fp32"
-    rows = _results[table]
-    pairs = [(f"lmfast defaults (eager, dtype auto = {auto} here) / HF fp32 eager", f"lmfast {auto} eager",
-              "hf fp32 eager")]
-    pairs += [(f"{dt} {mode}: lmfast / HF", f"lmfast {dt} {mode}", f"hf {dt} {mode}")
-              for mode in ("eager", "compiled") for dt in CPU_DTYPES]
-    pairs += [(f"{who}: bf16 / fp32 ({mode})", f"{p} bf16 {mode}", f"{p} fp32 {mode}")
-              for p, who in (("lmfast", "lmfast"), ("hf", "HF")) for mode in ("eager", "compiled")]
-    best = {p: max((n for n in rows if n.startswith(p + " ")), key=rows.get, default=None) for p in ("lmfast", "hf")}
-    if best["lmfast"] and best["hf"]:
-        pairs.append((f"best of each: {best['lmfast']} / {best['hf']}", best["lmfast"], best["hf"]))
-    return pairs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -301,17 +284,21 @@ def _write_summaries(request):
     yield
     timer, min_rounds = timer_and_rounds(request.config, 5)
     out_dir = results_dir()
-    tables = [name for name in CPU_SHAPES if f"cpu {name}" in _results or name in _interleaved]
+    tables = [name for name in CPU_SHAPES if any((name, mode) in _interleaved for mode in ("eager", "compiled"))]
     if tables:
         lines = _header("cpu", "Training step on CPU: lmfast vs HF LlamaForCausalLM, fp32 and bf16 autocast", timer,
                         min_rounds)
+        rounds = len(next(iter(_interleaved.values()))["hf fp32"])
+        lines += ["", f"Each shape and mode: {rounds} rounds, each running the four steps back to back in a rotating "
+                  "order; tokens/s from the median round of each, ratios the median over rounds of each round's "
+                  "ratio (so a machine whose speed drifts slows both sides of a ratio alike)."]
         for name in tables:
             shape, batch = CPU_SHAPES[name]
-            lines += ["", f"## {name}"]
-            if name in _interleaved:
-                lines += ["", *_interleaved_table(name, shape, batch)]
-            if f"cpu {name}" in _results:
-                lines += ["", *_table(f"cpu {name}", shape, batch, _cpu_pairs(f"cpu {name}"))]
+            lines += ["", f"## {name}", "", f"Shape: {shape}, batch {batch} ({batch * shape['context_length']} tokens "
+                      f"a step); {_flops_per_token(shape) / 1e6:.1f} MFLOP per token (6N + 12LdT)."]
+            for mode in ("eager", "compiled"):
+                if (name, mode) in _interleaved:
+                    lines += ["", *_interleaved_table(name, mode)]
         (out_dir / "train_step_cpu.md").write_text("\n".join(lines) + "\n")
     if "cuda" in _results:
         shape, batch = _gpu_shape()
