@@ -23,13 +23,8 @@ from lmfast.tokenizer import Tokenizer
 SHAPE = dict(vocab_size=97, context_length=16, d_model=32, num_layers=2, num_heads=2, d_ff=64, rope_theta=10000.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread runs them faster than two that fight over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These models are tiny: one intra-op thread runs them faster than two that fight over shared cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lm(**overrides) -> TransformerLM:

@@ -32,13 +32,8 @@ sys.modules["kill_resume"] = kill_resume
 _spec.loader.exec_module(kill_resume)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The harness's children run on one thread; bitwise comparisons with them need the same here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The harness's children run on one thread; bitwise comparisons with them need the same here.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
