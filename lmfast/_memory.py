@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from lmfast.functional import lce_chunk_rows
+
 __all__ = ["MemoryEstimate", "estimate_training_memory", "available_memory", "format_bytes"]
 
 _GIB = 1 << 30
@@ -71,10 +73,8 @@ def estimate_training_memory(cfg, autocast: bool = False, shards: int = 1) -> Me
 
 def _loss_bytes(cfg, tokens: int) -> int:
     """fp32 bytes the loss holds at its peak for ``tokens`` tokens of one micro-batch (see the module docstring)."""
-    if not getattr(cfg, "fused_loss", False):
+    if not cfg.fused_loss:
         return 4 * 3 * cfg.vocab_size * tokens
-    from lmfast.functional import lce_chunk_rows
-
     return 4 * (3 * lce_chunk_rows(tokens, cfg.vocab_size) * cfg.vocab_size + (tokens + cfg.vocab_size) * cfg.d_model)
 
 
