@@ -30,7 +30,8 @@ models are built with the same shape (untied head, no biases, num_key_value_head
 
 * CUDA (skipped without a GPU), the shape of configs/tinystories_17m.yaml, bf16 autocast: providers ``hf``,
   ``lmfast-reference`` (plain-PyTorch ops, multi-tensor AdamW) and ``lmfast-fused`` (Triton ops and AdamW) × eager /
-  compiled, with tokens/s and MFU against 989 TFLOPS (H100 SXM bf16 dense) in ``extra_info`` and a summary in
+  compiled, with tokens/s and MFU (against the GPU's dense bf16 peak from :mod:`lmfast.mfu`; left out for a GPU its
+  table does not know) in ``extra_info`` and a summary in
   benchmarks/results/train_step_<gpu>.md.
 
 Training FLOPs per token are ``6 N + 12 L d T`` (N non-embedding parameters including the LM head; the
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 import yaml
 from _machine import commit, cpu_name, results_dir, slug, timer_and_rounds
 
+from lmfast.mfu import device_peak_flops, mfu
 from lmfast.model import TransformerLM
 from lmfast.optim import AdamW, clip_grad_norm_
 from lmfast.precision import auto_autocast_dtype, cpu_bf16_native
@@ -66,7 +68,6 @@ CPU_SHAPES = {  # name -> (shape, batch)
                   rope_theta=10000.0), 8),
 }
 CPU_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-H100_BF16_DENSE_FLOPS = 989e12
 OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
 _results: dict[str, dict[str, float]] = {}  # "cuda" -> {"provider dtype mode": tokens/s}
 _spread: dict[str, tuple[float, float]] = {}  # "cuda provider dtype mode" -> (fastest, slowest) round, s
@@ -155,7 +156,9 @@ def _run(benchmark, table: str, provider: str, dtype: str, mode: str, shape: dic
     info = dict(tokens_per_s=round(tokens_per_s), tokens_per_step=batch * shape["context_length"], shape=shape,
                 batch=batch, autocast=str(autocast), **_machine(device))
     if device == "cuda":
-        info["mfu"] = round(tokens_per_s * _flops_per_token(shape) / H100_BF16_DENSE_FLOPS, 4)
+        achieved = mfu(tokens_per_s, _flops_per_token(shape), device_peak_flops("cuda", torch.bfloat16))
+        if achieved is not None:
+            info["mfu"] = round(achieved, 4)
     benchmark.extra_info.update(info)
     name = f"{provider} {dtype} {mode}"
     _results.setdefault(table, {})[name] = tokens_per_s
@@ -309,9 +312,12 @@ def _write_summaries(request):
         lines = _header("cuda", f"Training step on {torch.cuda.get_device_name()}: lmfast vs HF (bf16 autocast)",
                         timer, min_rounds)
         lines += ["", *_table("cuda", shape, batch, pairs)]
-        mfu = [f"| {name} | {tps * _flops_per_token(shape) / H100_BF16_DENSE_FLOPS:.1%} |"
-               for name, tps in _results["cuda"].items()]
-        text = "\n".join(lines) + "\n\n| provider | MFU vs 989 TFLOPS |\n|---|---:|\n" + "\n".join(mfu) + "\n"
+        peak = device_peak_flops("cuda", torch.bfloat16)
+        if peak is not None:
+            flops = _flops_per_token(shape)
+            rows = [f"| {name} | {mfu(tps, flops, peak):.1%} |" for name, tps in _results["cuda"].items()]
+            lines += ["", f"| provider | MFU vs {peak / 1e12:.0f} TFLOPS (dense bf16) |", "|---|---:|", *rows]
+        text = "\n".join(lines) + "\n"
         (out_dir / f"train_step_{slug(torch.cuda.get_device_name())}.md").write_text(text)
 
 
