@@ -109,18 +109,18 @@ def _steps(model: TransformerLM, prompt_ids: Sequence[int], rows: int, temperatu
     device = model.lm_head.weight.device
     window = torch.tensor(list(prompt_ids[-ctx:]), dtype=torch.long, device=device).expand(rows, -1)
     caches = model.new_kv_caches(rows, ctx)
-    logits = model(window, caches=caches)[:, -1]
+    logits = model(window, caches=caches, last_only=True)[:, -1]
     while True:
         nxt = sample_next(logits[:, :vocab_limit], temperature, top_p, generator, top_k)
         yield nxt
         window = torch.cat([window, nxt[:, None]], dim=1)
         if window.shape[1] <= ctx:
-            logits = model(nxt[:, None], caches=caches)[:, -1]
+            logits = model(nxt[:, None], caches=caches, last_only=True)[:, -1]
         else:  # the window is full: keep its tail and prefill that again from position 0
             window = window[:, -keep:]
             for cache in caches:
                 cache.reset()
-            logits = model(window, caches=caches)[:, -1]
+            logits = model(window, caches=caches, last_only=True)[:, -1]
 
 
 @torch.no_grad()

@@ -256,10 +256,12 @@ class TransformerLM(nn.Module):
 
     def forward(self, in_indices: torch.Tensor, token_positions: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None, targets: torch.Tensor | None = None,
-                fused_loss: bool = True) -> torch.Tensor:
-        """Logits (batch, seq, vocab); given ``targets`` (batch, seq) the mean cross-entropy against them instead
-        (a 0-d tensor). With ``fused_loss`` that loss comes from the final hidden states and ``lm_head.weight`` a
-        chunk of tokens at a time (``ops.linear_cross_entropy``, never the full logits); else from full logits.
+                fused_loss: bool = True, last_only: bool = False) -> torch.Tensor:
+        """Logits (batch, seq, vocab), or with ``last_only`` those of the last position only (batch, 1, vocab: what
+        generation samples from, without a (seq, vocab) matrix per row); given ``targets`` (batch, seq) the mean
+        cross-entropy against them instead (a 0-d tensor). With ``fused_loss`` that loss comes from the final hidden
+        states and ``lm_head.weight`` a chunk of tokens at a time (``ops.linear_cross_entropy``, never the full
+        logits); else from full logits.
         The loss is taken here, inside forward, because only here is ``lm_head.weight`` whole under FSDP (outside,
         it is this rank's shard) and seen by DDP's and FSDP's gradient hooks."""
         seq = in_indices.shape[-1]
@@ -271,7 +273,7 @@ class TransformerLM(nn.Module):
             x = layer(x, token_positions, caches[i] if caches else None)
         x = self.ln_final(x)
         if targets is None:
-            return self.lm_head(x)
+            return self.lm_head(x[:, -1:] if last_only else x)
         if fused_loss:
             return self.ops.linear_cross_entropy(x, self.lm_head.weight, targets)
         return functional.cross_entropy(self.lm_head(x), targets)

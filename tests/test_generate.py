@@ -276,9 +276,9 @@ def test_generate_samples_runs_the_model_and_its_kv_cache_under_the_autocast_dty
     seen = []
     forward = TransformerLM.forward
 
-    def spy(self, ids, token_positions=None, caches=None):
+    def spy(self, ids, token_positions=None, caches=None, **kwargs):
         seen.append((torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"), caches[0].k.dtype))
-        return forward(self, ids, token_positions, caches)
+        return forward(self, ids, token_positions, caches, **kwargs)
 
     monkeypatch.setattr(TransformerLM, "forward", spy)
     (sample,) = generate_samples(model, ByteTokenizer(), "hi", 5, seed=0, autocast_dtype=torch.bfloat16)

@@ -282,6 +282,21 @@ def test_kv_cache_incremental_decoding_equals_full_forward():
     assert_verbose_allclose(torch.cat(chunks, dim=1), full, 1e-5, 1e-4, "cached vs full")
 
 
+def test_last_only_gives_the_last_positions_logits_with_and_without_a_cache():
+    model = _lm()
+    ids = torch.randint(0, 97, (2, 15))
+    with torch.no_grad():
+        full = model(ids)
+        last = model(ids, last_only=True)
+        caches = model.new_kv_caches(batch=2)
+        prefill = model(ids[:, :14], caches=caches, last_only=True)
+        step = model(ids[:, 14:], caches=caches, last_only=True)
+    assert last.shape == (2, 1, 97) and prefill.shape == (2, 1, 97)
+    assert_verbose_allclose(last, full[:, -1:], 1e-6, 1e-5, "last only")
+    assert_verbose_allclose(prefill, full[:, 13:14], 1e-5, 1e-4, "prefill's last")
+    assert_verbose_allclose(step, full[:, 14:], 1e-5, 1e-4, "cached step")
+
+
 def test_kv_cache_refuses_to_grow_past_its_capacity():
     model = _lm()
     caches = model.new_kv_caches(batch=1, max_len=4)
