@@ -81,8 +81,13 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
     """The checkpoint ``--resume`` names: a path as given, or for ``auto`` the newest run checkpoint in run_dir."""
     if resume is None:
         return None
-    if resume != "auto":
-        return Path(resume)
+    if resume != "auto":  # checked here, before the tokenizer and the model are built
+        path = Path(resume)
+        if not (path.is_file() or is_sharded_checkpoint(path)):
+            what = "is a directory; pass a .pt file in it" if path.is_dir() else "does not exist; pass a .pt file"
+            raise FileNotFoundError(f"--resume {resume!r} {what} (or a .dcp directory) that a run wrote, or --resume "
+                                    "auto to take the newest checkpoint in checkpoint_dir")
+        return path
     candidates = [p for p in [*run_dir.glob("*.pt"), *run_dir.glob(f"*{SHARDED_SUFFIX}")]
                   if p.name.startswith(("checkpoint_", "final_model", "interrupted"))
                   and (p.suffix == ".pt" or is_sharded_checkpoint(p))]

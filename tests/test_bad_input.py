@@ -179,6 +179,16 @@ def test_a_model_or_batch_that_cannot_fit_is_refused_with_the_numbers_before_bui
     assert " GiB to train, but " in last and " free: " in last and "parameters take" in last
 
 
+@pytest.mark.parametrize("target, fragment", [("missing.pt", "does not exist"), (".", "is a directory")])
+def test_a_resume_path_that_is_no_checkpoint_is_refused_before_tokenizing(run, monkeypatch, tmp_path, target,
+                                                                           fragment):
+    def never(*a, **k):
+        raise AssertionError("the tokenizer was built before --resume was checked")
+
+    monkeypatch.setattr(train, "build_tokenizer", never)
+    _expect_refusal(run, fragment, "--resume", str(tmp_path / target))
+
+
 def test_the_parameter_count_matches_the_model():
     model = TransformerLM(300, 16, 48, 3, 4, 80, 10000.0, backend="reference")
     assert count_parameters(300, 48, 3, 80) == model.num_parameters()
