@@ -109,7 +109,8 @@ def _steps(model: TransformerLM, prompt_ids: Sequence[int], rows: int, temperatu
     device = model.lm_head.weight.device
     window = torch.tensor(list(prompt_ids[-ctx:]), dtype=torch.long, device=device).expand(rows, -1)
     caches = model.new_kv_caches(rows, ctx)
-    logits = model(window, caches=caches, last_only=True)[:, -1]
+    # Every row starts from the same prompt: prefill it once; the caches broadcast its keys and values to all rows.
+    logits = model(window[:1], caches=caches, last_only=True)[:, -1].repeat(rows, 1)
     while True:
         nxt = sample_next(logits[:, :vocab_limit], temperature, top_p, generator, top_k)
         yield nxt

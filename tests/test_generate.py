@@ -338,6 +338,31 @@ def test_streamed_output_equals_the_json_text_for_the_same_seed(checkpoint, caps
     assert (result["device"], result["backend"], result["dtype"]) == ("cpu", "reference", "float32")
 
 
+@pytest.mark.parametrize("keep", [16, 5])
+def test_several_rows_prefill_the_prompt_once_and_decode_as_one_row_does(monkeypatch, keep):
+    from lmfast.generate import _steps
+
+    model = _lm()
+    prompt = list(range(1, 13))
+    batches = []
+
+    def spy_attention(q, k, v, scale=None):
+        batches.append(q.shape[0])
+        return functional.causal_attention(q, k, v, scale)
+
+    for layer in model.layers:
+        layer.attn.ops = ops.Ops("spy", functional.rmsnorm, functional.rope, spy_attention)
+    with torch.no_grad():
+        rows = _steps(model, prompt, 3, 0.0, 1.0, 0, None, keep, None)
+        three = torch.stack([next(rows) for _ in range(12)], dim=1)  # slides past the context of 16
+        row = _steps(model, prompt, 1, 0.0, 1.0, 0, None, keep, None)
+        one = torch.stack([next(row) for _ in range(12)], dim=1)
+    assert batches[:2] == [1, 1]  # the first prefill, in each layer, runs the prompt once for all three rows
+    assert 3 in batches  # a prefill after the window slid runs every row (they differ by then)
+    assert torch.equal(three[0], three[1]) and torch.equal(three[0], three[2])
+    assert torch.equal(three[:1], one)
+
+
 def test_num_samples_are_independent_and_equal_when_greedy(checkpoint, capsys):
     base = ["--checkpoint", checkpoint, "--max-new-tokens", "12", "--num-samples", "3", "--json", "--seed", "1"]
     code, out, _ = _cli(capsys, *base)
