@@ -343,12 +343,15 @@ class Trainer:
             log.info("Epoch %d - Train Loss: %.4f, Val Loss: %.4f, Val PPL: %.2f", epoch, train_loss, val_loss,
                      _perplexity(val_loss))
 
+    def _at_epoch_end(self) -> bool:
+        """Whether the step just taken ends an epoch (the last step ends the last, possibly partial, one)."""
+        return self.progress.step % self.steps_per_epoch == 0 or self.progress.step == self.total_steps
+
     def _after_step(self, epoch: int) -> None:
         """Validation, then checkpoints: every checkpoint holds the state after all of this step's work, so a run
         resumed from it repeats nothing and skips nothing."""
         cfg, p = self.cfg, self.progress
-        epoch_ends = p.step % self.steps_per_epoch == 0 or p.step == self.total_steps
-        if epoch_ends:
+        if self._at_epoch_end():
             self._end_epoch(epoch)
         elif cfg.eval_interval and p.step % cfg.eval_interval == 0:
             val = self._validate(epoch)
@@ -360,9 +363,8 @@ class Trainer:
         """The step and epoch checkpoints due after step ``progress.step``; ``only_missing`` on a resume writes those
         a kill left unwritten (the state is the same, so they equal what the run would have written)."""
         cfg, p = self.cfg, self.progress
-        epoch_ends = p.step % self.steps_per_epoch == 0 or p.step == self.total_steps
         due = [f"checkpoint_step_{p.step}.pt"] if cfg.checkpoint_steps and p.step % cfg.checkpoint_steps == 0 else []
-        if epoch_ends and cfg.checkpoint_interval and epoch % cfg.checkpoint_interval == 0:
+        if self._at_epoch_end() and cfg.checkpoint_interval and epoch % cfg.checkpoint_interval == 0:
             due.append(f"checkpoint_epoch_{epoch}.pt")
         for name in due:
             if only_missing and any((self.run_dir / name).with_suffix(s).exists() for s in (".pt", ".dcp")):
