@@ -44,6 +44,15 @@ def _bh_rows(X, off_bh, seq_len, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _tile(start, seq_len, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows ``start .. start + BLOCK`` of one (batch, head): their indices, the padded column indices, which rows
+    (BLOCK,) and columns (1, BLOCK_D) are real, and each element's offset in the contiguous (seq, HEAD_DIM) rows."""
+    offs = start + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    return offs, offs_d, offs < seq_len, (offs_d < HEAD_DIM)[None, :], offs[:, None] * HEAD_DIM + offs_d[None, :]
+
+
+@triton.jit
 def _load(ptrs, rows_ok, cols_ok, MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr):
     """A tile load masked only as the constexpr flags ask: rows past seq_len, columns past head_dim (zeros)."""
     if EVEN_D:
@@ -115,11 +124,7 @@ def _attn_fwd_kernel(Q, K, V, Out,  # (batch * heads, seq, head_dim), contiguous
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D  # no column masks
     Q, K = _bh_rows(Q, off_bh, seq_len, HEAD_DIM), _bh_rows(K, off_bh, seq_len, HEAD_DIM)
     V, Out = _bh_rows(V, off_bh, seq_len, HEAD_DIM), _bh_rows(Out, off_bh, seq_len, HEAD_DIM)
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < seq_len
-    d_ok = (offs_d < HEAD_DIM)[None, :]
-    q_offs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    offs_m, offs_d, row_ok, d_ok, q_offs = _tile(start_m * BLOCK_M, seq_len, HEAD_DIM, BLOCK_M, BLOCK_D)
     q = _load(Q + q_offs, row_ok[:, None], d_ok, True, EVEN_D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -140,11 +145,7 @@ def _attn_bwd_preprocess(Out, DO,  # (batch * heads, seq, head_dim), contiguous
                          seq_len, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     off_bh = tl.program_id(1).to(tl.int64)
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D  # no column masks
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    row_ok = offs_m < seq_len
-    d_ok = (offs_d < HEAD_DIM)[None, :]
+    offs_m, _, row_ok, d_ok, offs = _tile(tl.program_id(0) * BLOCK_M, seq_len, HEAD_DIM, BLOCK_M, BLOCK_D)
     o = _load(_bh_rows(Out, off_bh, seq_len, HEAD_DIM) + offs, row_ok[:, None], d_ok, True, EVEN_D)
     do = _load(_bh_rows(DO, off_bh, seq_len, HEAD_DIM) + offs, row_ok[:, None], d_ok, True, EVEN_D)
     tl.store(DELTA + off_bh * seq_len + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=row_ok)
@@ -187,11 +188,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV,  # (batch * heads, seq, head_dim)
     Q, K = _bh_rows(Q, off_bh, seq_len, HEAD_DIM), _bh_rows(K, off_bh, seq_len, HEAD_DIM)
     V, DO = _bh_rows(V, off_bh, seq_len, HEAD_DIM), _bh_rows(DO, off_bh, seq_len, HEAD_DIM)
     DK, DV = _bh_rows(DK, off_bh, seq_len, HEAD_DIM), _bh_rows(DV, off_bh, seq_len, HEAD_DIM)
-    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    key_ok = (offs_n < seq_len)[:, None]
-    d_ok = (offs_d < HEAD_DIM)[None, :]
-    kv_offs = offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    offs_n, offs_d, key_rows, d_ok, kv_offs = _tile(start_n * BLOCK_N, seq_len, HEAD_DIM, BLOCK_N, BLOCK_D)
+    key_ok = key_rows[:, None]
     k = _load(K + kv_offs, key_ok, d_ok, True, EVEN_D)
     v = _load(V + kv_offs, key_ok, d_ok, True, EVEN_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -243,11 +241,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, DQ,  # (batch * heads, seq, head_dim), cont
     Q, K = _bh_rows(Q, off_bh, seq_len, HEAD_DIM), _bh_rows(K, off_bh, seq_len, HEAD_DIM)
     V, DO = _bh_rows(V, off_bh, seq_len, HEAD_DIM), _bh_rows(DO, off_bh, seq_len, HEAD_DIM)
     DQ = _bh_rows(DQ, off_bh, seq_len, HEAD_DIM)
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < seq_len
-    d_ok = (offs_d < HEAD_DIM)[None, :]
-    q_offs = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    offs_m, offs_d, row_ok, d_ok, q_offs = _tile(start_m * BLOCK_M, seq_len, HEAD_DIM, BLOCK_M, BLOCK_D)
     q = _load(Q + q_offs, row_ok[:, None], d_ok, True, EVEN_D)
     do = _load(DO + q_offs, row_ok[:, None], d_ok, True, EVEN_D)
     lse = tl.load(LSE + off_bh * seq_len + offs_m, mask=row_ok, other=float("inf"))
