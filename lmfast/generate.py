@@ -33,6 +33,7 @@ from lmfast.checkpoint import load_model_state, read_checkpoint
 from lmfast.config import ConfigError, TrainConfig
 from lmfast.model import TransformerLM
 from lmfast.ops import BACKENDS
+from lmfast.precision import auto_autocast_dtype
 
 __all__ = ["sample_next", "generate_ids", "generate_samples", "generate_text", "Sample", "default_stops",
            "load_model", "generation_dtype", "main"]
@@ -246,7 +247,7 @@ def generation_dtype(run_dtype: str, device: str | torch.device) -> torch.dtype 
     if torch.device(device).type != "cuda" or run_dtype == "float32":
         return None
     if run_dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return auto_autocast_dtype(device)[0]  # the trainer's rule, on CUDA
     return getattr(torch, run_dtype)
 
 
