@@ -8,11 +8,14 @@ these fails here instead, with the line that fixes it.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
+from pathlib import Path
 
 import pytest
 
 LINUX = sys.platform.startswith("linux")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _import_or_fail(module: str, without_it: str, fix: str) -> None:
@@ -39,3 +42,21 @@ def test_triton_is_installed_on_linux():
 @pytest.mark.parametrize("module", ["tiktoken", "tokenizers", "transformers", "hypothesis", "matplotlib"])
 def test_the_test_extras_oracles_are_installed(module):
     _import_or_fail(module, "the tests that use it as an oracle would be skipped", "pip install -e \".[test]\"")
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_constraints_pin_every_dependency_ci_installs():
+    # CI installs under constraints.txt (.ci/run); a dependency added to pyproject.toml without a pin there would
+    # float to whatever release is newest on the day CI runs.
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = [*project["build-system"]["requires"], *project["project"]["dependencies"],
+              *project["project"]["optional-dependencies"]["test"]]
+    names = {_normalized(re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0]) for spec in wanted}
+    pinned = {_normalized(line.split("==")[0]) for line in (ROOT / "constraints.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    assert names, "no dependencies read from pyproject.toml"
+    assert sorted(names - pinned) == [], "add these to constraints.txt (bash scripts/test_newest.sh --update)"
