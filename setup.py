@@ -1,6 +1,6 @@
-"""Build the C++ tokenizer core (csrc/) into the private extension ``lmfast._bpe``, and put the Triton kernels of
-the top-level ``kernels/`` folder into the wheel as ``lmfast.kernels`` (see lmfast/kernels/__init__.py for why the
-folder is not a package of its own).
+"""Build the C++ tokenizer core (csrc/) into the private extension ``lmfast.tokenizer._bpe``, and put the Triton
+kernels of the top-level ``kernels/`` folder into the wheel as ``lmfast.kernels`` (see lmfast/kernels/__init__.py
+for why the folder is not a package of its own).
 
 Everything else about the package lives in pyproject.toml.
 """
@@ -27,7 +27,7 @@ def _native_extensions():
         extra_link_args += ["-pthread"]
     return [
         Pybind11Extension(
-            "lmfast._bpe",
+            "lmfast.tokenizer._bpe",
             sources,
             include_dirs=[os.path.join(_HERE, "csrc")],
             cxx_std=17,

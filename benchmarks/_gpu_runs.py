@@ -60,6 +60,6 @@ def config_keys() -> set[str]:
     """The keys the installed lmfast's config accepts (stages measure optional keys such as fused_loss if present)."""
     import dataclasses
 
-    from lmfast.config import TrainConfig
+    from lmfast.train.config import TrainConfig
 
     return {f.name for f in dataclasses.fields(TrainConfig)}

@@ -13,7 +13,7 @@ configurations its launchers can pick in ``aot_specs()``. Each result is checked
 * on sm_90 at most 168 registers a thread (two blocks of eight warps fit a multiprocessor), unless the module
   names it in ``AOT_REGISTERS_ALLOWED = {spec name: reason}``.
 
-The report prints each accepted exception's reason; tests/test_kernels_aot.py fails on any other.
+The report prints each accepted exception's reason; tests/kernels/test_kernels_aot.py fails on any other.
 
     python benchmarks/aot_report.py [--out benchmarks/results] [--jobs 2] [--modules rmsnorm rope] [--dtype bf16]
     PYTHONPATH=/tmp/triton36 python benchmarks/aot_report.py   # another triton, e.g. the GPU image's 3.6

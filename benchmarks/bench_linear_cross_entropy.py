@@ -36,7 +36,7 @@ import torch
 from _machine import commit, cpu_name, results_dir, slug, timer_and_rounds
 
 from lmfast import functional
-from lmfast.precision import cpu_bf16_native
+from lmfast.model.precision import cpu_bf16_native
 
 TOKENS, D_MODEL, VOCAB = 8192, 768, 50257
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}

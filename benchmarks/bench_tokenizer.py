@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from _gpt2 import EOT_ID, GPT2_PAT, gpt2_vocab_merges, shakespeare_text  # noqa: E402
 
-_bpe = pytest.importorskip("lmfast._bpe", reason="the C++ extension is not built: python setup.py build_ext --inplace")
+_bpe = pytest.importorskip("lmfast.tokenizer._bpe",
+                           reason="the C++ extension is not built: python setup.py build_ext --inplace")
 
 EOT = "<|endoftext|>"
 THREADS = 2

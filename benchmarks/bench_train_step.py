@@ -15,7 +15,7 @@ models are built with the same shape (untied head, no biases, num_key_value_head
   tokens a step) and ``d512`` (the config defaults: vocab 10000, context 256, d_model 512, 4 layers, 16 heads,
   d_ff 1344, batch 8 → 2048 tokens), each eager and ``torch.compile``d (model + loss; inductor's C++ backend;
   ``-k eager`` leaves those out, they take minutes to compile). lmfast's defaults are its eager step in the dtype
-  ``dtype: auto`` picks here: bf16 autocast where the CPU has AMX (:mod:`lmfast.precision`), else fp32.
+  ``dtype: auto`` picks here: bf16 autocast where the CPU has AMX (:mod:`lmfast.model.precision`), else fp32.
   The four steps of a shape and mode (lmfast and HF, fp32 and under bf16 autocast) are measured interleaved:
   each round runs each once, in a rotating order, and every ratio is the median over rounds of that round's
   ratio. On a machine shared with other jobs the same step's time drifts by 30-50% over minutes (on this
@@ -30,8 +30,8 @@ models are built with the same shape (untied head, no biases, num_key_value_head
 
 * CUDA (skipped without a GPU), the shape of configs/tinystories_17m.yaml, bf16 autocast: providers ``hf``,
   ``lmfast-reference`` (plain-PyTorch ops, multi-tensor AdamW) and ``lmfast-fused`` (Triton ops and AdamW) × eager /
-  compiled, with tokens/s and MFU (against the GPU's dense bf16 peak from :mod:`lmfast.mfu`; left out for a GPU its
-  table does not know) in ``extra_info`` and a summary in
+  compiled, with tokens/s and MFU (against the GPU's dense bf16 peak from :mod:`lmfast.train.mfu`; left out for a GPU
+  its table does not know) in ``extra_info`` and a summary in
   benchmarks/results/train_step_<gpu>.md.
 
 Training FLOPs per token are ``6 N + 12 L d T`` (N non-embedding parameters including the LM head; the
@@ -53,10 +53,10 @@ import torch.nn.functional as F
 import yaml
 from _machine import commit, cpu_name, results_dir, slug, timer_and_rounds
 
-from lmfast.mfu import device_peak_flops, mfu
 from lmfast.model import TransformerLM
+from lmfast.model.precision import auto_autocast_dtype, cpu_bf16_native
 from lmfast.optim import AdamW, clip_grad_norm_
-from lmfast.precision import auto_autocast_dtype, cpu_bf16_native
+from lmfast.train.mfu import device_peak_flops, mfu
 
 transformers = pytest.importorskip("transformers")
 

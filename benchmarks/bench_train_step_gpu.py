@@ -14,7 +14,7 @@ valuable first, so a cut-short run still has the headline numbers):
   settings: ``torch.optim.AdamW(fused=True)``, foreach clipping, ``F.cross_entropy`` on fp32 logits.
 
 tokens/s from the median of ``--steps`` timed steps (after warm-up steps that include compiling), MFU from
-``lmfast.mfu`` (model FLOPs per token x tokens/s over the device's dense bf16 peak), peak memory as
+``lmfast.train.mfu`` (model FLOPs per token x tokens/s over the device's dense bf16 peak), peak memory as
 ``torch.cuda.max_memory_allocated`` over the timed steps. Each result is appended to ``DIR/train_step_gpu.jsonl``
 as soon as it is measured. Target: gpt2_124m fused+compiled >= 45% MFU on an H100/H200.
 """
@@ -106,7 +106,7 @@ def _hf_step(config: str, compiled: bool):
 
 def measure(step, tokens_per_step: int, flops_per_token: float, steps: int) -> dict:
     """Warm up (compiles), then time ``steps`` steps one by one; tokens/s of the median step, MFU, peak memory."""
-    from lmfast.mfu import device_peak_flops, mfu
+    from lmfast.train.mfu import device_peak_flops, mfu
 
     started = time.perf_counter()
     for _ in range(WARMUP):

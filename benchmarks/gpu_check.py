@@ -125,7 +125,7 @@ def stage_preflight(check: Check, limit: float) -> dict:
 def _gpu_test_files() -> list[str]:
     """Every test file with gpu-marked tests, and every kernel test file: on a GPU their unmarked tests (odd shapes,
     bad input, CUDA's dtype rule) run the kernels natively."""
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                   if "mark.gpu" in p.read_text() or p.name.startswith("test_kernel_"))
 
 

@@ -23,7 +23,7 @@ import torch
 from _machine import commit, cpu_name
 from torch.profiler import ProfilerActivity, profile
 
-from lmfast.precision import cpu_bf16_native
+from lmfast.model.precision import cpu_bf16_native
 
 GROUPS = {  # group -> aten op names (without "aten::"); anything else is "other"
     "matmul": {"mm", "bmm", "addmm", "addmm_", "baddbmm"},

@@ -56,7 +56,7 @@ def _run(dtype: str | None, work: Path) -> dict:
 
 def _unigram_baseline(run_dir: Path) -> float:
     """Cross-entropy (nats) on the validation text of the training text's add-one smoothed unigram frequencies."""
-    from lmfast import corpus
+    from lmfast.data import corpus
     from lmfast.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(run_dir / "tokenizer")

@@ -52,7 +52,7 @@ def _child(src: str, out: str) -> tuple[int, float]:
 
 
 def _corpus() -> str:
-    from lmfast.corpus import shakespeare
+    from lmfast.data.corpus import shakespeare
 
     train, _ = shakespeare()
     text = train.read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-// The private module lmfast._bpe: a thin pybind11 layer over bpe.h that keeps the core's names.
+// The private module lmfast.tokenizer._bpe: a thin pybind11 layer over bpe.h that keeps the core's names.
 //
 // Python objects are converted (and checked) here with the GIL held; every call that can run long releases
 // the GIL around the core. C++ exceptions map to Python ones: std::invalid_argument -> ValueError,

@@ -82,7 +82,7 @@ def generation(device: torch.device) -> str:
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         raise RuntimeError(f"attention kernel needs an sm_80+ GPU (Ampere or newer); {device} is sm_{major}{minor}; "
-                           "use the reference backend (lmfast.functional.causal_attention) there")
+                           "use the reference backend (lmfast.model.functional.causal_attention) there")
     return "sm90" if major >= 9 else "sm80"
 
 

@@ -7,7 +7,7 @@ targets (sm_80, sm_90) on a machine without a GPU, and read their registers and 
 Under ``TRITON_INTERPRET=1`` (the CPU test path) ``torch.library.wrap_triton`` hands back the interpreted
 kernel itself, so ops registered with ``triton_op`` run eagerly on CPU tensors unchanged (checked with torch
 2.13 + triton 3.9). Dynamo can trace them there too, given explicit fake kernels (each op registers one), so
-``torch.compile(fullgraph=True, backend="eager")`` tests run on CPU (tests/test_kernel_tracing.py). What the
+``torch.compile(fullgraph=True, backend="eager")`` tests run on CPU (tests/kernels/test_kernel_tracing.py). What the
 interpreter cannot do is AOT autograd: inductor and aot_eager feed functional tensors to the interpreted kernel,
 so those backends are tested on a GPU only.
 """

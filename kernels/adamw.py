@@ -1,6 +1,6 @@
 """Fused multi-tensor AdamW step: every parameter of a dtype/device group updated by one kernel launch.
 
-Per element, in fp32, the arithmetic of ``torch.optim.AdamW`` (and :func:`lmfast.optim.adamw_step_reference`):
+Per element, in fp32, the arithmetic of ``torch.optim.AdamW`` (and :func:`lmfast.train.optim.adamw_step_reference`):
 ``p *= 1 - lr * wd``;  ``m = b1 m + (1 - b1) g``;  ``v = b2 v + (1 - b2) g^2``;
 ``p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``  with ``bc_i = 1 - b_i ** step``.
 
@@ -179,7 +179,7 @@ def _check_grad(i: int, p: torch.Tensor, g: torch.Tensor) -> None:
                          f"{tuple(g.shape)}")
     if not g.is_contiguous() or g.device != p.device or g.data_ptr() % 16:
         raise ValueError(f"adamw_step needs grads[{i}] contiguous, 16-byte aligned and on params[{i}]'s device; "
-                         "call .contiguous() or use lmfast.optim.adamw_step_reference")
+                         "call .contiguous() or use lmfast.train.optim.adamw_step_reference")
 
 
 def _check_group(params, grads, exp_avgs, exp_avg_sqs) -> None:
@@ -193,10 +193,10 @@ def _check_group(params, grads, exp_avgs, exp_avg_sqs) -> None:
                              f"{tuple(g.shape)}, {tuple(m.shape)}, {tuple(v.shape)}")
         if not all(t.is_contiguous() for t in (p, g, m, v)) or len({t.device for t in (p, g, m, v)}) != 1:
             raise ValueError(f"adamw_step needs params[{i}], its grad and states contiguous on one device; "
-                             "call .contiguous() or use lmfast.optim.adamw_step_reference")
+                             "call .contiguous() or use lmfast.train.optim.adamw_step_reference")
         if any(t.data_ptr() % 16 for t in (p, g, m, v)):
             raise ValueError(f"adamw_step needs params[{i}], its grad and states 16-byte aligned (a view at an odd "
-                             "offset is not); clone the tensor or use lmfast.optim.adamw_step_reference")
+                             "offset is not); clone the tensor or use lmfast.train.optim.adamw_step_reference")
 
 
 def _launch(group: _Group, lr: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
@@ -262,7 +262,7 @@ def adamw_step(
 ) -> None:
     """One AdamW step on every tensor, in place, one launch per (device, param dtype, grad dtype) group.
 
-    Same signature and arithmetic as :func:`lmfast.optim.adamw_step_reference`. params: fp32/fp16/bf16,
+    Same signature and arithmetic as :func:`lmfast.train.optim.adamw_step_reference`. params: fp32/fp16/bf16,
     contiguous, 16-byte aligned; grads: the param's dtype or fp32; exp_avgs, exp_avg_sqs: fp32, the params'
     shapes. ``lr``: a float or a one-element tensor (read on the device, so changing it recompiles nothing).
     Eager calls launch directly (the custom op's dispatch costs more than the launch on a 100-tensor model)

@@ -51,14 +51,14 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                          f"v {tuple(v.shape)}; this kernel is self-attention without grouped heads")
     if not supports_head_dim(q.shape[-1]):
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM}, got head_dim={q.shape[-1]}; "
-                         "use lmfast.functional.causal_attention for larger head dims")
+                         "use lmfast.model.functional.causal_attention for larger head dims")
     if q.shape[0] * q.shape[1] > _MAX_GRID_Y:
         raise ValueError(f"batch * heads must be at most {_MAX_GRID_Y} (the CUDA grid's second axis), got "
                          f"{q.shape[0]} * {q.shape[1]}; split the batch into chunks")
     check_same_device(q=q, k=k, v=v)
     if q.device.type != "cuda" and not interpreting():
         raise ValueError(f"the attention kernel runs on CUDA tensors (or CPU ones under TRITON_INTERPRET=1), "
-                         f"got {q.device.type}; use lmfast.functional.causal_attention there")
+                         f"got {q.device.type}; use lmfast.model.functional.causal_attention there")
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_dtype(name, t, _allowed_dtypes(q.device))
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -217,7 +217,7 @@ _attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Causal softmax attention, fused: the Triton twin of :func:`lmfast.functional.causal_attention`.
+    """Causal softmax attention, fused: the Triton twin of :func:`lmfast.model.functional.causal_attention`.
 
     q, k, v: (batch, heads, seq, head_dim) with head_dim from 1 to 256 (fastest at 64 and 128, which need no
     padding), all fp16 or bf16 on CUDA (fp32 too on CPU under ``TRITON_INTERPRET=1``). ``scale`` multiplies the

@@ -4,7 +4,7 @@ Forward, for N tokens with logits ``z_i = W h_i`` (V values) and targets ``t_i``
 ``loss = (1/N) sum_i lse(z_i) - z_i[t_i]``, ``lse(z) = log sum_j exp(z_j)``.
 Backward: ``dz_i = (softmax(z_i) - onehot(t_i)) / N``, ``dh_i = dz_i W``, ``dW = sum_i dz_i^T h_i``.
 
-Tokens go through in chunks (:func:`lmfast.functional.lce_chunk_rows`). Per chunk, cuBLAS makes the logits;
+Tokens go through in chunks (:func:`lmfast.model.functional.lce_chunk_rows`). Per chunk, cuBLAS makes the logits;
 one Triton program per row reads its row twice, once for an online max and sum of ``exp`` (the lse) and the
 row's loss, once to overwrite the row in place with ``softmax - onehot``; then cuBLAS folds that into ``dh``
 and into an fp32 ``dW`` (the 1/N of the mean rides on the matmuls, so a bf16/fp16 ``dz`` never underflows).
@@ -29,7 +29,7 @@ from lmfast.kernels._launch import (
 )
 from torch.library import triton_op, wrap_triton
 
-from lmfast.functional import _check_lce_inputs, lce_chunk_rows, lce_compute_dtype
+from lmfast.model.functional import _check_lce_inputs, lce_chunk_rows, lce_compute_dtype
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_fwd", "aot_specs"]
 
@@ -162,7 +162,7 @@ _lce_op.register_autograd(_backward, setup_context=_setup_context)
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          chunk_size: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, fused: the Triton twin of
-    :func:`lmfast.functional.linear_cross_entropy`, with the same arguments, chunks and autocast rule.
+    :func:`lmfast.model.functional.linear_cross_entropy`, with the same arguments, chunks and autocast rule.
 
     hidden: (..., d) fp32/fp16/bf16; weight: (vocab, d); targets: (...) integer ids in [0, vocab), hidden's
     leading shape. Returns a 0-d fp32 tensor; differentiable in hidden and weight.

@@ -220,7 +220,7 @@ _rmsnorm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """RMSNorm over the last dim, fused: same function as :func:`lmfast.functional.rmsnorm`.
+    """RMSNorm over the last dim, fused: same function as :func:`lmfast.model.functional.rmsnorm`.
 
     x: (..., d) fp32/fp16/bf16 with d <= 16384; weight: (d,) fp32/fp16/bf16. Returns (..., d) in
     ``x.dtype``; differentiable in ``x`` and ``weight``.

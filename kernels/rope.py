@@ -106,7 +106,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
     allowed = [(t, d // 2), (b, t, d // 2)]
     if tuple(cos.shape) not in allowed or cos.shape != sin.shape:
         raise ValueError(f"rope needs cos and sin of shape {allowed[0]} or {allowed[1]}, got {tuple(cos.shape)} "
-                         f"and {tuple(sin.shape)}; build them with lmfast.functional.rope_cos_sin")
+                         f"and {tuple(sin.shape)}; build them with lmfast.model.functional.rope_cos_sin")
 
 
 def _head_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +183,7 @@ _rope_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE on queries and keys in one launch: same function as :func:`lmfast.functional.rope`.
+    """RoPE on queries and keys in one launch: same function as :func:`lmfast.model.functional.rope`.
 
     q: (batch, heads_q, seq, head_dim), k: (batch, heads_k, seq, head_dim), one float dtype, head_dim even
     and <= 512; cos, sin: fp32 (seq, head_dim // 2) or (batch, seq, head_dim // 2). Returns rotated

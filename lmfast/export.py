@@ -3,7 +3,7 @@
     python -m lmfast.export --checkpoint checkpoints/quickstart/final_model.pt --out exported/quickstart
 
 writes ``config.json``, ``model.safetensors``, ``generation_config.json``, ``tokenizer.json`` and
-``tokenizer_config.json`` (see :mod:`lmfast.hf` for the weight layout, :mod:`lmfast._hf_tokenizer` for the
+``tokenizer_config.json`` (see :mod:`lmfast.model.hf` for the weight layout, :mod:`lmfast.tokenizer.hf_json` for the
 tokenizer). Then, with or without lmfast installed::
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from lmfast._cache import _atomic_path
-from lmfast._hf_tokenizer import tokenizer_config, tokenizer_json
-from lmfast.checkpoint import unwrap_model
-from lmfast.hf import LlamaShape, llama_config, to_hf_state_dict
+from lmfast.data.cache import _atomic_path
 from lmfast.model import TransformerLM
+from lmfast.model.hf import LlamaShape, llama_config, to_hf_state_dict
+from lmfast.model.weights import unwrap_model
+from lmfast.tokenizer.hf_json import tokenizer_config, tokenizer_json
 
 __all__ = ["save_hf", "export_checkpoint", "main"]
 
@@ -64,7 +64,7 @@ def save_hf(model: TransformerLM, out: str | Path, tokenizer=None, dtype: torch.
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Export a checkpoint written by ``lmfast.train`` (its model, tokenizer and sampling defaults) to ``out``."""
-    from lmfast.generate import load_model  # rebuilds the model and tokenizer a training checkpoint names
+    from lmfast.train.run_state import load_model  # rebuilds the model and tokenizer a training checkpoint names
 
     model, tokenizer, state = load_model(checkpoint, "cpu")
     cfg = state["config"]

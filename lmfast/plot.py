@@ -3,7 +3,7 @@
     python -m lmfast.plot checkpoints/quickstart [checkpoints/other_run ...] --out runs.png
 
 Each argument is a run directory (or its metrics.jsonl); several runs share the axes, labelled by directory.
-The MFU panel appears when a run logged MFU (training on a GPU of :mod:`lmfast.mfu`'s table).
+The MFU panel appears when a run logged MFU (training on a GPU of :mod:`lmfast.train.mfu`'s table).
 Needs matplotlib (``pip install lmfast[plot]``).
 """
 

@@ -66,7 +66,7 @@ def render(classes: bytearray) -> str:
 
 
 def without_stamp(text: str) -> str:
-    """``text`` without its first line (the generator's stamp, naming the `regex` version): what ``--check`` compares."""
+    """``text`` without its first line, the generator's stamp naming the `regex` version: what ``--check`` compares."""
     return text.split("\n", 1)[-1]
 
 

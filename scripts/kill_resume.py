@@ -15,7 +15,7 @@ The run is tiny (byte-level tokens from a generated ``.npy``, one layer of width
 validation every 5 steps, a step checkpoint every 4 with ``keep_last: 2``), on one CPU thread: the process
 start dominates, about 2 s a run. The child process runs ``lmfast.train.main`` with hooks that only mark where it
 is (on stdout) and pause at the one moment chosen for the kill, so the kill lands there; they change no number.
-``tests/test_reliability.py`` imports this file and runs a few kills in CI.
+``tests/train/test_reliability.py`` imports this file and runs a few kills in CI.
 """
 
 from __future__ import annotations
@@ -283,7 +283,8 @@ def _first_difference(a: list, b: list) -> str:
 def _child(pause_at: str, argv: list[str]) -> int:
     import torch
 
-    from lmfast import data, train
+    from lmfast import data
+    from lmfast.train import trainer
 
     phase, _, nth = pause_at.partition(":")
     seen = Counter()
@@ -295,7 +296,7 @@ def _child(pause_at: str, argv: list[str]) -> int:
             os.write(1, f"@pause {kind} {seen[kind]}\n".encode())
             time.sleep(PAUSE)  # a signal's handler runs inside the sleep, which then goes on
 
-    real_step, real_eval, real_draw, real_save = train.Trainer.train_step, train.Trainer.evaluate, \
+    real_step, real_eval, real_draw, real_save = trainer.Trainer.train_step, trainer.Trainer.evaluate, \
         data.BatchSampler.__call__, torch.save
 
     def train_step(self, step):
@@ -326,7 +327,7 @@ def _child(pause_at: str, argv: list[str]) -> int:
         moment("save")  # half of the temp file is on disk
         f.write(buf.getvalue()[half:])
 
-    real_enter, real_exit = train.StopSignals.__enter__, train.StopSignals.__exit__
+    real_enter, real_exit = trainer.StopSignals.__enter__, trainer.StopSignals.__exit__
 
     def enter(self):
         entered = real_enter(self)
@@ -337,10 +338,10 @@ def _child(pause_at: str, argv: list[str]) -> int:
         os.write(1, b"@restored\n")  # ... and from here on Python's again
         return real_exit(self, *exc)
 
-    train.Trainer.train_step, train.Trainer.evaluate, data.BatchSampler.__call__ = train_step, evaluate, draw
-    train.StopSignals.__enter__, train.StopSignals.__exit__ = enter, exit_
+    trainer.Trainer.train_step, trainer.Trainer.evaluate, data.BatchSampler.__call__ = train_step, evaluate, draw
+    trainer.StopSignals.__enter__, trainer.StopSignals.__exit__ = enter, exit_
     torch.save = save
-    return train.main(argv)
+    return trainer.main(argv)
 
 
 # ---------------------------------------------------------------------------------------------------------------

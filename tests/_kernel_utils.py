@@ -41,7 +41,7 @@ def force_fused_ops_on_cpu(monkeypatch) -> None:
     A test-only switch: the kernels then run under the interpreter, so the fused model, its dispatch and its
     torch.compile trace can be tested without a GPU.
     """
-    from lmfast import ops
+    from lmfast.model import ops
 
     monkeypatch.setattr(ops, "fused_unavailable_reason", lambda device: None)
 

@@ -3,7 +3,7 @@
 Without a CUDA GPU, Triton kernels run on CPU tensors through Triton's interpreter. TRITON_INTERPRET must
 be set before triton is first imported, so it is set here, at collection time, before any test module
 imports lmfast.kernels. Ahead-of-time compilation for real GPUs needs the normal (non-interpreted) Triton
-and therefore runs in a subprocess with the variable removed (see tests/test_kernels_aot.py).
+and therefore runs in a subprocess with the variable removed (see tests/kernels/test_kernels_aot.py).
 """
 
 import os

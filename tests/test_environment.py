@@ -27,7 +27,7 @@ def _import_or_fail(module: str, without_it: str, fix: str) -> None:
 
 @pytest.mark.skipif(not LINUX, reason="the extension is required on Linux; elsewhere the Python engine may stand in")
 def test_the_cpp_tokenizer_extension_is_built_on_linux():
-    _import_or_fail("lmfast._bpe", "every native tokenizer test would be skipped",
+    _import_or_fail("lmfast.tokenizer._bpe", "every native tokenizer test would be skipped",
                     "rebuild it with `pip install -e .` (needs a C++17 compiler)")
     from lmfast.tokenizer import native_available
 

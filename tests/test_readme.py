@@ -4,7 +4,7 @@ every performance figure, which must appear in the benchmark results file its ro
 import re
 from pathlib import Path
 
-from lmfast.config import config_table
+from lmfast.train.config import config_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -33,8 +33,8 @@ def test_readme_config_reference_is_the_schema():
 
 
 def test_every_path_the_readme_names_exists():
-    names = set(re.findall(r"\b((?:configs|benchmarks|tests|csrc|kernels|scripts)/[\w./-]+\.(?:yaml|py|sh|md|h|cpp))",
-                           README))
+    folders = "configs|benchmarks|tests|csrc|kernels|scripts|lmfast"
+    names = set(re.findall(rf"\b((?:{folders})/[\w./-]+\.(?:yaml|py|sh|md|h|cpp))", README))
     assert names, "the README names no repository files"
     missing = sorted(n for n in names if not (ROOT / n).exists() and "<" not in n)
     assert not missing, f"README names files that do not exist: {missing}"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lmfast._pypi import cache_dir as _lmfast_cache_dir
+from lmfast.data.registry import cache_dir as _lmfast_cache_dir
 
 _COPY_CHUNK = 1 << 26  # bytes per read when copying files into .npy
 _HASH_PROGRESS_MIN = 1 << 28  # show a progress bar when hashing files at least this big

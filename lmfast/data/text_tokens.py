@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfast._cache import _atomic_path, _content_sha256, _copy_stream, _file_lock, _resolve_cache
-from lmfast._token_files import (
+from lmfast.data.cache import _atomic_path, _content_sha256, _copy_stream, _file_lock, _resolve_cache
+from lmfast.data.token_files import (
     TEXT_SUFFIXES,
     TOKEN_SUFFIXES,
     _check_header,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfast._cache import _atomic_path, _content_sha256, _copy_stream, _file_lock, _memoized, _resolve_cache
+from lmfast.data.cache import _atomic_path, _content_sha256, _copy_stream, _file_lock, _memoized, _resolve_cache
 
 logger = logging.getLogger("lmfast.data")  # the name users and tests configure: this code moved out of lmfast.data
 

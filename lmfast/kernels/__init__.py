@@ -10,7 +10,7 @@ importable as ``kernels``; it is reached only as ``lmfast.kernels``:
   ``__path__`` also names ``../../kernels``, so ``lmfast.kernels.attention`` is ``kernels/attention.py``.
 
 Importing this package imports nothing heavy; each op module imports Triton when it is itself imported.
-The plain-PyTorch reference of every kernel lives in ``lmfast.functional`` / ``lmfast.optim``.
+The plain-PyTorch reference of every kernel lives in ``lmfast.model.functional`` / ``lmfast.train.optim``.
 """
 
 from pathlib import Path

@@ -427,6 +427,6 @@ def _cpu_attention_in_fp32(q: torch.Tensor) -> torch.dtype | None:
         low = torch.get_autocast_dtype("cpu")  # autocast would run SDPA in it
     else:
         return None
-    from lmfast.precision import cpu_bf16_native
+    from lmfast.model.precision import cpu_bf16_native
 
     return low if q.shape[-1] < 64 or not cpu_bf16_native()[0] else None

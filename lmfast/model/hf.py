@@ -12,7 +12,7 @@ and o are untouched.
 What lmfast reads (anything else is an :class:`UnsupportedModelError` naming the field): ``model_type`` llama;
 ``num_key_value_heads`` equal to ``num_attention_heads`` (no grouped-query attention); no attention or MLP
 biases; ``hidden_act`` silu; no RoPE scaling; ``attention_dropout`` 0; an even head dim equal to
-``hidden_size / num_attention_heads``. ``rms_norm_eps`` is honoured by :func:`load_hf`. A folder with
+``hidden_size / num_attention_heads``. ``rms_norm_eps`` is honoured by :meth:`TransformerLM.from_hf`. A folder with
 ``tie_word_embeddings: true`` loads with ``lm_head`` a copy of ``embed_tokens``: lmfast's head is untied, so
 from then on the two train apart, and an export writes them untied.
 """
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from lmfast.model import RMSNorm, TransformerLM
+from lmfast.model.weights import load_model_state
 
 __all__ = ["UnsupportedModelError", "LlamaShape", "read_llama_config", "llama_config", "rope_rows_to_hf",
-           "rope_rows_from_hf", "to_hf_state_dict", "from_hf_state_dict", "read_safetensors", "load_hf",
+           "rope_rows_from_hf", "to_hf_state_dict", "from_hf_state_dict", "read_safetensors", "load_weights",
            "init_from_hf"]
 
 LMFAST_RMS_NORM_EPS = 1e-5  # RMSNorm's default: what TransformerLM builds and lmfast.train trains with
@@ -79,7 +79,8 @@ class LlamaShape:
         return kw
 
     @classmethod
-    def of(cls, model: TransformerLM) -> LlamaShape:
+    def of(cls, model: torch.nn.Module) -> LlamaShape:
+        """The shape of a :class:`~lmfast.model.TransformerLM`."""
         attn = model.layers[0].attn
         return cls(model.vocab_size, model.context_length, attn.d_model, len(model.layers), attn.num_heads,
                    model.layers[0].ffn.w1.out_features, attn.rope.theta, model.ln_final.eps)
@@ -236,18 +237,7 @@ def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
 # Loading into lmfast
 
 
-def load_hf(directory: str | Path, backend: str = "auto", device=None, dtype=None) -> TransformerLM:
-    """A :class:`TransformerLM` with a Llama folder's shape and weights (``rms_norm_eps`` honoured)."""
-    shape = read_llama_config(directory)
-    model = TransformerLM(**shape.model_kwargs(), backend=backend, device=device, dtype=dtype)
-    for m in model.modules():
-        if isinstance(m, RMSNorm):
-            m.eps = shape.rms_norm_eps
-    _load_weights(model, directory, shape)
-    return model
-
-
-def init_from_hf(model: TransformerLM, directory: str | Path) -> None:
+def init_from_hf(model: torch.nn.Module, directory: str | Path) -> None:
     """Load a Llama folder's weights into ``model`` built from a training config; the shapes must agree.
 
     Differences name the config key to set. ``context_length`` may differ from ``max_position_embeddings``: RoPE
@@ -264,11 +254,10 @@ def init_from_hf(model: TransformerLM, directory: str | Path) -> None:
         raise UnsupportedModelError(f"{Path(directory) / 'config.json'}: rms_norm_eps={folder.rms_norm_eps} is not "
                                     f"supported for training: lmfast trains and checkpoints with {ours.rms_norm_eps}; "
                                     "TransformerLM.from_hf reads it for inference")
-    _load_weights(model, directory, folder)
+    load_weights(model, directory, folder)
 
 
-def _load_weights(model: TransformerLM, directory: str | Path, shape: LlamaShape) -> None:
-    from lmfast.checkpoint import load_model_state
-
+def load_weights(model: torch.nn.Module, directory: str | Path, shape: LlamaShape) -> None:
+    """Load the folder's safetensors, in lmfast's names and RoPE row order, into ``model`` of that ``shape``."""
     state = from_hf_state_dict(read_safetensors(directory), shape, str(directory))
     load_model_state(model, state, directory)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lmfast import functional
+from lmfast.model import functional
 
-__all__ = ["Ops", "BACKENDS", "resolve_backend", "get_ops", "fused_unavailable_reason", "fused_shape_limits",
-           "adamw_step_fn"]
+__all__ = ["Ops", "BACKENDS", "resolve_backend", "get_ops", "fused_unavailable_reason", "fused_shape_limits"]
 
 BACKENDS = ("auto", "reference", "fused")
 _log = logging.getLogger("lmfast")
@@ -127,23 +126,3 @@ def get_ops(backend: str, device: torch.device | str, d_model: int | None = None
             head_dim: int | None = None) -> Ops:
     """The :class:`Ops` for ``backend`` on ``device`` and a model of this shape (see :func:`resolve_backend`)."""
     return _fused_ops() if resolve_backend(backend, device, d_model, head_dim) == "fused" else REFERENCE
-
-
-def adamw_step_fn(fused: bool | None, params: list[torch.Tensor]) -> Callable:
-    """The multi-tensor AdamW step for ``params``: the Triton kernel or :func:`lmfast.optim.adamw_step_reference`.
-
-    ``fused=None`` takes the kernel when every parameter is on a CUDA device it can run on.
-    """
-    from lmfast.optim import adamw_step_reference
-
-    if fused is False:
-        return adamw_step_reference
-    reasons = {fused_unavailable_reason(p.device) for p in params} - {None}
-    if fused is None:
-        if reasons:
-            return adamw_step_reference
-    elif reasons:
-        raise RuntimeError(f"AdamW(fused=True) cannot run here: {reasons.pop()}. Pass fused=None or False.")
-    from lmfast.kernels.adamw import adamw_step
-
-    return adamw_step

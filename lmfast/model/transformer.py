@@ -3,7 +3,7 @@
 State-dict names follow the CS336 layout (``layers.{i}.attn.q_proj.weight``, ``layers.{i}.ffn.w1.weight``,
 ``ln_final.weight``, ``lm_head.weight`` ...) so weights from that ecosystem load as they are. Ops that have a
 fused Triton twin (RMSNorm, RoPE, attention) go through ``self.ops``, resolved once at construction
-(see :mod:`lmfast.ops`).
+(see :mod:`lmfast.model.ops`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmfast import functional
-from lmfast.functional import scaled_dot_product_attention
-from lmfast.ops import REFERENCE, Ops, get_ops
+from lmfast.model import functional, hf
+from lmfast.model.functional import scaled_dot_product_attention
+from lmfast.model.ops import REFERENCE, Ops, get_ops
 
 __all__ = [
     "Linear",
@@ -226,7 +226,7 @@ class TransformerLM(nn.Module):
 
     ``forward(in_indices)``: (batch, seq) int64 token ids, seq ≤ context_length → logits (batch, seq, vocab);
     ``forward(in_indices, targets=...)`` → the mean cross-entropy, the training loss.
-    ``backend`` picks the ops (``auto`` | ``reference`` | ``fused``; see :mod:`lmfast.ops`).
+    ``backend`` picks the ops (``auto`` | ``reference`` | ``fused``; see :mod:`lmfast.model.ops`).
 
     >>> model = TransformerLM(vocab_size=256, context_length=32, d_model=64, num_layers=2, num_heads=4,
     ...                       d_ff=172, rope_theta=10000.0, backend="reference")
@@ -283,11 +283,15 @@ class TransformerLM(nn.Module):
         """A model with the shape and weights of a Hugging Face Llama folder (config.json + model.safetensors).
 
         Unsupported folders (grouped-query attention, biases, RoPE scaling ...) raise an error naming the field;
-        see :mod:`lmfast.hf`. ``python -m lmfast.export`` writes such folders.
+        see :mod:`lmfast.model.hf`. ``python -m lmfast.export`` writes such folders.
         """
-        from lmfast.hf import load_hf  # lmfast.hf builds on this module
-
-        return load_hf(directory, backend=backend, device=device, dtype=dtype)
+        shape = hf.read_llama_config(directory)
+        model = cls(**shape.model_kwargs(), backend=backend, device=device, dtype=dtype)
+        for m in model.modules():
+            if isinstance(m, RMSNorm):
+                m.eps = shape.rms_norm_eps
+        hf.load_weights(model, directory, shape)
+        return model
 
     def new_kv_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
                       ) -> list[KVCache]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+EOT = "<|endoftext|>"  # GPT-2's end-of-text special token, id 50256 in its vocabulary
+
 # ----------------------------------------------------------------------------------------------------------------
 # GPT-2 byte <-> unicode map (printable characters stand for the bytes, so a vocab fits in JSON and text files)
 

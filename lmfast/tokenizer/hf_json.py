@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmfast._tokenizer_files import _to_bytes, _to_str
-from lmfast.tokenizer import EOT
+from lmfast.tokenizer.gpt2_files import EOT, _to_bytes, _to_str
 
 __all__ = ["tokenizer_json", "tokenizer_config", "read_tokenizer_json"]
 

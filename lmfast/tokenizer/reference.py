@@ -1,4 +1,4 @@
-"""Pure-Python byte-level BPE: the oracle the C++ engine (``lmfast._bpe``) is held equal to.
+"""Pure-Python byte-level BPE: the oracle the C++ engine (``lmfast.tokenizer._bpe``) is held equal to.
 
 Two pieces, with the same interface as the native module:
 
@@ -86,7 +86,7 @@ def read_utf8(path: str | os.PathLike) -> str:
 
 
 class ReferenceEngine:
-    """Byte-level BPE encoder/decoder over a fixed vocabulary; same interface as ``lmfast._bpe.Engine``.
+    """Byte-level BPE encoder/decoder over a fixed vocabulary; same interface as ``lmfast.tokenizer._bpe.Engine``.
 
     ``vocab`` maps id -> token bytes, ``merges`` lists ``(a, b)`` pairs in priority order, ``special_tokens`` maps
     str -> id (ids present in ``vocab``). Every merged ``a + b`` and all 256 single bytes must be in ``vocab``.
@@ -189,7 +189,7 @@ class ReferenceEngine:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenate the bytes of ``ids``; a non-int raises TypeError, an id not in the vocab ValueError, each
-        naming the id and its position (the messages of ``lmfast._bpe.Engine.decode_bytes``)."""
+        naming the id and its position (the messages of ``lmfast.tokenizer._bpe.Engine.decode_bytes``)."""
         ids = list(ids)
         vocab = self._vocab
         try:

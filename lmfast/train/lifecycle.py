@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from lmfast._run_setup import SetupError
-from lmfast.config import TrainConfig
+from lmfast.train.config import TrainConfig
+from lmfast.train.run_setup import SetupError
 
 __all__ = ["RunLock", "lock_run_dir", "claim_run_dir", "StopSignals", "Interrupted", "agree_on_stop",
            "sweep_run_dir", "prune_step_checkpoints", "divergence_advice", "LOCK_NAME"]

@@ -9,14 +9,14 @@ huge ``batch_size`` fails on its first step with an allocator dump. The estimate
   ``num_layers * (11 d_model + 4.5 d_ff) + 3 d_model`` values (2 bytes each under autocast, else 4);
 - the loss: unfused, ``3 vocab_size`` fp32 values per token for the logits, their log-softmax and their gradient;
   fused (``fused_loss: true``, the default), at most three fp32 buffers of one chunk of logits
-  (:func:`lmfast.functional.lce_chunk_rows` tokens by ``vocab_size``) plus the gradients of the hidden states and
+  (:func:`lmfast.model.functional.lce_chunk_rows` tokens by ``vocab_size``) plus the gradients of the hidden states and
   the LM head it makes in the forward, so a bigger batch adds no logits;
 - the batch itself: int64 inputs, targets and gather indices.
 
 The per-token coefficients were read off autograd's saved tensors for the reference model on CPU (``torch.autograd.
 graph.saved_tensors_hooks``: 10.6 d_model + 4.4 d_ff per layer, 1.1 vocab_size for the saved logits). Against the
 peak RSS of a real step (model, AdamW, forward, backward, optimizer step) it reads 1.1-1.5x high on the shapes
-tried (d_model 128-512, 2-8 layers, vocab 256-32768, 256-8192 tokens per batch); ``tests/test_bad_input.py``
+tried (d_model 128-512, 2-8 layers, vocab 256-32768, 256-8192 tokens per batch); ``tests/train/test_bad_input.py``
 holds it within a factor of two. Attention adds no ``context_length ** 2`` term: the model calls PyTorch's fused
 SDPA, which never stores the score matrix.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from lmfast.functional import lce_chunk_rows
+from lmfast.model.functional import lce_chunk_rows
 
 __all__ = ["MemoryEstimate", "estimate_training_memory", "available_memory", "format_bytes"]
 
@@ -58,8 +58,8 @@ def count_parameters(vocab_size: int, d_model: int, num_layers: int, d_ff: int) 
 
 
 def estimate_training_memory(cfg, autocast: bool = False, shards: int = 1) -> MemoryEstimate:
-    """Bytes one process needs to train ``cfg`` (a :class:`lmfast.config.TrainConfig`); exact Python ints, so absurd
-    sizes give absurd numbers, never an overflow. ``autocast``: bf16/fp16 activations. ``shards``: the ranks FSDP
+    """Bytes one process needs to train ``cfg`` (a :class:`lmfast.train.config.TrainConfig`); exact Python ints, so
+    absurd sizes give absurd numbers, never an overflow. ``autocast``: bf16/fp16 activations. ``shards``: the ranks FSDP
     splits weights, gradients and optimizer state over (1 without it)."""
     p = count_parameters(cfg.vocab_size, cfg.d_model, cfg.num_layers, cfg.d_ff)
     weights = (16 * p + (2 * p if autocast else 0)) // max(1, shards)

@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-__all__ = ["AdamW", "adamw_step_reference", "cosine_lr", "clip_grad_norm_"]
+from lmfast.model import ops
+
+__all__ = ["AdamW", "adamw_step_reference", "adamw_step_fn", "cosine_lr", "clip_grad_norm_"]
 
 
 def adamw_step_reference(
@@ -156,10 +158,26 @@ class AdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _update(fused: bool | None, tensors: tuple, step: int, hyper: dict) -> None:
-        from lmfast import ops  # deferred: ops imports Triton only when the fused path is asked for
-
-        step_fn = ops.adamw_step_fn(fused, tensors[0])
+        step_fn = adamw_step_fn(fused, tensors[0])
         step_fn(*tensors, step=step, **hyper)
+
+
+def adamw_step_fn(fused: bool | None, params: list[torch.Tensor]) -> Callable:
+    """The multi-tensor AdamW step for ``params``: the Triton kernel or :func:`adamw_step_reference`.
+
+    ``fused=None`` takes the kernel when every parameter is on a CUDA device it can run on.
+    """
+    if fused is False:
+        return adamw_step_reference
+    reasons = {ops.fused_unavailable_reason(p.device) for p in params} - {None}
+    if fused is None:
+        if reasons:
+            return adamw_step_reference
+    elif reasons:
+        raise RuntimeError(f"AdamW(fused=True) cannot run here: {reasons.pop()}. Pass fused=None or False.")
+    from lmfast.kernels.adamw import adamw_step
+
+    return adamw_step
 
 
 def cosine_lr(it: int, max_lr: float, min_lr: float, warmup_iters: int, cosine_cycle_iters: int) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lmfast.config import TrainConfig
+from lmfast.train.config import TrainConfig
 
 __all__ = ["SetupError", "ByteTokenizer", "build_tokenizer", "check_run_inputs", "load_run_tokenizer", "resolve_device",
            "setup_logging"]
@@ -142,10 +142,10 @@ def check_run_inputs(cfg: TrainConfig, device: torch.device) -> None:
     """What can be checked before anything is built or written: the backend, the run's directories, the memory.
 
     Each failure is a SetupError naming the key and the fix; a config that cannot fit in the device's memory is
-    refused with the numbers (see :mod:`lmfast._memory`), not found out by the kernel's OOM killer.
+    refused with the numbers (see :mod:`lmfast.train.memory`), not found out by the kernel's OOM killer.
     """
-    from lmfast._pypi import cache_dir
-    from lmfast.ops import fused_unavailable_reason
+    from lmfast.data.registry import cache_dir
+    from lmfast.model.ops import fused_unavailable_reason
 
     reason = fused_unavailable_reason(device)
     if cfg.backend == "fused" and reason is not None:
@@ -157,7 +157,7 @@ def check_run_inputs(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def _check_memory(cfg: TrainConfig, device: torch.device) -> None:
-    from lmfast._memory import available_memory, estimate_training_memory, format_bytes
+    from lmfast.train.memory import available_memory, estimate_training_memory, format_bytes
 
     autocast = cfg.dtype in ("bfloat16", "float16") or (cfg.dtype == "auto" and device.type == "cuda")
     world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))  # torchrun's; 1 for a plain process
@@ -220,7 +220,7 @@ _TRAINED_FOR = "trained_for.json"  # the settings and text a run's trained token
 
 
 def _trained_for(cfg: TrainConfig, train_path: Path) -> dict:
-    from lmfast._cache import _content_sha256
+    from lmfast.data.cache import _content_sha256
 
     return {"vocab_size": cfg.vocab_size, "special_tokens": list(cfg.special_tokens),
             "text_sha256": _content_sha256(train_path) if train_path.is_file() else None}
@@ -294,7 +294,7 @@ class ByteTokenizer:
 
 def _resolve_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
     """Train/val paths; a corpus name (``shakespeare``, ``tinystories``) means that corpus's train/val split."""
-    from lmfast.corpus import resolve_corpus
+    from lmfast.data.corpus import resolve_corpus
 
     train = resolve_corpus(cfg.train_data_path)
     val = resolve_corpus(cfg.val_data_path) if cfg.val_data_path else None

@@ -1,17 +1,19 @@
 """A training run's state in a checkpoint: what a save writes, what a resume restores, what the loop has done.
 
-A training checkpoint is :func:`lmfast.checkpoint.save_checkpoint`'s dict (``model``, ``optimizer``, ``step``) plus
-``schedule``, ``data`` (the data-sampler state: one dict, or under torchrun every stream's, one per rank in a
-fresh run, with ``world_size`` beside it), ``rng``, ``config``, ``progress`` and ``meta`` (the tokenizer, the
+A training checkpoint is :func:`lmfast.train.checkpoint.save_checkpoint`'s dict (``model``, ``optimizer``,
+``step``) plus ``schedule``, ``data`` (the data-sampler state: one dict, or under torchrun every stream's, one per
+rank in a fresh run, with ``world_size`` beside it), ``rng``, ``config``, ``progress`` and ``meta`` (the tokenizer, the
 lmfast version). Under torchrun every rank calls :func:`save_run`, as it gathers the sampler states, and rank 0
 alone writes. An fsdp run writes its training checkpoints as ``.dcp`` directories instead, every rank its shards
-(:mod:`lmfast._sharded`), and ``best_model.pt`` / ``final_model.pt`` as plain files; any run resumes from either
+(:mod:`lmfast.train.sharded`), and ``best_model.pt`` / ``final_model.pt`` as plain files; any run resumes from either
 kind. A resume continues the saved sampler streams whenever the global batch is unchanged, with any number of
-ranks that divides or is a multiple of the number of streams (:mod:`lmfast._streams`); otherwise it warns and
+ranks that divides or is a multiple of the number of streams (:mod:`lmfast.train.streams`); otherwise it warns and
 reseeds each rank with ``[seed, rank, step]``. ``--resume auto`` takes the newest checkpoint in the run directory.
 Every checkpoint is taken at a step boundary, after that step's validation, so resuming from any of them
 continues exactly where the run was (the sampler has drawn nothing of the next step yet).
-:class:`lmfast.train.Trainer` calls these; they log to the ``train`` logger, as it does.
+:class:`lmfast.train.Trainer` calls these, passing itself as ``run`` (a parameter, not an import: the trainer
+imports this module); they log to the ``train`` logger, as it does. :func:`load_model` rebuilds the model and
+tokenizer a training checkpoint names, for ``generate`` and ``export``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from lmfast import __version__
-from lmfast._sharded import (
+from lmfast.data import BatchSampler
+from lmfast.model import TransformerLM
+from lmfast.model.ops import resolve_backend
+from lmfast.train.checkpoint import atomic_torch_save, checksummed, load_model_state, read_checkpoint, save_checkpoint
+from lmfast.train.config import ConfigError, TrainConfig
+from lmfast.train.run_setup import SetupError, load_run_tokenizer, resolve_device
+from lmfast.train.sharded import (
     SHARDED_SUFFIX,
     gather_full,
     is_sharded,
@@ -35,15 +42,9 @@ from lmfast._sharded import (
     read_run_state,
     save_sharded,
 )
-from lmfast._streams import resume_sampler, saved_streams
-from lmfast.checkpoint import atomic_torch_save, checksummed, load_model_state, read_checkpoint, save_checkpoint
-from lmfast.config import TrainConfig
-from lmfast.data import BatchSampler
+from lmfast.train.streams import resume_sampler, saved_streams
 
-if TYPE_CHECKING:
-    from lmfast.train import Trainer
-
-__all__ = ["find_resume", "save_run", "save_interrupted", "load_run"]
+__all__ = ["find_resume", "save_run", "save_interrupted", "load_run", "load_model"]
 
 log = logging.getLogger("train")
 
@@ -103,7 +104,7 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
 _PLAIN_UNDER_FSDP = ("best_model.pt", "final_model.pt")  # the files generate and export take
 
 
-def save_run(run: Trainer, path: Path) -> Path:
+def save_run(run, path: Path) -> Path:
     """Write ``run``'s checkpoint to path (rank 0) and return where it went; under torchrun every rank calls it: it
     gathers the sampler states (and under fsdp the model and optimizer shards)."""
     data, extra = saved_streams(run.sampler, run.dist)
@@ -122,7 +123,7 @@ def save_run(run: Trainer, path: Path) -> Path:
     return path
 
 
-def _run_extras(run: Trainer, data, extra: dict) -> dict:
+def _run_extras(run, data, extra: dict) -> dict:
     """Every checkpoint key but model, optimizer and step."""
     rng = {"torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -132,7 +133,7 @@ def _run_extras(run: Trainer, data, extra: dict) -> dict:
                 scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None, **extra)
 
 
-def save_interrupted(run: Trainer, signal_name: str) -> Path:
+def save_interrupted(run, signal_name: str) -> Path:
     """Write ``interrupted.pt`` at a step boundary; under torchrun every rank calls it (they agreed on the step)."""
     path = run.save("interrupted.pt")
     # No rank leaves before rank 0 has written it: torchrun answers a worker's exit by stopping the others.
@@ -143,7 +144,7 @@ def save_interrupted(run: Trainer, signal_name: str) -> Path:
     return path
 
 
-def _tokenizer_spec(run: Trainer) -> str:
+def _tokenizer_spec(run) -> str:
     if run.tokenizer is None:
         return "bytes"
     if run.cfg.tokenizer == "train":
@@ -154,7 +155,7 @@ def _tokenizer_spec(run: Trainer) -> str:
 # -- resuming -------------------------------------------------------------------------------------------------
 
 
-def load_run(run: Trainer, path: Path) -> None:
+def load_run(run, path: Path) -> None:
     """Restore model, optimizer, progress, this rank's sampler and the RNG from path; warn on changed config keys.
 
     No collectives: under torchrun a failure here stops every rank through ``DistContext.agree``.
@@ -187,9 +188,9 @@ def load_run(run: Trainer, path: Path) -> None:
     log.info("Resumed from %s at step %d", path, run.progress.step)
 
 
-def _load_sampler(run: Trainer, data: dict | list) -> None:
-    """Continue the saved streams (:mod:`lmfast._streams`); when the batches cannot be continued, another world size
-    reseeds every rank deterministically and the same one continues each rank's stream with its new batch size."""
+def _load_sampler(run, data: dict | list) -> None:
+    """Continue the saved streams (:mod:`lmfast.train.streams`); when the batches cannot be continued, another world
+    size reseeds every rank deterministically and the same one continues each rank's stream with its new batch size."""
     cfg, dist = run.cfg, run.dist
     sampler = resume_sampler(data, dist.rank, dist.world_size, cfg.batch_size,
                              lambda batch: BatchSampler(run.train_data, batch, cfg.context_length, run.device))
@@ -221,3 +222,33 @@ def _warn_changed_config(saved_cfg: dict, cfg: TrainConfig) -> None:
 
 def _norm(v):
     return list(v) if isinstance(v, tuple) else v
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", backend: str = "auto"
+               ) -> tuple[TransformerLM, object, dict]:
+    """Rebuild the model of a training checkpoint (its saved config) with its tokenizer; returns (model, tok, state).
+
+    ``device`` takes ``auto`` (cuda, then mps, then cpu); ``backend`` as in training (``auto`` = the fused
+    Triton ops on CUDA). A device or backend this machine lacks raises :class:`~lmfast.train.run_setup.SetupError`.
+    """
+    try:
+        device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    except RuntimeError as e:  # torch's "Invalid device string"
+        raise SetupError(f"--device {device}: {e}; use auto, cpu, cuda, cuda:N or mps") from None
+    try:
+        backend = resolve_backend(backend, device)
+    except RuntimeError as e:  # backend 'fused' where it cannot run
+        raise SetupError(str(e)) from None
+    state = read_checkpoint(checkpoint, map_location=device)
+    if not isinstance(state.get("config"), dict):
+        raise ValueError(f"{checkpoint} holds no training config; it was not written by lmfast.train")
+    try:
+        cfg = TrainConfig(**state["config"])
+    except (ConfigError, TypeError) as e:
+        raise ValueError(f"{checkpoint} holds a config this lmfast cannot read: {e}") from None
+    model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff,
+                          cfg.rope_theta, backend=backend, device=device)
+    load_model_state(model, state["model"], checkpoint)
+    model.eval()
+    tokenizer = load_run_tokenizer(state.get("meta", {}).get("tokenizer"), Path(checkpoint).parent)
+    return model, tokenizer, state

@@ -6,7 +6,7 @@ Sharding follows torchtitan: each transformer block is compiled on its own (when
 parameters are all-gathered in the run's ``dtype`` for compute (bf16 on CUDA by default) and gradients are
 reduce-scattered in fp32, while the sharded fp32 parameters stay the master weights the optimizer updates. During
 forward and backward the gathered parameters are plain tensors, so the fused Triton ops run inside as they do
-without FSDP; the optimizer and the gradient clip get the sharded ``DTensor`` s (see :mod:`lmfast.optim`).
+without FSDP; the optimizer and the gradient clip get the sharded ``DTensor`` s (see :mod:`lmfast.train.optim`).
 
 A training checkpoint of an fsdp run (``checkpoint_step_{s}``, ``checkpoint_epoch_{e}``, ``interrupted``) is a
 directory ``NAME.dcp`` written with ``torch.distributed.checkpoint``: every rank writes its shards of the model and
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from lmfast.checkpoint import atomic_torch_save, check_model_shapes, unwrap_model
-from lmfast.distributed import DistContext
+from lmfast.train.checkpoint import atomic_torch_save, check_model_shapes, unwrap_model
+from lmfast.train.distributed import DistContext
 
 __all__ = ["SHARDED_SUFFIX", "shard_model", "is_sharded", "accumulating", "gather_full", "load_full",
            "is_sharded_checkpoint", "save_sharded", "read_run_state", "load_sharded"]

@@ -15,7 +15,7 @@ the other:
   its own ``batch_size`` rows of it (1 process of batch 16 -> 2 ranks of batch 8).
 
 Otherwise the earlier batches cannot be continued, and :func:`resume_sampler` returns None: the caller
-(:func:`lmfast._run_state.load_run`) warns and reseeds every rank.
+(:func:`lmfast.train.run_state.load_run`) warns and reseeds every rank.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from lmfast.data import BatchSampler
-from lmfast.distributed import DistContext
+from lmfast.train.distributed import DistContext
 
 __all__ = ["RankStreams", "resume_sampler", "saved_streams"]
 

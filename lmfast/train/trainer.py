@@ -5,26 +5,26 @@
 
 ``main()`` parses and builds (everything that can be wrong with the input fails here, before anything is
 written); :class:`Trainer` runs the loop in small named steps. Logs follow the CS336 training script's
-format, plus tokens/s and, on a GPU of :mod:`lmfast.mfu`'s table, MFU; ``metrics.jsonl`` in ``checkpoint_dir``
-has one JSON object per log/eval line. ``--init-from`` starts from a Hugging Face Llama folder (:mod:`lmfast.hf`).
+format, plus tokens/s and, on a GPU of :mod:`lmfast.train.mfu`'s table, MFU; ``metrics.jsonl`` in ``checkpoint_dir``
+has one JSON object per log/eval line. ``--init-from`` starts from a Hugging Face Llama folder (:mod:`lmfast.model.hf`).
 
 Data-parallel training on several GPUs or nodes runs the same script under ``torchrun`` (DDP; helpers in
-:mod:`lmfast.distributed`): ``torchrun --nproc_per_node=N -m lmfast.train --config X.yaml`` gives each rank
+:mod:`lmfast.train.distributed`): ``torchrun --nproc_per_node=N -m lmfast.train --config X.yaml`` gives each rank
 ``cuda:LOCAL_RANK`` with NCCL (gloo on CPU), wraps the compiled model in ``DistributedDataParallel`` (the order
 the torch docs recommend) and samples each rank's batches from its own stream, ``seed=[seed, rank]``, so an
 optimizer step sees ``batch_size x gradient_accumulation_steps x N`` sequences and an epoch has N times fewer
 steps. The logged loss is the mean over ranks and tokens/s counts all of them. Only rank 0 logs (the others
-at WARNING), writes metrics, checkpoints (with every rank's sampler state: :mod:`lmfast._run_state`), the
+at WARNING), writes metrics, checkpoints (with every rank's sampler state: :mod:`lmfast.train.run_state`), the
 trained tokenizer and the sample. Validation splits the ``eval_iters`` batches a single process would draw:
 rank r evaluates batches ``r*k .. r*k+k-1`` of that fixed stream (``k = max(1, eval_iters // N)``) and the mean
 is all-reduced, so with ``eval_iters`` a multiple of N the validation loss is that of one process.
 
-``distributed: fsdp`` shards the model instead of replicating it (FSDP2, :mod:`lmfast._sharded`): parameters,
+``distributed: fsdp`` shards the model instead of replicating it (FSDP2, :mod:`lmfast.train.sharded`): parameters,
 gradients and optimizer state are split over the ranks, and training checkpoints are ``.dcp`` directories that any
 world size resumes from. Everything above holds for it as well.
 
 A run holds an exclusive lock on its ``checkpoint_dir`` (a second run there is refused, naming the holder's PID)
-and stops on SIGINT or SIGTERM at the next step boundary, saving ``interrupted.pt`` (:mod:`lmfast._lifecycle`).
+and stops on SIGINT or SIGTERM at the next step boundary, saving ``interrupted.pt`` (:mod:`lmfast.train.lifecycle`).
 Exit codes: 0 trained (or nothing left to do), 1 the loss diverged, 2 bad input, 130 / 143 stopped by SIGINT /
 SIGTERM with ``interrupted.pt`` saved (continue with ``--resume auto``).
 """
@@ -43,7 +43,16 @@ from pathlib import Path
 
 import torch
 
-from lmfast._lifecycle import (
+from lmfast.data import BatchSampler, load_dataset
+from lmfast.model import TransformerLM
+from lmfast.model.generation import generate_text
+from lmfast.model.hf import init_from_hf
+from lmfast.model.precision import auto_autocast_dtype
+from lmfast.model.weights import load_model_state
+from lmfast.train.checkpoint import read_checkpoint
+from lmfast.train.config import ConfigError, TrainConfig, load_config, parse_overrides
+from lmfast.train.distributed import DistContext, PeerFailedError, from_env, shutdown
+from lmfast.train.lifecycle import (
     Interrupted,
     RunLock,
     StopSignals,
@@ -52,7 +61,10 @@ from lmfast._lifecycle import (
     divergence_advice,
     prune_step_checkpoints,
 )
-from lmfast._run_setup import (
+from lmfast.train.metrics import MetricsLogger, MissingPackageError
+from lmfast.train.mfu import device_peak_flops, mfu
+from lmfast.train.optim import AdamW, clip_grad_norm_, cosine_lr
+from lmfast.train.run_setup import (
     ByteTokenizer,
     SetupError,
     _archive_earlier_run,
@@ -63,18 +75,8 @@ from lmfast._run_setup import (
     resolve_device,
     setup_logging,
 )
-from lmfast._run_state import _Progress, find_resume, load_run, save_interrupted, save_run
-from lmfast._sharded import accumulating, shard_model
-from lmfast.checkpoint import load_model_state, read_checkpoint
-from lmfast.config import ConfigError, TrainConfig, load_config, parse_overrides
-from lmfast.data import BatchSampler, load_dataset
-from lmfast.distributed import DistContext, PeerFailedError, from_env, shutdown
-from lmfast.hf import init_from_hf
-from lmfast.metrics import MetricsLogger, MissingPackageError
-from lmfast.mfu import device_peak_flops, mfu
-from lmfast.model import TransformerLM
-from lmfast.optim import AdamW, clip_grad_norm_, cosine_lr
-from lmfast.precision import auto_autocast_dtype
+from lmfast.train.run_state import _Progress, find_resume, load_run, save_interrupted, save_run
+from lmfast.train.sharded import accumulating, shard_model
 
 __all__ = ["main", "build", "Trainer", "SetupError", "TrainingDiverged", "ByteTokenizer", "build_tokenizer",
            "load_run_tokenizer", "resolve_device", "setup_logging"]
@@ -103,7 +105,7 @@ class _NoMetrics:
 class Trainer:
     """One training run: built from a validated config, then :meth:`fit`.
 
-    ``dist`` places the run in a torchrun process group (see :mod:`lmfast.distributed`); None = one process.
+    ``dist`` places the run in a torchrun process group (see :mod:`lmfast.train.distributed`); None = one process.
     """
 
     def __init__(self, cfg: TrainConfig, device: torch.device, resume: str | None = None,
@@ -569,8 +571,6 @@ def _run(argv: list[str] | None, signals: StopSignals) -> int:
         return 0
     shutdown()  # rank 0 samples alone; the process group is no longer needed
     if trainer.cfg.sample_prompt is not None and signals.signum is None:
-        from lmfast.generate import generate_text
-
         tok = trainer.tokenizer if trainer.tokenizer is not None else ByteTokenizer()
         model = trainer.model
         if trainer.sharded:  # the shards went with the process group: sample from the gathered final model

@@ -18,8 +18,10 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from lmfast import _memory, generate, tokenize, train
-from lmfast.config import TrainConfig
+from lmfast import generate, tokenize
+from lmfast.train import memory as _memory
+from lmfast.train import trainer as trainer_module
+from lmfast.train.config import TrainConfig
 
 TINY = dict(vocab_size=300, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64, batch_size=4,
             max_steps=2, warmup_iters=1, cosine_cycle_iters=2, eval_iters=1, compile="false", progress=False,
@@ -46,7 +48,7 @@ def scratch(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(d)
     try:
-        assert train.main(["--config", "checkpoint.yaml"]) == 0
+        assert trainer_module.main(["--config", "checkpoint.yaml"]) == 0
         assert tokenize.main(["train", "--input", "train.txt", "--vocab-size", "300", "--out", "tok",
                               "--no-progress"]) == 0
     finally:
@@ -58,7 +60,7 @@ def scratch(tmp_path_factory):
 def cli(scratch, monkeypatch, capsys):
     """``cli(main, argv)`` runs an entry point in the scratch directory and checks the exit code and stderr."""
     monkeypatch.chdir(scratch)
-    monkeypatch.setattr(train.Trainer, "fit", lambda self, signals=None: {
+    monkeypatch.setattr(trainer_module.Trainer, "fit", lambda self, signals=None: {
         "step": 0, "train_loss": 0.0, "best_val_loss": math.inf, "final": "ck/final_model.pt", "stopped_by": None})
     monkeypatch.setattr(_memory, "available_memory", lambda device: 256 << 20)
 
@@ -171,14 +173,14 @@ _TRAIN_WORDS = ["--config", "--device", "--resume", "--set", "--help", "--bogus"
 @given(document=config_documents())
 def test_train_on_any_config_document_exits_0_or_2_without_a_traceback(cli, scratch, document):
     (scratch / "fuzz.yaml").write_bytes(document)
-    cli(train.main, ["--config", "fuzz.yaml"])
+    cli(trainer_module.main, ["--config", "fuzz.yaml"])
 
 
 @settings(FUZZ, max_examples=80)
 @given(pairs=st.lists(set_pairs(), min_size=1, max_size=3), grouped=st.booleans())
 def test_train_on_any_set_values_exits_0_or_2_without_a_traceback(cli, pairs, grouped):
     args = ["--set", *pairs] if grouped else [a for p in pairs for a in ("--set", p)]
-    cli(train.main, ["--config", "tiny.yaml", *args])
+    cli(trainer_module.main, ["--config", "tiny.yaml", *args])
 
 
 @settings(FUZZ, max_examples=50)
@@ -186,7 +188,7 @@ def test_train_on_any_set_values_exits_0_or_2_without_a_traceback(cli, pairs, gr
 def test_train_on_any_arguments_exits_0_or_2_without_a_traceback(cli, argv):
     if "--config" not in argv:
         argv = ["--config", "tiny.yaml", *argv]
-    cli(train.main, argv)
+    cli(trainer_module.main, argv)
 
 
 # ---------------------------------------------------------------------------------------------------------------

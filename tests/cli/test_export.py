@@ -17,10 +17,11 @@ import torch
 import yaml
 from _kernel_utils import assert_verbose_allclose
 
-from lmfast import export, train
-from lmfast.corpus import shakespeare
+from lmfast import export
+from lmfast.data.corpus import shakespeare
 from lmfast.generate import load_model
 from lmfast.model import TransformerLM
+from lmfast.train import trainer as trainer_module
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow  # three tiny training runs and a transformers process: ~15 s on 2 cores
@@ -96,7 +97,7 @@ def exported(tmp_path_factory) -> dict[str, Exported]:
     (tmp / "train.txt").write_text(shakespeare()[0].read_text(encoding="utf-8")[:100_000], encoding="utf-8")
     runs, text = {}, _text()
     for kind in KINDS:
-        assert train.main(["--config", str(_config(tmp, kind))]) == 0
+        assert trainer_module.main(["--config", str(_config(tmp, kind))]) == 0
         ckpt, out = tmp / kind / "final_model.pt", tmp / f"{kind}-hf"
         assert export.main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0
         model, tokenizer, _ = load_model(ckpt)
@@ -164,7 +165,7 @@ def test_end_of_text_is_the_eos_of_tokenizer_and_generation_config(exported):
 def test_tokenizer_json_written_without_the_tokenizers_library_gives_the_same_ids(exported, monkeypatch, kind):
     import tokenizers
 
-    from lmfast._hf_tokenizer import tokenizer_json
+    from lmfast.tokenizer.hf_json import tokenizer_json
 
     run = exported[kind]
     with monkeypatch.context() as m:
@@ -178,7 +179,7 @@ def test_tokenizer_json_written_without_the_tokenizers_library_gives_the_same_id
 def test_train_init_from_starts_from_the_folders_weights(exported):
     tmp, run = exported["tmp"], exported["bytes"]
     cfg = _config(tmp, "bytes", checkpoint_dir=str(tmp / "init"))
-    trainer = train.build(["--config", str(cfg), "--init-from", str(run.folder)])
+    trainer = trainer_module.build(["--config", str(cfg), "--init-from", str(run.folder)])
     mine, theirs = trainer.model.state_dict(), run.model.state_dict()
     assert sorted(mine) == sorted(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
@@ -201,6 +202,6 @@ def test_train_init_from_an_unusable_folder_exits_2_with_one_line(exported, tmp_
         cfg = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**cfg, **change}))
     capsys.readouterr()
-    assert train.main(args) == 2
+    assert trainer_module.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1] and not any("Traceback" in e for e in err)

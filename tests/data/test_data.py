@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmfast import _text_tokens, _token_files
+from lmfast.data import text_tokens as _text_tokens
+from lmfast.data import token_files as _token_files
 from lmfast.data import (
     BatchSampler,
     check_length,

@@ -17,13 +17,12 @@ import pytest
 import torch
 from _kernel_utils import force_fused_ops_on_cpu, requires_triton
 
-from lmfast import functional, ops
-from lmfast.config import TrainConfig
-from lmfast.model import TransformerLM
+from lmfast.model import TransformerLM, functional, ops
+from lmfast.train.config import TrainConfig
 
 pytestmark = requires_triton
 # These run the RMSNorm and RoPE kernels on CPU tensors, which only the interpreter can; a GPU runs the fused
-# model natively in tests/test_fused_model.py.
+# model natively in tests/model/test_fused_model.py.
 interpreter_only = pytest.mark.skipif(torch.cuda.is_available(), reason="runs kernels on CPU tensors")
 
 SIZES = dict(vocab_size=64, context_length=16, d_model=64, num_layers=1, num_heads=4, d_ff=96, rope_theta=10000.0)
@@ -100,7 +99,6 @@ def test_trainer_optimizer_follows_the_resolved_backend(monkeypatch, backend, fu
     # Where the kernels can run (forced here), backend: reference must still take the reference AdamW step:
     # the trainer used to build AdamW without fused=, and fused=None takes the kernel wherever it can run.
     from lmfast.kernels import adamw as adamw_kernel
-
     from lmfast.train import Trainer
 
     force_fused_ops_on_cpu(monkeypatch)

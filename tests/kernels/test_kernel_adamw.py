@@ -1,7 +1,7 @@
-"""The fused multi-tensor AdamW step equals lmfast.optim.adamw_step_reference over several steps.
+"""The fused multi-tensor AdamW step equals lmfast.train.optim.adamw_step_reference over several steps.
 
 Without a GPU the kernel runs on CPU tensors through Triton's interpreter (tests/conftest.py); the ``gpu``
-tests run lmfast.optim.AdamW (which routes to the kernel on CUDA) against torch.optim.AdamW.
+tests run lmfast.train.optim.AdamW (which routes to the kernel on CUDA) against torch.optim.AdamW.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from _kernel_utils import TOLERANCES, assert_verbose_allclose, kernel_device, requires_triton
 
-from lmfast.optim import adamw_step_reference
+from lmfast.train.optim import adamw_step_reference
 
 pytestmark = requires_triton
 
@@ -184,7 +184,7 @@ def test_adamw_step_rejects_unsupported_inputs_with_a_value_error(change, match)
 
 @pytest.mark.gpu
 def test_adamw_optimizer_on_gpu_matches_torch_adamw_on_the_124m_parameter_shapes():
-    from lmfast.optim import AdamW
+    from lmfast.train.optim import AdamW
 
     torch.manual_seed(0)
     shapes = [(50257, 768), (768,), (768, 768), (2048, 768), (768, 2048), (1, 1)]

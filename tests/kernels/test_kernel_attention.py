@@ -23,7 +23,7 @@ from _kernel_utils import (
     requires_triton,
 )
 
-from lmfast import functional
+from lmfast.model import functional
 
 if HAS_TRITON:
     from lmfast.kernels import _attention_configs as configs
@@ -203,7 +203,7 @@ def test_attention_rejects_bad_inputs_with_a_value_error(make, match, dtype):
 
 
 def test_attention_refuses_fp32_under_the_cuda_dtype_rule(monkeypatch):
-    # On a GPU tl.dot rounds fp32 to tf32; the fused backend sends fp32 to SDPA instead (tests/test_backend_dispatch).
+    # On a GPU tl.dot rounds fp32 to tf32; the fused backend sends fp32 to SDPA instead (test_backend_dispatch.py).
     force_cuda_attention_dtypes(monkeypatch)
     with pytest.raises(ValueError, match="q has dtype torch.float32; allowed: float16, bfloat16"):
         attn_mod.attention(*_qkv((1, 2, 16, 32), torch.float32))

@@ -1,4 +1,4 @@
-"""The fused linear cross-entropy kernel equals lmfast.functional.linear_cross_entropy, loss and both gradients.
+"""The fused linear cross-entropy kernel equals lmfast.model.functional.linear_cross_entropy, loss and both gradients.
 
 Without a GPU the kernel runs on CPU tensors through Triton's interpreter (tests/conftest.py), so shapes stay
 small and the row block is shrunk to make a row take several blocks; the ``gpu`` tests repeat the comparison
@@ -11,7 +11,7 @@ import pytest
 import torch
 from _kernel_utils import TOLERANCES, assert_verbose_allclose, kernel_device, requires_triton
 
-from lmfast import functional
+from lmfast.model import functional
 
 pytestmark = requires_triton
 

@@ -1,4 +1,4 @@
-"""The fused RMSNorm kernel equals lmfast.functional.rmsnorm, forward and backward.
+"""The fused RMSNorm kernel equals lmfast.model.functional.rmsnorm, forward and backward.
 
 Without a GPU the kernel runs on CPU tensors through Triton's interpreter (tests/conftest.py), so shapes stay
 small; the ``gpu`` tests repeat the comparison at model sizes and under torch.compile.
@@ -10,7 +10,7 @@ import pytest
 import torch
 from _kernel_utils import TOLERANCES, assert_verbose_allclose, kernel_device, requires_triton
 
-from lmfast import functional
+from lmfast.model import functional
 
 pytestmark = requires_triton
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 from _kernel_utils import TOLERANCES, assert_verbose_allclose, force_fused_ops_on_cpu, requires_triton
 
-from lmfast import functional
-from lmfast.optim import adamw_step_reference
+from lmfast.model import functional
+from lmfast.train.optim import adamw_step_reference
 
 pytestmark = [requires_triton, pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter tracing")]
 

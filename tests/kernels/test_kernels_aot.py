@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from _kernel_utils import requires_triton
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 pytestmark = [requires_triton, pytest.mark.slow]
 

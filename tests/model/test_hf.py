@@ -1,6 +1,6 @@
-"""lmfast.hf and lmfast.export's writer: Hugging Face Llama folders to and from TransformerLM — round trips,
+"""lmfast.model.hf and lmfast.export's writer: Hugging Face Llama folders to and from TransformerLM — round trips,
 folders transformers wrote, and one clear error for every folder or checkpoint lmfast cannot read.
-End to end (training runs exported and loaded by transformers without lmfast): tests/test_export.py."""
+End to end (training runs exported and loaded by transformers without lmfast): tests/cli/test_export.py."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from safetensors.torch import load_file, save_file
 
 from lmfast import export
 from lmfast.export import save_hf
-from lmfast.hf import (
+from lmfast.model import TransformerLM
+from lmfast.model.hf import (
     UnsupportedModelError,
     init_from_hf,
     rope_rows_from_hf,
     rope_rows_to_hf,
 )
-from lmfast.model import TransformerLM
 
 SHAPE = dict(vocab_size=97, context_length=24, d_model=64, num_layers=2, num_heads=4, d_ff=160, rope_theta=500.0)
 
@@ -202,8 +202,8 @@ def _hf_only_folder(tmp_path, document: dict):
 def test_an_exported_tokenizer_json_loads_back_as_the_same_tokenizer(bpe, tmp_path, monkeypatch, writer):
     import sys
 
-    from lmfast._hf_tokenizer import tokenizer_json
     from lmfast.tokenizer import Tokenizer
+    from lmfast.tokenizer.hf_json import tokenizer_json
 
     if writer == "documented format":
         monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` raises ImportError
@@ -213,8 +213,8 @@ def test_an_exported_tokenizer_json_loads_back_as_the_same_tokenizer(bpe, tmp_pa
 
 
 def test_merges_written_as_space_separated_strings_load_too(bpe, tmp_path):
-    from lmfast._hf_tokenizer import tokenizer_json
     from lmfast.tokenizer import Tokenizer
+    from lmfast.tokenizer.hf_json import tokenizer_json
 
     doc = json.loads(tokenizer_json(bpe))
     doc["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in doc["model"]["merges"]]
@@ -224,8 +224,8 @@ def test_merges_written_as_space_separated_strings_load_too(bpe, tmp_path):
 def test_gpt2_exported_and_read_back_gives_tiktokens_ids(tmp_path):
     from _gpt2 import gpt2_tiktoken
 
-    from lmfast._hf_tokenizer import tokenizer_json
     from lmfast.tokenizer import Tokenizer
+    from lmfast.tokenizer.hf_json import tokenizer_json
 
     back = Tokenizer.load(_hf_only_folder(tmp_path, json.loads(tokenizer_json(Tokenizer.gpt2()))))
     text = _TEXT + "  spaces\tand 1234567 digits don't"
@@ -235,8 +235,8 @@ def test_gpt2_exported_and_read_back_gives_tiktokens_ids(tmp_path):
 def test_the_trainer_takes_an_export_folder_as_its_tokenizer(bpe, tmp_path):
     from pathlib import Path
 
-    from lmfast._run_setup import build_tokenizer
-    from lmfast.config import TrainConfig
+    from lmfast.train.config import TrainConfig
+    from lmfast.train.run_setup import build_tokenizer
 
     folder = save_hf(_lm(vocab_size=len(bpe.vocab)), tmp_path / "hf", bpe)
     got = build_tokenizer(TrainConfig(tokenizer=str(folder)), Path("unused.txt"), tmp_path / "run")
@@ -258,8 +258,8 @@ def test_the_trainer_takes_an_export_folder_as_its_tokenizer(bpe, tmp_path):
     (lambda d: d["model"].update(vocab=[]), "no model.vocab"),
 ])
 def test_a_tokenizer_json_lmfast_would_encode_differently_is_refused_naming_the_field(bpe, tmp_path, edit, field):
-    from lmfast._hf_tokenizer import tokenizer_json
     from lmfast.tokenizer import Tokenizer
+    from lmfast.tokenizer.hf_json import tokenizer_json
 
     doc = json.loads(tokenizer_json(bpe))
     edit(doc)

@@ -11,8 +11,8 @@ import torch
 from _kernel_utils import assert_verbose_allclose
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lmfast import functional, precision
-from lmfast.model import TransformerLM
+from lmfast import functional
+from lmfast.model import TransformerLM, precision
 
 N, D, V = 37, 19, 101  # odd sizes: chunks of 8 leave a ragged tail of 5
 
@@ -149,7 +149,7 @@ def test_model_given_targets_returns_the_cross_entropy_of_its_logits_fused_or_no
 
 @pytest.fixture
 def trainer(tmp_path):
-    from lmfast import train
+    from lmfast.train import trainer as trainer_module
 
     path = tmp_path / "tokens.npy"
     np.save(path, np.random.default_rng(0).integers(0, 256, 4000).astype(np.uint16))
@@ -159,7 +159,7 @@ def trainer(tmp_path):
     args = []
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
-    return train.build(args)
+    return trainer_module.build(args)
 
 
 def test_trainer_loss_from_hidden_states_equals_the_full_logits_loss_with_the_same_gradients(trainer):

@@ -9,7 +9,6 @@ import torch
 from _kernel_utils import assert_verbose_allclose
 
 from lmfast import functional
-from lmfast.hf import to_hf_state_dict
 from lmfast.model import (
     Embedding,
     Linear,
@@ -20,6 +19,7 @@ from lmfast.model import (
     TransformerBlock,
     TransformerLM,
 )
+from lmfast.model.hf import to_hf_state_dict
 
 SHAPE = dict(vocab_size=97, context_length=24, d_model=64, num_layers=2, num_heads=4, d_ff=160, rope_theta=10000.0)
 

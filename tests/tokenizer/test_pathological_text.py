@@ -18,9 +18,9 @@ from _gpt2 import GPT2_PAT, gpt2_tiktoken, gpt2_vocab_merges
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmfast import _streaming
-from lmfast._bpe_reference import train_bpe_reference
 from lmfast.tokenizer import Tokenizer, native_available, train_bpe
+from lmfast.tokenizer import streaming as _streaming
+from lmfast.tokenizer.reference import train_bpe_reference
 
 EOT = "<|endoftext|>"
 native_only = pytest.mark.skipif(not native_available(), reason="the C++ trainer and encoder are not built")
@@ -71,11 +71,11 @@ def test_training_reports_progress_and_stops_when_the_callback_raises(tmp_path, 
     path = tmp_path / "t.txt"
     path.write_text("low lower lowest newest widest " * 50, encoding="utf-8")
     calls = []
-    monkeypatch.setattr("lmfast.tokenizer._merge_bar", _recording_bar(calls))
+    monkeypatch.setattr("lmfast.tokenizer.tokenizer._merge_bar", _recording_bar(calls))
     vocab, merges = train_bpe(path, 280, [EOT], backend=backend, progress=True)
     assert calls[0] == (0, 23) and calls[-1] == (len(merges), 23)
     stop = _recording_bar([], raise_at=0)
-    monkeypatch.setattr("lmfast.tokenizer._merge_bar", stop)
+    monkeypatch.setattr("lmfast.tokenizer.tokenizer._merge_bar", stop)
     with pytest.raises(KeyboardInterrupt):  # what Ctrl-C raises through the same callback
         train_bpe(path, 280, [EOT], backend=backend, progress=True)
 

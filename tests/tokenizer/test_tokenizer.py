@@ -1,7 +1,7 @@
 """The Tokenizer API against tiktoken on GPT-2's own vocabulary, and its file formats, streaming and CLI.
 
 Every test that encodes runs once per available engine: the pure-Python reference always, the C++ engine
-(``lmfast._bpe``) as soon as it is built.
+(``lmfast.tokenizer._bpe``) as soon as it is built.
 """
 
 import json
@@ -16,9 +16,9 @@ from _gpt2 import EOT_ID, gpt2_files, gpt2_tiktoken, gpt2_vocab_merges, shakespe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmfast import _streaming
-from lmfast import tokenizer as tokenizer_module
 from lmfast.tokenizer import Tokenizer, native_available, train_bpe
+from lmfast.tokenizer import streaming as _streaming
+from lmfast.tokenizer import tokenizer as tokenizer_module
 
 BACKENDS = ["python"] + (["native"] if native_available() else [])
 EOT = "<|endoftext|>"

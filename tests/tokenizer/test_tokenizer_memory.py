@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reas
 _CHILD_SETUP = """
 import resource, sys
 import numpy as np
-from lmfast.corpus import shakespeare
+from lmfast.data.corpus import shakespeare
 from lmfast.tokenizer import Tokenizer, train_bpe
 
 train, _ = shakespeare()

@@ -1,6 +1,7 @@
 """BPE training (CS336 semantics) against hand-worked examples and an independent brute-force trainer.
 
-Runs once per available backend: the pure-Python reference always, the C++ ``lmfast._bpe.train_bpe`` once built.
+Runs once per available backend: the pure-Python reference always, the C++ ``lmfast.tokenizer._bpe.train_bpe`` once
+built.
 """
 
 import os
@@ -13,8 +14,8 @@ from _gpt2 import GPT2_PAT, shakespeare_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmfast._bpe_reference import train_bpe_reference
 from lmfast.tokenizer import Tokenizer, native_available, train_bpe
+from lmfast.tokenizer.reference import train_bpe_reference
 
 BACKENDS = ["python"] + (["native"] if native_available() else [])
 EOT = "<|endoftext|>"
@@ -157,7 +158,7 @@ def test_trained_tokenizer_round_trips_shakespeare(tmp_path):
     assert len(ids) < len(text.encode("utf-8")) / 2  # 340 merges on its own text at least halve the length
 
 
-@pytest.mark.skipif(not native_available(), reason="the C++ engine lmfast._bpe is not built")
+@pytest.mark.skipif(not native_available(), reason="the C++ engine lmfast.tokenizer._bpe is not built")
 def test_native_trainer_equals_the_reference_on_a_shakespeare_slice(tmp_path):
     path = write(tmp_path, shakespeare_text()[:1_000_000])
     assert train_bpe(path, 3000, [EOT], backend="native") == train_bpe_reference(path, 3000, [EOT])

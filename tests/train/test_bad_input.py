@@ -21,11 +21,12 @@ import pytest
 import torch
 import yaml
 
-from lmfast import _run_setup, train
-from lmfast._memory import count_parameters, estimate_training_memory
 from lmfast.checkpoint import CheckpointWriteError, read_checkpoint, save_checkpoint
-from lmfast.config import TrainConfig
 from lmfast.model import TransformerLM
+from lmfast.train import run_setup as _run_setup
+from lmfast.train import trainer as trainer_module
+from lmfast.train.config import TrainConfig
+from lmfast.train.memory import count_parameters, estimate_training_memory
 
 TINY = dict(vocab_size=256, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64, batch_size=4,
             max_steps=2, warmup_iters=1, cosine_cycle_iters=2, checkpoint_interval=0, log_interval=1, eval_iters=1,
@@ -43,7 +44,7 @@ def run(tmp_path, capsys):
                **overrides}
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
         capsys.readouterr()
-        code = train.main(["--config", str(tmp_path / "config.yaml"), *args])
+        code = trainer_module.main(["--config", str(tmp_path / "config.yaml"), *args])
         err = capsys.readouterr().err
         assert "Traceback" not in err
         lines = err.strip().splitlines()
@@ -174,7 +175,7 @@ def test_a_model_or_batch_that_cannot_fit_is_refused_with_the_numbers_before_bui
     def never(*a, **k):
         raise AssertionError("the model was built before the memory check")
 
-    monkeypatch.setattr(train, "TransformerLM", never)
+    monkeypatch.setattr(trainer_module, "TransformerLM", never)
     last = _expect_refusal(run, "this config needs about", **overrides)
     assert " GiB to train, but " in last and " free: " in last and "parameters take" in last
 
@@ -185,7 +186,7 @@ def test_a_resume_path_that_is_no_checkpoint_is_refused_before_tokenizing(run, m
     def never(*a, **k):
         raise AssertionError("the tokenizer was built before --resume was checked")
 
-    monkeypatch.setattr(train, "build_tokenizer", never)
+    monkeypatch.setattr(trainer_module, "build_tokenizer", never)
     _expect_refusal(run, fragment, "--resume", str(tmp_path / target))
 
 
@@ -246,7 +247,7 @@ def test_bad_config_text_is_one_line_naming_the_key(run, args, fragment):
 
 
 def test_set_takes_several_pairs_like_repeated_set():
-    args = train._parse_args(["--set", "seed=3", "max_steps=5", "--set", "batch_size=2"])
+    args = trainer_module._parse_args(["--set", "seed=3", "max_steps=5", "--set", "batch_size=2"])
     assert args.overrides == ["seed=3", "max_steps=5", "batch_size=2"]
 
 

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from lmfast.config import ConfigError, TrainConfig, config_table, load_config, parse_overrides
+from lmfast.train.config import ConfigError, TrainConfig, config_table, load_config, parse_overrides
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SEED_KEYS = ["vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta", "num_epochs",
              "batch_size", "learning_rate", "grad_clip_norm", "use_lr_schedule", "max_learning_rate",
              "min_learning_rate", "warmup_iters", "cosine_cycle_iters", "train_data_path", "val_data_path",

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from lmfast.config import ConfigError, TrainConfig
+from lmfast.train.config import ConfigError, TrainConfig
 
 BOUNDS = [(f.name, rule, f.metadata[rule], str(f.type)) for f in dataclasses.fields(TrainConfig)
           for rule in ("min", "gt", "max") if rule in f.metadata]

@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun, on CPU with gloo: two ranks train one model, rank 0 alone writes,
 DDP steps equal single-process steps on both ranks' batches, resume continues the same curve, and a failure on
-one rank stops every rank instead of hanging them. (FSDP: tests/test_fsdp.py.)"""
+one rank stops every rank instead of hanging them. (FSDP: tests/train/test_fsdp.py.)"""
 
 import json
 from pathlib import Path
@@ -11,12 +11,13 @@ import torch
 from _torchrun import ACCUM, BATCH, STEPS, WORLD, make_data, torchrun, write_config
 from _torchrun import losses as _losses
 
-from lmfast import distributed, train
-from lmfast._lifecycle import LOCK_NAME
-from lmfast._streams import RankStreams
 from lmfast.checkpoint import read_checkpoint
-from lmfast.config import load_config
 from lmfast.data import BatchSampler
+from lmfast.train import distributed
+from lmfast.train import trainer as trainer_module
+from lmfast.train.config import load_config
+from lmfast.train.lifecycle import LOCK_NAME
+from lmfast.train.streams import RankStreams
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,12 @@ def test_two_ranks_train_and_rank_zero_alone_writes_one_set_of_files(ddp_run):
 
 
 def _one_process_trainer(root: Path, resume: Path, batch_size: int = WORLD * BATCH, run_dir: str = "one",
-                         **overrides) -> train.Trainer:
+                         **overrides) -> trainer_module.Trainer:
     """A single-process trainer resumed from a DDP checkpoint; with the ranks' batches together in its batch (the
-    default), it draws both ranks' saved streams side by side (lmfast._streams)."""
+    default), it draws both ranks' saved streams side by side (lmfast.train.streams)."""
     cfg = load_config(str(root / "tiny.yaml"), {"batch_size": batch_size, "checkpoint_dir": str(root / run_dir),
                                                 "log_file": None, **overrides})
-    return train.Trainer(cfg, torch.device("cpu"), resume=str(resume))
+    return trainer_module.Trainer(cfg, torch.device("cpu"), resume=str(resume))
 
 
 @pytest.mark.slow
@@ -98,7 +99,7 @@ def test_validation_under_torchrun_equals_one_process_on_the_same_batches(ddp_ru
 @pytest.mark.slow
 def test_resuming_with_another_world_size_warns_and_reseeds_each_rank(ddp_run, caplog):
     cfg = load_config(str(ddp_run / "tiny.yaml"), {"checkpoint_dir": str(ddp_run / "one")})
-    trainer = train.Trainer(cfg, torch.device("cpu"), resume=str(ddp_run / "ck" / "checkpoint_step_6.pt"))
+    trainer = trainer_module.Trainer(cfg, torch.device("cpu"), resume=str(ddp_run / "ck" / "checkpoint_step_6.pt"))
     assert "holds the data-sampler state of 2 stream(s) of batch 8 but this run has 1 rank(s) of batch_size 8" \
         in caplog.text
     assert trainer.progress.step == 6
@@ -122,7 +123,7 @@ def test_resume_under_torchrun_continues_the_same_loss_curve(ddp_run):
 _FAILING_RANK = """
 import sys
 import torch
-from lmfast import distributed
+from lmfast.train import distributed
 
 ctx = distributed.from_env()
 ctx.init(torch.device("cpu"))

@@ -14,19 +14,20 @@ import torch.distributed as dist
 from _torchrun import BATCH, STEPS, WORLD, make_data, torchrun, write_config
 from _torchrun import losses as _losses
 
-from lmfast import ops, train
-from lmfast._lifecycle import LOCK_NAME
-from lmfast._run_setup import _archive_earlier_run
-from lmfast._run_state import find_resume
-from lmfast._sharded import is_sharded, shard_model
-from lmfast._streams import RankStreams, resume_sampler, saved_streams
+from lmfast import optim
 from lmfast.checkpoint import load_model_state, read_checkpoint
-from lmfast.config import load_config
 from lmfast.data import BatchSampler
-from lmfast.distributed import DistContext
 from lmfast.functional import cross_entropy
 from lmfast.model import TransformerLM
 from lmfast.optim import AdamW, clip_grad_norm_
+from lmfast.train import trainer as trainer_module
+from lmfast.train.config import load_config
+from lmfast.train.distributed import DistContext
+from lmfast.train.lifecycle import LOCK_NAME
+from lmfast.train.run_setup import _archive_earlier_run
+from lmfast.train.run_state import find_resume
+from lmfast.train.sharded import is_sharded, shard_model
+from lmfast.train.streams import RankStreams, resume_sampler, saved_streams
 
 RESUME_AT = 6
 
@@ -41,7 +42,7 @@ def fsdp_runs(tmp_path_factory):
     make_data(root)
     common = dict(distributed="fsdp", checkpoint_steps=3, fused_loss=True)
     one = load_config(str(write_config(root, "one.yaml", "one", batch_size=WORLD * BATCH, **common)))
-    train.Trainer(one, torch.device("cpu")).fit()
+    trainer_module.Trainer(one, torch.device("cpu")).fit()
     (root / "two").mkdir()
     name = f"checkpoint_step_{RESUME_AT}.dcp"
     shutil.copytree(root / "one" / name, root / "two" / name)
@@ -87,7 +88,7 @@ def test_an_fsdp_run_writes_sharded_training_checkpoints_and_one_plain_final_mod
 def test_a_two_rank_fsdp_checkpoint_resumes_in_one_process_with_the_same_losses(fsdp_runs):
     overrides = {"checkpoint_dir": str(fsdp_runs / "three"), "log_file": None}
     cfg = load_config(str(fsdp_runs / "one.yaml"), overrides)
-    trainer = train.Trainer(cfg, torch.device("cpu"), resume=str(fsdp_runs / "two" / "checkpoint_step_9.dcp"))
+    trainer = trainer_module.Trainer(cfg, torch.device("cpu"), resume=str(fsdp_runs / "two" / "checkpoint_step_9.dcp"))
     trainer.fit()
     one, three = _losses(fsdp_runs / "one"), _losses(fsdp_runs / "three")
     assert sorted(three) == [10, 11, 12]
@@ -153,13 +154,13 @@ def test_adamw_clip_and_per_block_compile_on_an_fsdp_model_equal_the_plain_model
     shard_model(sharded, world_of_one, None, "aot_eager")  # the trainer passes inductor; aot_eager compiles faster
     assert is_sharded(sharded) and not is_sharded(plain)
     kinds = []
-    step_fn = ops.adamw_step_fn
+    step_fn = optim.adamw_step_fn
 
     def recording(fused, params):
         kinds.extend(type(p) for p in params)
         return step_fn(fused, params)
 
-    monkeypatch.setattr(ops, "adamw_step_fn", recording)
+    monkeypatch.setattr(optim, "adamw_step_fn", recording)
     x = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(1))
     results = []
     for model in (plain, sharded):

@@ -8,8 +8,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lmfast import functional
-from lmfast.mfu import device_peak_flops, mfu, peak_flops
 from lmfast.model import TransformerLM
+from lmfast.train.mfu import device_peak_flops, mfu, peak_flops
 
 
 @pytest.mark.parametrize("name, dtype, tflops", [

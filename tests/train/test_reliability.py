@@ -19,13 +19,14 @@ import pytest
 import torch
 from _torchrun import torchrun
 
-from lmfast import _cache, train
-from lmfast._lifecycle import LOCK_NAME, lock_run_dir
 from lmfast.checkpoint import read_checkpoint
 from lmfast.data import BatchSampler, prepare_tokens
+from lmfast.data import cache as _cache
 from lmfast.plot import read_metrics
+from lmfast.train import trainer as trainer_module
+from lmfast.train.lifecycle import LOCK_NAME, lock_run_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("kill_resume", ROOT / "scripts" / "kill_resume.py")
 kill_resume = importlib.util.module_from_spec(_spec)
 sys.modules["kill_resume"] = kill_resume
@@ -52,7 +53,7 @@ def reference(data):
 
 
 def _train(root: Path, name: str, *args: str, **overrides) -> int:
-    return train.main(["--config", str(kill_resume.write_config(root, root / name, **overrides)), *args])
+    return trainer_module.main(["--config", str(kill_resume.write_config(root, root / name, **overrides)), *args])
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -88,7 +89,7 @@ def test_a_second_run_on_a_checkpoint_dir_in_use_is_refused_at_once_naming_the_h
 def _signal_inside_step(monkeypatch, signum: int, step: int) -> None:
     """Send ``signum`` to this process after step ``step``'s batch is drawn, and again while interrupted.pt is
     being written (a second Ctrl-C, or torchrun passing the terminal's on)."""
-    real_step, real_draw, real_save = train.Trainer.train_step, BatchSampler.__call__, train.save_run
+    real_step, real_draw, real_save = trainer_module.Trainer.train_step, BatchSampler.__call__, trainer_module.save_run
 
     def draw_then_signal(sampler):
         batch = real_draw(sampler)
@@ -109,8 +110,8 @@ def _signal_inside_step(monkeypatch, signum: int, step: int) -> None:
             os.kill(os.getpid(), signum)
         return real_save(run, path)
 
-    monkeypatch.setattr(train.Trainer, "train_step", train_step)
-    monkeypatch.setattr(train, "save_run", save_run)
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", train_step)
+    monkeypatch.setattr(trainer_module, "save_run", save_run)
 
 
 def _unhandled(signum, frame):
@@ -236,13 +237,14 @@ def test_a_trained_tokenizer_is_not_reused_for_other_training_text(tmp_path, cap
     config.write_text(json.dumps({**kill_resume.CONFIG, "train_data_path": str(text), "val_data_path": None,
                                   "tokenizer": "train", "vocab_size": 300, "max_steps": 1, "log_file": None,
                                   "checkpoint_dir": str(tmp_path / "ck"), "cache_dir": str(tmp_path / "cache")}))
-    assert train.main(["--config", str(config)]) == 0
+    assert trainer_module.main(["--config", str(config)]) == 0
     text.write_text("all the world's a stage, and all the men\n" * 40)
     capsys.readouterr()
-    assert train.main(["--config", str(config)]) == 2
+    assert trainer_module.main(["--config", str(config)]) == 2
     line = _last_error_line(capsys)
     assert "trained on other text" in line and str(tmp_path / "ck" / "tokenizer") in line
-    assert train.main(["--config", str(config), "--resume", "auto"]) == 0  # the run's own tokenizer, with a warning
+    # the run's own tokenizer, with a warning
+    assert trainer_module.main(["--config", str(config), "--resume", "auto"]) == 0
     assert "The training text changed since this run's tokenizer was trained" in caplog.text
 
 
@@ -252,13 +254,13 @@ def test_a_trained_tokenizer_is_not_reused_for_other_training_text(tmp_path, cap
 @pytest.mark.parametrize("nan_at, names", [(3, "no checkpoint was saved before it"),
                                            (5, "checkpoint_step_4.pt (step 4)")])
 def test_a_nan_loss_names_a_checkpoint_only_if_one_exists_and_what_to_change(data, monkeypatch, capsys, nan_at, names):
-    real_step = train.Trainer.train_step
+    real_step = trainer_module.Trainer.train_step
 
     def train_step(self, s):
         loss, norm, lr = real_step(self, s)
         return (torch.tensor(float("nan")) if s + 1 == nan_at else loss), norm, lr
 
-    monkeypatch.setattr(train.Trainer, "train_step", train_step)
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", train_step)
     assert _train(data, f"nan-{nan_at}") == 1
     line = _last_error_line(capsys)
     assert f"loss became nan at step {nan_at}" in line and names in line and "lower max_learning_rate" in line
@@ -284,17 +286,17 @@ def test_kill_9_sigterm_and_sigint_at_chosen_moments_then_resume_auto_equal_the_
 
 _STOP_RANK_1 = """
 import os, signal, sys
-from lmfast import train
+from lmfast.train import trainer as trainer_module
 
-real_step = train.Trainer.train_step
+real_step = trainer_module.Trainer.train_step
 
 def train_step(self, s):
     if s + 1 == 5 and self.dist.rank == 1:
         os.kill(os.getpid(), signal.SIGTERM)  # only rank 1 is told to stop, at the start of step 5
     return real_step(self, s)
 
-train.Trainer.train_step = train_step
-sys.exit(train.main(sys.argv[1:]))
+trainer_module.Trainer.train_step = train_step
+sys.exit(trainer_module.main(sys.argv[1:]))
 """
 
 
@@ -307,11 +309,11 @@ def _torchrun(data: Path, script: Path, name: str, *args: str) -> subprocess.Com
 def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(data, tmp_path):
     stop_rank_1, plain = tmp_path / "stop_rank_1.py", tmp_path / "plain.py"
     stop_rank_1.write_text(_STOP_RANK_1)
-    plain.write_text("import sys\nfrom lmfast import train\nsys.exit(train.main(sys.argv[1:]))\n")
+    plain.write_text("import sys\nfrom lmfast.train import main\nsys.exit(main(sys.argv[1:]))\n")
     assert _torchrun(data, plain, "ddp-reference").returncode == 0
     stopped = _torchrun(data, stop_rank_1, "ddp-stopped")
     assert stopped.returncode != 0 and stopped.stderr.count("stopped after step 5 of 8") == 1  # rank 0 says so
-    assert 'lmfast/train.py", line' not in stopped.stderr  # no rank's traceback (torchrun prints its own)
+    assert 'lmfast/train/trainer.py", line' not in stopped.stderr  # no rank's traceback (torchrun prints its own)
     state = read_checkpoint(data / "ddp-stopped" / "interrupted.pt")
     assert state["step"] == 5 and len(state["data"]) == 2  # both ranks' sampler states, gathered at step 5
     resumed = _torchrun(data, plain, "ddp-stopped", "--resume", "auto")

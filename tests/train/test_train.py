@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from lmfast import generate, train
+from lmfast import generate
+from lmfast.train import trainer as trainer_module
 
 TINY = dict(vocab_size=256, context_length=32, d_model=64, num_layers=2, num_heads=4, d_ff=128, batch_size=8,
             max_steps=40, warmup_iters=4, cosine_cycle_iters=40, max_learning_rate=3e-3, min_learning_rate=1e-4,
@@ -34,7 +35,7 @@ def run(tmp_path):
                "cache_dir": str(tmp_path / "cache"), **overrides}
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        return train.main(["--config", str(path), *extra])
+        return trainer_module.main(["--config", str(path), *extra])
 
     _run.dir = tmp_path
     return _run
@@ -61,11 +62,11 @@ def test_tiny_run_trains_loss_falls_and_writes_checkpoints(run):
 
 
 def test_mfu_is_logged_beside_tokens_per_s_on_a_gpu_of_the_table(run, tmp_path, monkeypatch):
-    from lmfast.mfu import peak_flops
     from lmfast.model import TransformerLM
+    from lmfast.train.mfu import peak_flops
 
     # the run is on CPU; the trainer is told it runs on an H100 (fp32 without tf32: 67 TFLOPS)
-    monkeypatch.setattr(train, "device_peak_flops", lambda device, dtype: peak_flops("NVIDIA H100 80GB HBM3",
+    monkeypatch.setattr(trainer_module, "device_peak_flops", lambda device, dtype: peak_flops("NVIDIA H100 80GB HBM3",
                                                                                       dtype or torch.float32))
     assert run(max_steps=3, val_data_path=None, dtype="float32") == 0  # auto would be bf16 on an AMX CPU
     records = [m for m in _metrics(tmp_path / "ck" / "metrics.jsonl") if "loss" in m]
@@ -158,7 +159,7 @@ def test_resuming_with_another_model_shape_is_a_clear_error(run, tmp_path, capsy
 def test_tensorboard_and_wandb_receive_the_same_numbers_as_metrics_jsonl(run, tmp_path, monkeypatch):
     import types
 
-    from lmfast import metrics
+    from lmfast.train import metrics
 
     scalars, wandb_logs = [], []
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from _kernel_utils import assert_verbose_allclose
 
-from lmfast.config import load_config
 from lmfast.data import BatchSampler
 from lmfast.model import RMSNorm
 from lmfast.optim import cosine_lr
 from lmfast.train import Trainer
+from lmfast.train.config import load_config
 
 VOCAB = 64
 TINY = dict(vocab_size=VOCAB, context_length=16, d_model=32, num_layers=2, num_heads=2, d_ff=64, batch_size=4,
