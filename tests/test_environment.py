@@ -8,9 +8,12 @@ these fails here instead, with the line that fixes it.
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 LINUX = sys.platform.startswith("linux")
 
@@ -39,3 +42,18 @@ def test_triton_is_installed_on_linux():
 @pytest.mark.parametrize("module", ["tiktoken", "tokenizers", "transformers", "hypothesis", "matplotlib"])
 def test_the_test_extras_oracles_are_installed(module):
     _import_or_fail(module, "the tests that use it as an oracle would be skipped", "pip install -e \".[test]\"")
+
+
+def test_only_the_gpu_marker_skips_a_test_not_a_folder_named_gpu(tmp_path):
+    # tests/conftest.py skips gpu-marked tests without CUDA. It once asked item.keywords, which also holds the names
+    # of the folders above a test, so in a checkout folder named gpu every test was skipped.
+    tests = tmp_path / "gpu" / "tests"
+    tests.mkdir(parents=True)
+    (tests / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tests / "test_sample.py").write_text("import pytest\n\n\ndef test_plain():\n    pass\n\n\n"
+                                          "@pytest.mark.gpu\ndef test_marked():\n    pass\n")
+    (tmp_path / "gpu" / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: needs a CUDA GPU\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests"],
+                          cwd=tmp_path / "gpu", capture_output=True, text=True, timeout=300)
+    expected = "2 passed" if torch.cuda.is_available() else "1 passed, 1 skipped"
+    assert expected in proc.stdout, proc.stdout + proc.stderr
