@@ -19,8 +19,17 @@ from lmfast.kernels._attention_kernels import (
     _attn_bwd_preprocess,
     _attn_fwd_kernel,
 )
-from lmfast.kernels._launch import TRITON_DTYPE, AotSpec, cdiv, check_dtype, check_same_device, interpreting, pointer
-from torch.library import triton_op, wrap_triton
+from lmfast.kernels._launch import (
+    TRITON_DTYPE,
+    AotSpec,
+    cdiv,
+    check_dtype,
+    check_same_device,
+    interpreting,
+    pointer,
+    wrap_triton,
+)
+from torch.library import triton_op
 
 __all__ = ["attention", "attention_fwd", "attention_bwd", "aot_specs", "MAX_HEAD_DIM", "AOT_MASKED_HEAD_DIMS",
            "supports_head_dim"]
