@@ -146,6 +146,17 @@ def test_attention_runs_every_gpu_block_configuration_correctly_in_fp16(monkeypa
     assert len(seen) >= 2 * len(configs.PADDED_HEAD_DIMS)
 
 
+def test_every_tuning_candidate_keeps_the_block_divisibility_the_kernels_assume():
+    # A GPU lease times these against the shipped table (benchmarks/attention_configs.py); the fastest may be
+    # shipped, so each must be a choice the kernels are correct for: the divisibility of the Configs fields.
+    found = [(gen, head_dim, pass_, c) for gen, by_dim in configs.TUNING_CANDIDATES.items()
+             for head_dim, by_pass in by_dim.items() for pass_, cs in by_pass.items() for c in cs]
+    assert found and {(gen, d) for gen, d, _, _ in found} <= {(g, d) for g in configs.GPU_CONFIGS for d in (64, 128)}
+    for gen, head_dim, pass_, c in found:
+        small, big = (c.block_m, c.block_n) if pass_ == "dkdv" else (c.block_n, c.block_m)
+        assert big % small == 0 and c.num_warps in (4, 8), (gen, head_dim, pass_, c)
+
+
 def test_attention_accepts_transposed_inputs_and_an_expanded_gradient(dtype):
     # q/k/v as views of a (batch, seq, heads, head_dim) projection, and out.sum()'s stride-0 incoming gradient.
     q, k, v = (t.detach().transpose(1, 2).requires_grad_() for t in _qkv((2, 37, 3, 32), dtype, seed=7))
