@@ -19,17 +19,43 @@ ROOT = Path(__file__).resolve().parent.parent
 GPU_TEST_SHARDS = 8  # pytest processes, side by side on the one GPU: cold compiles are CPU-bound (16 cores)
 
 
+def _is_kernel_file(path: Path, tests: Path) -> bool:
+    return path.name.startswith("test_kernel_") or "kernels" in path.relative_to(tests).parts[:-1]
+
+
+def _gpu_marked(node: ast.AST) -> bool:
+    """A ``pytestmark = ...gpu...`` line or a test function under ``@pytest.mark.gpu`` (read, not text-searched: a
+    test may hold ``mark.gpu`` in a string)."""
+    if isinstance(node, ast.Assign):
+        return any(ast.unparse(t) == "pytestmark" for t in node.targets) and "mark.gpu" in ast.unparse(node.value)
+    return isinstance(node, ast.FunctionDef) and any("mark.gpu" in ast.unparse(d) for d in node.decorator_list)
+
+
+def gpu_test_functions(root: Path = ROOT) -> list[tuple[str, int]]:
+    """(``file::function``, weight) of every test a GPU runs in stage a: every test function of a kernel test file
+    (``tests/**/test_kernel_*.py`` or a file under a ``kernels`` folder, at any depth: on a GPU their unmarked tests,
+    odd shapes, bad input, CUDA's dtype rule, run the kernels natively) and the gpu-marked ones of any other test
+    file. The weight, for balancing the processes: the parametrized cases, three times over for a gpu-marked or
+    torch.compile test (real sizes, cold compiles)."""
+    tests, groups = root / "tests", []
+    for path in sorted(tests.glob("**/test_*.py")):
+        tree = ast.parse(path.read_text())
+        module_gpu = any(_gpu_marked(n) for n in tree.body if isinstance(n, ast.Assign))
+        kernel_file = _is_kernel_file(path, tests)
+        for node in tree.body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            gpu = module_gpu or _gpu_marked(node)
+            if gpu or kernel_file:
+                heavy = gpu or "compile" in node.name
+                groups.append((f"{path.relative_to(root).as_posix()}::{node.name}",
+                               _cases(node.decorator_list) * (3 if heavy else 1)))
+    return groups
+
+
 def gpu_test_files(root: Path = ROOT) -> list[str]:
-    """Every test file (``tests/**/test_*.py``, at any depth) with gpu-marked tests, and every kernel test file
-    (``test_kernel_*.py`` or a file under a ``kernels`` folder): on a GPU their unmarked tests (odd shapes, bad
-    input, CUDA's dtype rule) run the kernels natively."""
-    tests = root / "tests"
-    found = []
-    for p in sorted(tests.glob("**/test_*.py")):
-        kernel_file = p.name.startswith("test_kernel_") or "kernels" in p.relative_to(tests).parts[:-1]
-        if kernel_file or "mark.gpu" in p.read_text():
-            found.append(p.relative_to(root).as_posix())
-    return found
+    """The test files stage a takes tests from (see :func:`gpu_test_functions`)."""
+    return sorted({name.split("::")[0] for name, _ in gpu_test_functions(root)})
 
 
 def _cases(decorators: list[ast.expr]) -> int:
@@ -42,26 +68,10 @@ def _cases(decorators: list[ast.expr]) -> int:
     return cases
 
 
-def gpu_test_functions(root: Path, files: list[str]) -> list[tuple[str, int]]:
-    """(``file::function``, weight) for every module-level test function of ``files``: its parametrized cases, three
-    times over for a gpu-marked or torch.compile test (real sizes, cold compiles)."""
-    groups = []
-    for name in files:
-        tree = ast.parse((root / name).read_text())
-        module_gpu = any(isinstance(n, ast.Assign) and any(ast.unparse(t) == "pytestmark" for t in n.targets)
-                         and "gpu" in ast.unparse(n.value) for n in tree.body)
-        for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                heavy = module_gpu or "compile" in node.name or any(
-                    "mark.gpu" in ast.unparse(d) for d in node.decorator_list)
-                groups.append((f"{name}::{node.name}", _cases(node.decorator_list) * (3 if heavy else 1)))
-    return groups
-
-
 def gpu_test_shards(root: Path = ROOT, shards: int = GPU_TEST_SHARDS) -> list[list[str]]:
     """Stage a's tests as ``shards`` disjoint lists of test functions, heaviest first onto the lightest shard."""
     loads = [[0, i, []] for i in range(shards)]
-    for group, weight in sorted(gpu_test_functions(root, gpu_test_files(root)), key=lambda g: (-g[1], g[0])):
+    for group, weight in sorted(gpu_test_functions(root), key=lambda g: (-g[1], g[0])):
         lightest = min(loads)
         lightest[0] += weight
         lightest[2].append(group)

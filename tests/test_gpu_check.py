@@ -139,23 +139,26 @@ def test_a_run_cut_at_its_cap_still_counts_every_test_that_finished():
     assert done["failures"][0].endswith("[1024-64]: AssertionError: out: 3 of 8 differ")
 
 
-def test_stage_a_finds_test_files_at_any_depth_and_splits_their_functions_into_disjoint_shards(tmp_path):
+def test_stage_a_takes_kernel_tests_and_gpu_marked_ones_at_any_depth_in_disjoint_shards(tmp_path):
     files = {"tests/test_kernel_rope.py": "def test_a():\n    pass\n\n\ndef test_b():\n    pass\n",
              "tests/kernels/test_attention.py": "import pytest\n\n\n@pytest.mark.parametrize('x', [1, 2, 3])\n"
                                                 "def test_c(x):\n    pass\n",
              "tests/model/test_fused_model.py": "import pytest\n\npytestmark = pytest.mark.gpu\n\n\n"
                                                 "def test_d():\n    pass\n",
-             "tests/data/test_data.py": "def test_on_cpu_only():\n    pass\n"}
+             "tests/data/test_data.py": "import pytest\n\n\ndef test_on_cpu_only():\n    pass\n\n\n"
+                                        "@pytest.mark.gpu\ndef test_on_cuda():\n    pass\n",
+             "tests/test_environment.py": "def test_writes_a_sample():\n    text = '@pytest.mark.gpu'\n"}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     gpu_tests = _benchmarks("_gpu_tests")
-    assert gpu_tests.gpu_test_files(tmp_path) == ["tests/kernels/test_attention.py", "tests/model/test_fused_model.py",
-                                                  "tests/test_kernel_rope.py"]
+    assert gpu_tests.gpu_test_files(tmp_path) == ["tests/data/test_data.py", "tests/kernels/test_attention.py",
+                                                  "tests/model/test_fused_model.py", "tests/test_kernel_rope.py"]
     shards = gpu_tests.gpu_test_shards(tmp_path, shards=3)
     ids = [i for shard in shards for i in shard]
-    assert sorted(ids) == ["tests/kernels/test_attention.py::test_c", "tests/model/test_fused_model.py::test_d",
-                           "tests/test_kernel_rope.py::test_a", "tests/test_kernel_rope.py::test_b"]
+    assert sorted(ids) == ["tests/data/test_data.py::test_on_cuda", "tests/kernels/test_attention.py::test_c",
+                           "tests/model/test_fused_model.py::test_d", "tests/test_kernel_rope.py::test_a",
+                           "tests/test_kernel_rope.py::test_b"]
     assert len(shards) == 3 and all(shards)
 
 
