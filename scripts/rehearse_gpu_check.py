@@ -163,7 +163,8 @@ def legacy_commands(copy: Path, commit: str, work: Path) -> dict:
     stage_a = next(r for r in found if r["what"] == "stage a")
     return {"name": "dry_run", "passed": not problems, "problems": problems, "seconds": round(secs, 1),
             "legacy": True, "stage_a": {k: stage_a[k] for k in ("collected", "errors", "collection_errors")},
-            "benchmarks": [{"file": r["what"], **{k: r[k] for k in ("exit_code", "collected", "errors")}}
+            "benchmarks": [{"file": r["what"], **{k: r[k] for k in ("exit_code", "collected", "errors",
+                                                                    "module_skipped_without_cuda")}}
                            for r in found if r["what"] != "stage a"],
             "tail": [line for r in found if r["exit_code"] != 0 for line in r["tail"]][-40:]}
 
@@ -185,8 +186,11 @@ def legacy_inside(out: Path) -> int:
         text = proc.stdout + proc.stderr
         collected = re.search(r"^(\d+)(?:/\d+)? tests? collected", text, re.MULTILINE)
         errors = set(re.findall(r"^_+ ERROR collecting (\S+) _+$", text, re.MULTILINE))
+        # An old benchmark skipped its whole module without CUDA before importing lmfast.kernels: no CPU saw it fail.
+        skipped = bool(re.search(r"^SKIPPED \[1\] \S+: .*CUDA", text, re.MULTILINE)) and not collected
         found.append({"what": what, "exit_code": proc.returncode, "collected": int(collected.group(1)) if collected
-                      else 0, "errors": len(errors), "collection_errors": sorted(errors), "tail": _tail(text, 20)})
+                      else 0, "errors": len(errors), "collection_errors": sorted(errors), "tail": _tail(text, 20),
+                      "module_skipped_without_cuda": skipped})
     out.write_text(json.dumps(found, indent=1))
     return 0
 
@@ -196,7 +200,7 @@ def check_interpreter_tests(copy: Path) -> dict:
     files = sorted(str(p.relative_to(copy)) for p in (copy / "tests").glob("**/test_*.py")
                    if p.name.startswith("test_kernel_") or "kernels" in p.relative_to(copy / "tests").parts[:-1])
     rc, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *files], copy,
-                          timeout=1800, TRITON_INTERPRET="1")
+                          timeout=1800, TRITON_INTERPRET="1", COLUMNS="400")  # wide: the summary keeps each message
     summary = next((ln for ln in reversed(text.splitlines()) if re.search(r"\d+ (passed|failed|error)", ln)), "")
     counts = {w: int(n) for n, w in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary)}
     causes: dict[str, int] = {}
@@ -253,6 +257,8 @@ def report(facts: dict, checks: list[dict]) -> str:
                       + f", {a.get('errors', 0)} errors" + (f" ({', '.join(a['collection_errors'])})"
                                                             if a.get("collection_errors") else "") + "."]
             lines += [f"- {b['file']}: exit {b['exit_code']}, {b['collected']} collected, {b['errors']} errors"
+                      + (" (the module skips itself without CUDA before its imports, so a CPU never tries the "
+                         "lmfast.kernels import that a GPU runs)" if b.get("module_skipped_without_cuda") else "")
                       for b in c.get("benchmarks", [])]
             if c.get("scripts"):
                 lines.append("- stage scripts (`--dry-run`): " + ", ".join(
