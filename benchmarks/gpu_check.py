@@ -133,7 +133,10 @@ class Check:
             if len(done) < len(procs) and time.time() - t0 > max(1.0, limit_s):
                 for i, proc in enumerate(procs):
                     if i not in done:
-                        os.killpg(proc.pid, signal.SIGKILL)
+                        try:
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        except ProcessLookupError:  # it ended since the poll above
+                            pass
                         proc.wait()
                         done[i] = (124, time.time() - t0)
             time.sleep(0.2)
