@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = ["Config", "Configs", "GENERATION_TARGET", "GPU_CONFIGS", "INTERPRETER_CONFIGS", "PADDED_HEAD_DIMS",
-           "configs_for", "padded_head_dim"]
+           "TUNING_CANDIDATES", "configs_for", "padded_head_dim"]
 
 PADDED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
@@ -63,6 +63,31 @@ GPU_CONFIGS: dict[str, dict[int, Configs]] = {
         # Forward: 64 x 32 took 176, 64 x 16 take 158. dK/dV: 16 x 32 took 172, 16 x 16 take 152. dQ: a third
         # stage spilled 16 bytes.
         256: Configs(Config(64, 16, 8, 2), Config(16, 16, 8, 2), Config(32, 16, 8, 2), _PRE),
+    },
+}
+# What a GPU lease times against the shipped entries (benchmarks/attention_configs.py, stage d of
+# benchmarks/gpu_check.sh), per generation, head dim and pass: configurations the ahead-of-time report allows (no
+# spills, shared memory within the target, <= 168 registers on sm_90 with Triton 3.6 and 3.9; attention's
+# aot_specs() builds them, so tests/test_kernels_aot.py keeps them allowed), picked from a grid of 252 (block sizes
+# 16-128, 4 or 8 warps, 2-4 stages; 138 allowed with Triton 3.6) to vary one choice at a time around the shipped entry.
+# (dQ at 128 x 64 tiles, 8 warps, took 186 registers at head dim 64 and 175 at 128 with Triton 3.9: left out.)
+TUNING_CANDIDATES: dict[str, dict[int, dict[str, tuple[Config, ...]]]] = {
+    "sm90": {
+        64: {
+            "fwd": (Config(128, 64, 8, 4), Config(128, 32, 8, 3), Config(64, 64, 4, 3), Config(64, 64, 8, 3),
+                    Config(64, 32, 4, 3)),
+            "dkdv": (Config(32, 64, 8, 2), Config(16, 64, 8, 3), Config(16, 128, 8, 3), Config(16, 32, 4, 3),
+                     Config(32, 64, 4, 2)),
+            "dq": (Config(64, 32, 4, 3), Config(64, 64, 8, 3), Config(64, 32, 8, 3), Config(64, 16, 4, 3),
+                   Config(128, 32, 8, 4)),
+        },
+        128: {
+            "fwd": (Config(128, 32, 8, 2), Config(64, 32, 4, 3), Config(64, 64, 8, 2), Config(128, 16, 8, 3),
+                    Config(64, 32, 8, 3)),
+            "dkdv": (Config(16, 32, 8, 2), Config(16, 32, 8, 3), Config(16, 16, 4, 3), Config(16, 16, 8, 3)),
+            "dq": (Config(64, 32, 8, 3), Config(64, 16, 8, 3), Config(32, 16, 4, 3), Config(128, 32, 8, 2),
+                   Config(64, 32, 8, 2)),
+        },
     },
 }
 # The compute capability each table is built for ahead of time (sm_86/sm_89 run the sm_80 build).

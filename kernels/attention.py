@@ -12,15 +12,31 @@ from __future__ import annotations
 import math
 
 import torch
-from lmfast.kernels._attention_configs import GENERATION_TARGET, GPU_CONFIGS, Configs, configs_for, padded_head_dim
+from lmfast.kernels._attention_configs import (
+    GENERATION_TARGET,
+    GPU_CONFIGS,
+    TUNING_CANDIDATES,
+    Configs,
+    configs_for,
+    padded_head_dim,
+)
 from lmfast.kernels._attention_kernels import (
     _attn_bwd_dkdv_kernel,
     _attn_bwd_dq_kernel,
     _attn_bwd_preprocess,
     _attn_fwd_kernel,
 )
-from lmfast.kernels._launch import TRITON_DTYPE, AotSpec, cdiv, check_dtype, check_same_device, interpreting, pointer
-from torch.library import triton_op, wrap_triton
+from lmfast.kernels._launch import (
+    TRITON_DTYPE,
+    AotSpec,
+    cdiv,
+    check_dtype,
+    check_same_device,
+    interpreting,
+    pointer,
+    wrap_triton,
+)
+from torch.library import triton_op
 
 __all__ = ["attention", "attention_fwd", "attention_bwd", "aot_specs", "MAX_HEAD_DIM", "AOT_MASKED_HEAD_DIMS",
            "supports_head_dim"]
@@ -138,8 +154,15 @@ AOT_MASKED_HEAD_DIMS = (24, 48, 80, 96, 192)
 
 def aot_specs() -> list[AotSpec]:
     """Every GPU configuration the launchers can pick (generation x padded head dim x dtype x pass), each at its
-    power-of-two head dim and at the masked head dims of ``AOT_MASKED_HEAD_DIMS`` that pad to it."""
+    power-of-two head dim and at the masked head dims of ``AOT_MASKED_HEAD_DIMS`` that pad to it, and each tuning
+    candidate a GPU lease times (``TUNING_CANDIDATES``, built for its generation only)."""
     specs: dict[str, AotSpec] = {}
+
+    def add(spec: AotSpec, target: int) -> None:
+        known = specs.get(spec.name, spec._replace(targets=()))
+        if target not in known.targets:
+            specs[spec.name] = known._replace(targets=(*known.targets, target))
+
     for generation, by_dim in GPU_CONFIGS.items():
         target = GENERATION_TARGET[generation]
         for padded, cfgs in by_dim.items():
@@ -147,8 +170,15 @@ def aot_specs() -> list[AotSpec]:
             for head_dim in head_dims:
                 for dtype in (torch.bfloat16, torch.float16):
                     for spec in _aot_specs_for(head_dim, dtype, cfgs):
-                        known = specs.get(spec.name, spec._replace(targets=()))
-                        specs[spec.name] = known._replace(targets=(*known.targets, target))
+                        add(spec, target)
+    passes = {"fwd": 0, "dkdv": 2, "dq": 3}  # their places in _aot_specs_for's list
+    for generation, by_dim in TUNING_CANDIDATES.items():
+        for head_dim, by_pass in by_dim.items():
+            for pass_, candidates in by_pass.items():
+                for config in candidates:
+                    cfgs = GPU_CONFIGS[generation][head_dim]._replace(**{pass_: config})
+                    for dtype in (torch.bfloat16, torch.float16):
+                        add(_aot_specs_for(head_dim, dtype, cfgs)[passes[pass_]], GENERATION_TARGET[generation])
     return list(specs.values())
 
 
