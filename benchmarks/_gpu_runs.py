@@ -65,8 +65,8 @@ def config_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-DRY_RUN_MODULES = ("lmfast.train", "lmfast.config", "lmfast.model", "lmfast.mfu", "lmfast.kernels.rmsnorm",
-                   "lmfast.kernels.rope", "lmfast.kernels.attention", "lmfast.kernels.adamw",
+DRY_RUN_MODULES = ("lmfast.train.trainer", "lmfast.train.config", "lmfast.model", "lmfast.train.mfu",
+                   "lmfast.kernels.rmsnorm", "lmfast.kernels.rope", "lmfast.kernels.attention", "lmfast.kernels.adamw",
                    "lmfast.kernels.linear_cross_entropy")
 
 
