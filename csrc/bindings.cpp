@@ -329,7 +329,7 @@ PYBIND11_MODULE(_bpe, mod) {
         .def(
             "encode_to_numpy",
             [](const lmfast::Engine& self, py::handle texts, py::handle allowed_special, int64_t separator,
-               int num_threads, int itemsize) {
+               int num_threads, int itemsize, size_t chunk) {
                 check_itemsize(self, itemsize);
                 if (separator >= static_cast<int64_t>(self.vocab_size()))
                     throw py::value_error("separator id " + std::to_string(separator) + " is not in the vocab");
@@ -361,19 +361,20 @@ PYBIND11_MODULE(_bpe, mod) {
                         [&](const void* ids, size_t n) {
                             std::memcpy(dst, ids, n * itemsize);
                             dst += n * itemsize;
-                        });
+                        },
+                        chunk);
                 }
                 return array;
             },
             py::arg("texts"), py::arg("allowed_special"), py::arg("separator"), py::arg("num_threads"),
-            py::arg("itemsize"),
+            py::arg("itemsize"), py::arg("chunk") = size_t{1} << 20,
             "The ids of encode() of a text, or of each document of an iterable concatenated with `separator` after "
             "each (none when < 0), as one uint16 (itemsize 2) or uint32 (4) numpy array; long texts are cut at safe "
             "points and encoded on num_threads threads.")
         .def(
             "encode_file",
             [](const lmfast::Engine& self, py::object path, int out_fd, py::handle allowed_special, int itemsize,
-               int num_threads, py::object progress) {
+               int num_threads, py::object progress, size_t chunk) {
                 check_itemsize(self, itemsize);
                 std::string p = py::module_::import("os").attr("fsdecode")(path).cast<std::string>();
                 std::vector<std::string> allowed = str_list(allowed_special, "allowed_special");
@@ -383,10 +384,10 @@ PYBIND11_MODULE(_bpe, mod) {
                     if (!progress.is_none()) progress(done);
                 };
                 py::gil_scoped_release release;
-                return self.encode_file(p, out_fd, allowed, itemsize, num_threads, report);
+                return self.encode_file(p, out_fd, allowed, itemsize, num_threads, report, chunk);
             },
             py::arg("path"), py::arg("out_fd"), py::arg("allowed_special"), py::arg("itemsize"),
-            py::arg("num_threads"), py::arg("progress") = py::none(),
+            py::arg("num_threads"), py::arg("progress") = py::none(), py::arg("chunk") = size_t{1} << 21,
             "Encode a UTF-8 file and write its ids (little-endian uint16 or uint32) to the open file descriptor "
             "out_fd; returns how many. Memory stays bounded whatever the file size; progress(bytes read) is called "
             "after each round of chunks and Ctrl-C stops it.")

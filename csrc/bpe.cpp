@@ -307,7 +307,7 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
     if (external_.size() >= (size_t{1} << 21) || merges.size() >= kNoRank)
         throw std::invalid_argument("the vocab has " + std::to_string(external_.size()) + " tokens and " +
                                     std::to_string(merges.size()) + " merges; the engine holds at most 2097151 "
-                                    "tokens and 1048574 merges");
+                                    "tokens and 4194302 merges");
     std::vector<bool> is_special(tokens_.size(), false);
     for (const auto& [text, id] : special_tokens) {
         if (text.empty()) throw std::invalid_argument("special token '' is empty; special tokens must be non-empty");
@@ -337,9 +337,8 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
     }
     size_t capacity = 16;
     while (capacity < merges.size() + merges.size() / 3 + 2) capacity *= 2;  // load <= 3/4
-    merge_table_.assign(capacity, 0);
+    merge_table_.assign(capacity, UINT64_MAX);
     merge_mask_ = capacity - 1;
-    merge_pair_.assign(merges.size(), UINT64_MAX);
     merged_.assign(merges.size(), 0);
     std::string joined;
     for (size_t r = 0; r < merges.size(); ++r) {
@@ -355,13 +354,11 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
                                         ", which is not in the vocab; every merge's two parts "
                                         "and their concatenation must be in the vocab");
         }
-        if (find_rank(internal[*a], internal[*b]) != kNoRank) continue;  // a repeated merge keeps its first rank
         const uint64_t key = pair_of(internal[*a], internal[*b]);
-        const uint64_t h = key * 0x9E3779B97F4A7C15ull;
-        size_t i = (h >> 20) & merge_mask_;
-        while (merge_table_[i] != 0) i = (i + 1) & merge_mask_;
-        merge_table_[i] = ((static_cast<uint32_t>(h >> 53) | 0x800) << 20) | static_cast<uint32_t>(r);
-        merge_pair_[r] = key;
+        size_t i = ((key * 0x9E3779B97F4A7C15ull) >> 20) & merge_mask_;
+        while (merge_table_[i] != UINT64_MAX && (merge_table_[i] >> 22) != key) i = (i + 1) & merge_mask_;
+        if (merge_table_[i] != UINT64_MAX) continue;  // a repeated merge keeps its first (best) rank
+        merge_table_[i] = (key << 22) | r;
         merged_[r] = internal[*m];
     }
     // The whole-piece shortcut: most pre-tokens of natural text are one token, and one hash probe replaces the
@@ -372,6 +369,7 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
     for (const auto& slot : ids.slots()) {
         if (!slot.used || slot.size < 2) continue;
         std::string_view piece(slot.data, slot.size);
+        if (ignore_merges && is_special[slot.value]) continue;  // special tokens are never matched as text
         if (!ignore_merges) {
             out.clear();
             bpe(piece, out);
@@ -486,18 +484,11 @@ T* Engine::encode_piece(const char* piece, size_t size, const char* text_end, T*
     return encode_short(piece, size, key, key.hash(), out, cache);
 }
 
+// A piece of 2..16 bytes that its thread's cache does not hold yet: a whole token, or its BPE; cached either way.
 template <class T>
-T* Engine::encode_short(const char* piece, size_t size, const ShortKey& key, uint64_t h, T* out,
+__attribute__((noinline)) T* Engine::encode_short(const char* piece, size_t size, const ShortKey& key, uint64_t h, T* out,
                         PieceCache& cache) const {
     PieceCache::Entry* slot = cache.find(key, h);
-    if (slot->len != 0) {
-        const uint32_t* ids = cache.ids(*slot);
-        out[0] = static_cast<T>(ids[0]);
-        out[1] = static_cast<T>(ids[1]);
-        out[2] = static_cast<T>(ids[2]);
-        for (size_t k = 3; k < slot->n; ++k) out[k] = static_cast<T>(ids[k]);
-        return out + slot->n;
-    }
     uint32_t ids[128];
     size_t n;
     if (const uint32_t* id = whole_short_.find(key, h)) {
@@ -532,15 +523,30 @@ T* Engine::encode_ordinary_into(std::string_view text, T* out, PieceCache& cache
             keys[k] = ShortKey::of(base + b, size, end);
             hashes[k] = keys[k].hash();
             __builtin_prefetch(cache.home(hashes[k]));
-            __builtin_prefetch(whole_short_.home(hashes[k]));
         }
         b = i;
         for (size_t k = 0; k < m; b = ends[k++]) {
             const size_t size = ends[k] - b;
-            if (size >= 2 && size <= ShortKey::kMaxLen)
-                out = encode_short(base + b, size, keys[k], hashes[k], out, cache);
-            else
+            if (size == 1) {
+                *out++ = static_cast<T>(byte_id_[static_cast<uint8_t>(base[b])]);
+            } else if (size <= ShortKey::kMaxLen) {
+                // The hit path, inline: the cached ids (3 copied whatever their count) and the count.
+                const PieceCache::Entry* e = cache.find(keys[k], hashes[k]);
+                if (e->len != 0 && e->n <= 3) {
+                    out[0] = static_cast<T>(e->ids[0]);
+                    out[1] = static_cast<T>(e->ids[1]);
+                    out[2] = static_cast<T>(e->ids[2]);
+                    out += e->n;
+                } else if (e->len != 0) {
+                    const uint32_t* ids = cache.ids(*e);
+                    for (size_t j = 0; j < e->n; ++j) out[j] = static_cast<T>(ids[j]);
+                    out += e->n;
+                } else {
+                    out = encode_short(base + b, size, keys[k], hashes[k], out, cache);
+                }
+            } else {
                 out = encode_piece(base + b, size, end, out, cache);
+            }
         }
         i = ends[m - 1];
     }
@@ -668,16 +674,16 @@ struct Piece {
 size_t Engine::encode_to_array(const std::vector<std::string_view>& texts,
                                const std::vector<std::string>& allowed_special, int64_t separator, int itemsize,
                                int num_threads, const std::function<void(size_t)>& total,
-                               const std::function<void(const void*, size_t)>& sink) const {
+                               const std::function<void(const void*, size_t)>& sink, size_t chunk) const {
     if (num_threads < 1)
         throw std::invalid_argument("num_threads=" + std::to_string(num_threads) + " must be >= 1");
     if (itemsize != 2 && itemsize != 4) throw std::invalid_argument("itemsize must be 2 or 4");
     const Specials allowed = resolve_allowed(allowed_special);
-    constexpr size_t kChunk = size_t{1} << 20;
+    if (chunk < 64) throw std::invalid_argument("chunk must be at least 64 bytes");
     std::vector<Piece> pieces;
     for (std::string_view t : texts) {
         size_t begin = 0;
-        for (size_t c : chunk_cuts(t, allowed, kChunk)) {
+        for (size_t c : chunk_cuts(t, allowed, chunk)) {
             pieces.push_back(Piece{t.substr(begin, c - begin), false});
             begin = c;
         }
@@ -758,6 +764,7 @@ uint64_t Engine::encode_file(const std::string& path, int out_fd, const std::vec
     if (num_threads < 1)
         throw std::invalid_argument("num_threads=" + std::to_string(num_threads) + " must be >= 1");
     if (itemsize != 2 && itemsize != 4) throw std::invalid_argument("itemsize must be 2 or 4");
+    if (chunk < 64) throw std::invalid_argument("chunk must be at least 64 bytes");
     const Specials allowed = resolve_allowed(allowed_special);
     size_t longest = 1;
     for (const auto& s : allowed) longest = std::max(longest, s.first.size());

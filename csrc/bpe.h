@@ -254,7 +254,8 @@ class Engine {
     size_t encode_to_array(const std::vector<std::string_view>& texts, const std::vector<std::string>& allowed_special,
                            int64_t separator, int itemsize, int num_threads,
                            const std::function<void(size_t)>& total,
-                           const std::function<void(const void*, size_t)>& sink) const;
+                           const std::function<void(const void*, size_t)>& sink,
+                           size_t chunk = size_t{1} << 20) const;
     // Encodes a UTF-8 file (allowed specials as in encode()) and writes the ids, little-endian of itemsize bytes,
     // to the file descriptor out_fd. Reads, encodes and writes in rounds of num_threads chunks of ~chunk bytes, so
     // memory stays near num_threads * chunk * (1 + itemsize) whatever the file size. progress(bytes read), when
@@ -269,7 +270,7 @@ class Engine {
 
    private:
     using Specials = std::vector<std::pair<std::string_view, uint32_t>>;
-    static constexpr uint32_t kNoRank = (1u << 20) - 1;
+    static constexpr uint32_t kNoRank = (1u << 22) - 1;
 
     template <class T>
     T* encode_ordinary_into(std::string_view text, T* out, PieceCache& cache) const;
@@ -295,27 +296,25 @@ class Engine {
     static uint64_t pair_of(uint32_t a, uint32_t b) { return (static_cast<uint64_t>(a) << 21) | b; }
     uint32_t find_rank(uint32_t a, uint32_t b) const {
         const uint64_t key = pair_of(a, b);
-        const uint64_t h = key * 0x9E3779B97F4A7C15ull;
-        const uint32_t tag = static_cast<uint32_t>(h >> 53) | 0x800;  // 12 bits, never 0 (0 marks an empty slot)
-        for (size_t i = (h >> 20) & merge_mask_;; i = (i + 1) & merge_mask_) {
-            const uint32_t e = merge_table_[i];
-            if (e == 0) return kNoRank;
-            if ((e >> 20) == tag && merge_pair_[e & 0xFFFFF] == key) return e & 0xFFFFF;
+        for (size_t i = ((key * 0x9E3779B97F4A7C15ull) >> 20) & merge_mask_;; i = (i + 1) & merge_mask_) {
+            const uint64_t e = merge_table_[i];
+            if ((e >> 22) == key) return static_cast<uint32_t>(e & kNoRank);
+            if (e == UINT64_MAX) return kNoRank;
         }
     }
+
     std::vector<std::string> tokens_;  // id -> bytes
     std::vector<bool> present_;        // id -> is the id in the vocab
     Pattern pattern_;
-    // BPE runs on dense internal ids (< 2**21). The merge table is 4 bytes a slot, a 12-bit tag of the pair's hash
-    // and the rank (< 2**20), checked against merge_pair_[rank]: ~256 KiB for GPT-2's 50k merges, so it stays in
-    // L2, and the rank-indexed arrays are hot where it matters because frequent merges have low ranks. Measured on
-    // the mixed corpus cold (136k distinct multi-token pieces): 16-byte (key, rank, merged) slots in two arrays
-    // (2 + 2 MiB) took ~900 ns a piece in bpe_small, 8-byte (a, b, rank) slots (1 MiB) ~500 ns, these ~NN ns.
+    // BPE runs on dense internal ids (< 2**21) so that a merge is one 8-byte slot, (a:21 b:21 rank:22), filled to at
+    // most 3/4: 512 KiB for GPT-2's 50k merges. Cold pieces (the mixed corpus has 136k distinct multi-token ones)
+    // spend most of their BPE time waiting on this table. Tried: 16-byte (key | rank, merged) slots in two arrays
+    // at load 1/2 (2 + 2 MiB), ~900 ns a piece; 8-byte slots at load 3/8 (1 MiB), ~500 ns; 4-byte slots (a 12-bit
+    // tag + rank, 256 KiB) checked against a rank -> pair array, slower again: the check is a second miss.
     std::vector<uint32_t> external_;   // internal id -> id
     uint32_t byte_internal_[256];
     uint32_t byte_id_[256];
-    std::vector<uint32_t> merge_table_;
-    std::vector<uint64_t> merge_pair_;  // rank -> pair_of(a, b)
+    std::vector<uint64_t> merge_table_;
     std::vector<uint32_t> merged_;      // rank -> internal id of the merged token
     size_t merge_mask_ = 0;
     // Whole pre-token -> id, for tokens whose own BPE is that single token (so the shortcut never changes a
