@@ -228,8 +228,8 @@ def _run_group(benchmark, group, calls: dict, kind: str, clock, cold: bool, roun
         available[name] = (NEW[name], lambda t, run=run: run(t, docs, text))
         out = run(tok, docs, text)
         ids_ok = _same(out, kind)
-        if not ids_ok and kind == "lists":
-            ids_ok = f"NO ({_wrong_documents(out)} of {len(docs)} documents differ)"
+        if not ids_ok:
+            ids_ok = f"NO ({_wrong_documents(out)} of {len(docs)} documents differ)" if kind == "lists" else "NO"
         available[name] += (ids_ok,)
     ids = {name: v[2] for name, v in available.items()}
     times = interleave({n: v[:2] for n, v in available.items()}, rounds, clock, cold)
