@@ -1,15 +1,36 @@
 // The BPE tokenizer core: encoding and decoding (training is in bpe_train.cpp). See bpe.h for the contract;
 // performance notes sit beside the code they explain.
 //
-// Where encode time went (Shakespeare, 5.06 MB, GPT-2's 50k vocab; CPU seconds of one encode_ordinary call,
-// best of 5 by getrusage, on a shared 2-core AMD EPYC; tiktoken 0.14 takes 0.49-0.52 s on the same text):
+// Where encode time went, first round (Shakespeare, 5.06 MB, GPT-2's 50k vocab; CPU seconds of one encode_ordinary
+// call, best of 5 by getrusage, on a shared 2-core AMD EPYC; tiktoken 0.14 takes 0.49-0.52 s on the same text):
 //   first version (BytesMap whole-piece lookup, bpe_short per miss, PyLong per id)   0.34-0.99 s wall, busy host
 //   + 16-byte inline keys for the whole-piece map, per-call piece cache (16k slots)  0.138 s
 //   + thread-local piece cache (32k slots, kept across calls)                         0.110 s
 //   + shared int objects when building the result list (bindings.cpp)                 0.085 s  (~60 MB/s)
-//   the piece cache alone: disabling it takes the last line back to 0.134 s.
-// What is left (perf): the whole-piece probe (one L2/L3 miss per pre-token, the 4 MiB table does not fit in
-// L2), the pre-tokenizer's class lookups, and Python list building.
+//
+// Second round: text -> id array on the mixed corpus (benchmarks/mixed_corpus.py: 21 MB of prose, Python source,
+// German and French man pages; 5.1M pre-tokens, 165k distinct, 136k of them several tokens), GPT-2's vocab, one
+// pinned thread of a 2-core AMD EPYC shared with other jobs (load 6-14 during this work, so steps are compared
+// back to back, and MB/s vary by ~20% between runs). Cold: a fresh engine; warm: the same text again.
+//                                                                                         cold     warm  MB/s
+//   start: pieces one at a time, 4 MiB whole-token map, 2 MiB direct-mapped BPE cache       45       55
+//   + BPE on dense internal ids, merges in one array of 8-byte slots (was 2 x 2 MiB)          64       68
+//   + 32-byte entries, 2-way sets (a set is one cache line)                                   77       88
+//   + one growable open-addressing cache per thread and engine (nothing evicted)            ~50      ~80
+//     (worse alone: a random probe into 16 MiB per piece; it pays with the next two)
+//   + pieces in batches of 32, each piece's cache slot prefetched before the batch is
+//     resolved (memory-level parallelism instead of one miss at a time)                     ~75     ~130
+//   + the pre-tokenizer as resumable batches (pretokenize_some) with an ASCII class table and
+//     8-byte letter runs: the split alone 330 -> 540 MB/s                                    ~105     ~155
+//   + merge slots at load 3/4 (512 KiB) instead of 4-byte tag slots + a check array          ~105     ~164
+//   + the cache-hit path inline in the batch loop; no prefetch of the whole-token map        same, 5% fewer instructions
+// Tried and dropped: a 128 KiB direct-mapped front cache of 2..7-byte pieces ahead of the big one (no gain once
+// lookups were batched); 4-byte merge slots (a 12-bit tag + rank, 256 KiB) checked against a rank -> pair array
+// (the check was a second miss: ~92 vs ~105 cold); prefetching the whole-token map too (64 prefetches in flight
+// per batch stalled on the miss buffers).
+// Where the time is now (perf, cold runs): BPE of the 136k distinct multi-token pieces ~25% (its merge-table
+// probes are misses), the batch loop with its cache probes ~35%, the pre-tokenizer ~17%, page faults of fresh
+// output buffers ~4%. Warm, the cache probes and the pre-tokenizer are most of it.
 #include "bpe.h"
 #include "bpe_internal.h"
 
