@@ -185,8 +185,8 @@ def _pattern_of(path: Path, pre, refuse) -> str:
             name = pattern_of_regex(regex)
             if name is None:
                 raise ValueError(f"{path}: pre_tokenizer splits on the regex {regex!r}, which is none of lmfast's "
-                                 f"pre-tokenizers (GPT-2, cl100k/Llama-3, Qwen2, o200k: lmfast.tokenizer.patterns.SOURCE); "
-                                 "use this tokenizer through `tokenizers`")
+                                 "pre-tokenizers (GPT-2, cl100k/Llama-3, Qwen2, o200k: "
+                                 "lmfast.tokenizer.patterns.SOURCE); use this tokenizer through `tokenizers`")
             return name
     raise refuse("pre_tokenizer", pre, "ByteLevel with add_prefix_space false and use_regex true, or Split on a "
                  "known pattern (Isolated) then ByteLevel with use_regex false")

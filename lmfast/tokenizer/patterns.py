@@ -73,10 +73,10 @@ def check_pattern(name) -> str:
     return name
 
 
-# Safe cuts for streaming, per pattern: see lmfast.tokenizer.streaming._cut_point. GPT-2 cuts between any non-whitespace and
-# whitespace; the newer patterns let punctuation take the newlines after it (and o200k contractions follow letters),
-# so there a cut goes before a non-newline whitespace character, or after a letter or digit run ended by something
-# that cannot continue the piece.
+# Safe cuts for streaming, per pattern: see lmfast.tokenizer.streaming._cut_point. GPT-2 cuts between any
+# non-whitespace and whitespace; the newer patterns let punctuation take the newlines after it (and o200k
+# contractions follow letters), so there a cut goes before a non-newline whitespace character, or after a letter or
+# digit run ended by something that cannot continue the piece.
 _SAFE_CUT = {
     "gpt2": r"(?r)\S\s|\p{L}\P{L}|\p{N}\P{N}",
     "newer": r"(?r)\S[^\S\r\n]|\p{L}[^\p{L}\p{M}']|\p{N}\P{N}",

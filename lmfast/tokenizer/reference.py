@@ -2,10 +2,11 @@
 
 Two pieces, with the same interface as the native module:
 
-- ``ReferenceEngine(vocab, merges, special_tokens, pattern="gpt2", ignore_merges=False)``: a pre-tokenizer pattern
-  of ``lmfast.tokenizer.patterns`` (``regex`` semantics are the truth), then, inside each pre-token, repeatedly merge the
-  adjacent pair of lowest merge rank (the rank of ``(a, b)`` is its index in ``merges``; the merged token's id is
-  the vocab id of ``a + b``). With ``ignore_merges`` a pre-token that is a vocab token is that token (tiktoken).
+- ``ReferenceEngine(vocab, merges, special_tokens, pattern="gpt2", ignore_merges=False)``: a pre-tokenizer
+  pattern of ``lmfast.tokenizer.patterns`` (``regex`` semantics are the truth), then, inside each pre-token,
+  repeatedly merge the adjacent pair of lowest merge rank (the rank of ``(a, b)`` is its index in ``merges``; the
+  merged token's id is the vocab id of ``a + b``). With ``ignore_merges`` a pre-token that is a vocab token is that
+  token (tiktoken).
 - ``train_bpe_reference(input_path, vocab_size, special_tokens)``: the CS336 trainer. Ids are the special tokens
   first (given order), then the 256 single bytes, then one per merge. The text is split on the special tokens (no
   merge crosses one), pre-tokenized, pairs are counted inside pre-tokens weighted by pre-token frequency, and the

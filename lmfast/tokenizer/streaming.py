@@ -33,10 +33,10 @@ def _cut_point(buf: str, specials: Sequence[str], pattern: str = "gpt2") -> int:
     enough from the end of ``buf`` that a special token starting before it is fully visible. The letter and digit
     cuts keep text without whitespace (base64, a line with its spaces stripped) streaming in bounded chunks.
 
-    The newer patterns (``cl100k``, ``llama3``, ``qwen2``, ``o200k``; see ``lmfast.tokenizer.patterns``) let a punctuation run
-    take the newlines after it and o200k attach a contraction to its word, so for them p sits before whitespace
-    that is not a newline, or after a letter followed by neither a letter, a mark nor an apostrophe, or after a
-    digit run.
+    The newer patterns (``cl100k``, ``llama3``, ``qwen2``, ``o200k``; see ``lmfast.tokenizer.patterns``) let a
+    punctuation run take the newlines after it and o200k attach a contraction to its word, so for them p sits before
+    whitespace that is not a newline, or after a letter followed by neither a letter, a mark nor an apostrophe, or
+    after a digit run.
     """
     cut = safe_cut_regex(pattern)
     longest = max((len(s) for s in specials), default=1)

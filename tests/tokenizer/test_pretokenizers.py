@@ -18,7 +18,8 @@ from lmfast.tokenizer import streaming as _streaming
 from lmfast.tokenizer.patterns import PATTERNS, REGEX, SOURCE, pattern_of_regex
 from lmfast.tokenizer.reference import ReferenceEngine, train_bpe_reference
 
-_bpe = pytest.importorskip("lmfast.tokenizer._bpe", reason="the C++ extension is not built: python setup.py build_ext --inplace")
+_bpe = pytest.importorskip("lmfast.tokenizer._bpe",
+                           reason="the C++ extension is not built: python setup.py build_ext --inplace")
 
 NEW = [p for p in PATTERNS if p != "gpt2"]
 _FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
