@@ -824,8 +824,14 @@ uint64_t Engine::encode_file(const std::string& path, int out_fd, const std::vec
                 pos = valid;
                 break;
             }
-            std::vector<size_t> cuts = chunk_cuts(text.substr(pos, std::min(valid - pos, 2 * chunk)), allowed, chunk);
-            if (cuts.empty()) break;
+            std::vector<size_t> cuts = chunk_cuts(text.substr(pos), allowed, chunk);
+            if (cuts.empty()) {
+                if (last) {  // a tail without a safe cut: encode it whole
+                    parts.push_back(text.substr(pos));
+                    pos = valid;
+                }
+                break;
+            }
             parts.push_back(text.substr(pos, cuts[0]));
             pos += cuts[0];
         }

@@ -182,6 +182,19 @@ def test_chunked_encodes_equal_the_whole_for_every_pattern(trained, pattern, tmp
     assert list(tok.encode_iterable(iter(text.splitlines(keepends=True)))) == want
 
 
+@pytest.mark.parametrize("tail", ["a" * 3000, "1" * 3000, "é" * 1500, "!" * 3000, "<|endoftext|>" * 300])
+def test_encode_file_encodes_a_long_tail_without_safe_cuts_whole(trained, tail, tmp_path):
+    vocab, merges = trained("llama3")
+    tok = Tokenizer(vocab, merges, ["<|endoftext|>"], pattern="llama3")
+    text = "some words, then a run with no cut point: " * 40 + tail
+    path = tmp_path / "tail.txt"
+    path.write_text(text, encoding="utf-8")
+    with open(tmp_path / "ids.bin", "wb") as f:
+        n = tok._engine.encode_file(path, f.fileno(), {"<|endoftext|>"}, 2, 2, None, 64)
+    assert np.fromfile(tmp_path / "ids.bin", dtype=np.uint16).tolist() == tok.encode(text)
+    assert n == len(tok.encode(text))
+
+
 @pytest.mark.parametrize("pattern", NEW)
 @given(text=_TEXT)
 @_FUZZ
