@@ -28,6 +28,14 @@
 // lookups were batched); 4-byte merge slots (a 12-bit tag + rank, 256 KiB) checked against a rank -> pair array
 // (the check was a second miss: ~92 vs ~105 cold); prefetching the whole-token map too (64 prefetches in flight
 // per batch stalled on the miss buffers).
+// Also tried on 2 threads: a lock-free table of BPE results shared by the threads of one engine, so that each
+// distinct piece is merged once instead of once per thread; the process's CPU seconds did not move (72-78 vs
+// 73-76 MB/s of CPU), its probes into 16 MiB cost what the saved merges gave. Not kept.
+// Against gigatoken 0.10 (benchmarks/results/tokenizer_cpu.md, same host): text -> array cold 0.82x on 1 thread,
+// warm 0.70x; lists 1.40x. Its steady state per piece is faster (17 vs 25 ns); closing that needs a denser hot
+// path than one 32-byte entry in a 16 MiB table per piece (16-byte entries for pieces of <= 7 bytes, 81% of the
+// multi-byte ones, would halve the table) and a pre-tokenizer without a branch per piece (class bitmasks of 64
+// bytes at a time, piece ends by tzcnt).
 // Where the time is now (perf, cold runs): BPE of the 136k distinct multi-token pieces ~25% (its merge-table
 // probes are misses), the batch loop with its cache probes ~35%, the pre-tokenizer ~17%, page faults of fresh
 // output buffers ~4%. Warm, the cache probes and the pre-tokenizer are most of it.
