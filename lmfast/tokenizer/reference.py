@@ -28,12 +28,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import regex
 
-from lmfast.tokenizer.patterns import REGEX, check_pattern
+from lmfast.tokenizer.patterns import REGEX, SOURCE, check_pattern
 
 __all__ = ["GPT2_PATTERN", "ReferenceEngine", "train_bpe_reference", "read_utf8", "special_token_regex"]
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-_PRETOKENIZE = regex.compile(GPT2_PATTERN)
+GPT2_PATTERN = SOURCE["gpt2"]  # one spelling of each pattern, in lmfast.tokenizer.patterns
 
 
 @functools.cache
