@@ -35,6 +35,7 @@ from lmfast.model.ops import BACKENDS
 from lmfast.tokenizer import EOT
 from lmfast.train.run_setup import SetupError
 from lmfast.train.run_state import load_model
+from lmfast.train.sharded import is_sharded_checkpoint
 
 __all__ = ["main", "sample_next", "generate_ids", "generate_samples", "generate_text", "Sample", "default_stops",
            "load_model", "generation_dtype"]
@@ -44,7 +45,7 @@ __all__ = ["main", "sample_next", "generate_ids", "generate_samples", "generate_
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmfast.generate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a .pt file written by python -m lmfast.train")
+    p.add_argument("--checkpoint", required=True, help="a .pt file or .dcp directory written by python -m lmfast.train")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature >= 0; 0 = greedy")
@@ -79,11 +80,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--stop '' is empty; give the text a sample should end at, or --no-stop for none")
     _check_prompt(args.prompt)
     path = Path(args.checkpoint)
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt"))
-        name = "final_model.pt" if "final_model.pt" in found or not found else found[0]
-        hint = f"e.g. --checkpoint {path / name}" if found else "it holds no .pt file"
-        raise ValueError(f"--checkpoint {path} is a directory; pass a checkpoint file in it ({hint})")
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        found = sorted(p.name for p in path.iterdir() if p.suffix == ".pt" or is_sharded_checkpoint(p))
+        name = "final_model.pt" if "final_model.pt" in found or not found else found[-1]
+        hint = f"e.g. --checkpoint {path / name}" if found else "it holds no checkpoint"
+        raise ValueError(f"--checkpoint {path} is a directory, not a checkpoint; pass a .pt file or .dcp directory "
+                         f"in it ({hint})")
 
 
 def _check_prompt(prompt: str) -> None:

@@ -44,6 +44,7 @@ class Mutation:
 TRAIN_MATH = "tests/train/test_trainer_math.py"
 RESUME = ("tests/train/test_train.py::test_resume_continues_the_same_loss_curve", TRAIN_MATH)
 RELIABILITY = "tests/train/test_reliability.py"
+SHARDED = "tests/train/test_sharded_files.py"
 LCE = "tests/model/test_linear_cross_entropy.py"
 OPTIM = "tests/train/test_optim.py"
 MODEL = ("tests/model/test_model.py", "tests/cli/test_generate.py")
@@ -126,8 +127,7 @@ MUTATIONS = [
     Mutation("resume: progress (tokens seen, best val loss, epoch sums) not restored", "lmfast/train/run_state.py",
              "if \"progress\" in state:", "if \"progress_state\" in state:", RESUME),
     Mutation("resume: --resume auto takes the oldest checkpoint", "lmfast/train/run_state.py",
-             "return max(candidates, key=lambda p: p.stat().st_mtime_ns)",
-             "return min(candidates, key=lambda p: p.stat().st_mtime_ns)", RESUME),
+             "return max(candidates, key=_resume_order)", "return min(candidates, key=_resume_order)", RESUME),
     # ---- run lifecycle and checkpoint integrity (lmfast/train/lifecycle.py, lmfast/train/checkpoint.py)
     Mutation("lifecycle: a second run on a directory in use is let in", "lmfast/train/lifecycle.py",
              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass", (RELIABILITY,)),
@@ -137,6 +137,13 @@ MUTATIONS = [
     Mutation("checkpoint: a tensor that differs from its checksum is loaded", "lmfast/train/checkpoint.py",
              "bad = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))",
              "bad = sorted(k for k in then.keys() - now.keys())", ("tests/train/test_checkpoint.py",)),
+    Mutation("sharded checkpoint: .metadata unpickled with plain pickle (runs code)", "lmfast/train/dcp_files.py",
+             "metadata = _MetadataUnpickler(f).load()", "metadata = pickle.load(f)", (SHARDED,)),
+    Mutation("sharded checkpoint: a shard that differs from its CRC is loaded", "lmfast/train/dcp_files.py",
+             "if _crc(path / name) != sums[name][1]:", "if False:", (SHARDED,)),
+    Mutation("sharded checkpoint: small values loaded with weights_only=False", "lmfast/train/dcp_files.py",
+             "loaded = torch.load(value, weights_only=True)", "loaded = torch.load(value, weights_only=False)",
+             (SHARDED,)),
     # ---- fused linear cross-entropy (lmfast/model/functional.py)
     Mutation("linear cross-entropy: d weight is the summed, not the mean, loss's gradient",
              "lmfast/model/functional.py",

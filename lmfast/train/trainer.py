@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from lmfast.data import BatchSampler, load_dataset
+from lmfast.data import BatchSampler, load_dataset, tokenizer_fingerprint
 from lmfast.model import TransformerLM
 from lmfast.model.generation import generate_text
 from lmfast.model.hf import init_from_hf
@@ -75,7 +75,7 @@ from lmfast.train.run_setup import (
     resolve_device,
     setup_logging,
 )
-from lmfast.train.run_state import _Progress, find_resume, load_run, save_interrupted, save_run
+from lmfast.train.run_state import _Progress, find_resume, load_run, read_resume, save_interrupted, save_run
 from lmfast.train.sharded import accumulating, shard_model
 
 __all__ = ["main", "build", "Trainer", "SetupError", "TrainingDiverged", "ByteTokenizer", "build_tokenizer",
@@ -136,6 +136,11 @@ class Trainer:
     def _build_run(self, train_path: Path, val_path: Path | None) -> None:
         cfg, device = self.cfg, self.device
         self._check_tokenizer_fits()
+        self.tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
+        # The checkpoint is read and checked (checksums, field types, its tokenizer's content) before any text is
+        # tokenized with this run's tokenizer; a plain one to CPU when sharded: each rank moves only its shards.
+        resumed = None if self.resume_from is None else read_resume(
+            self.resume_from, "cpu" if self.sharded else device, self.tokenizer_fingerprint, self.dist)
         common = dict(tokenizer=self.tokenizer, vocab_size=cfg.vocab_size, cache_dir=cfg.cache_dir,
                       context_length=cfg.context_length)
         self.train_data = load_dataset(train_path, key="train_data_path", **common)
@@ -160,8 +165,9 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else _NoMetrics()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
         self.last_saved: tuple[Path, int] | None = None  # (checkpoint, step): where a diverged run can go back to
-        if self.resume_from is not None:
-            load_run(self, self.resume_from)
+        if resumed is not None:
+            load_run(self, resumed)
+            del resumed  # its tensors are in the model and optimizer now
             self.last_saved = (self.resume_from, self.progress.step)
             if self.dist.is_main and (dropped := self.metrics.drop_after(self.progress.step)):
                 log.info("Dropped %d metrics.jsonl records past step %d (this run repeats those steps)", dropped,
