@@ -19,12 +19,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -61,10 +63,18 @@ def lock_run_dir(run_dir: Path) -> RunLock:
     path = run_dir / LOCK_NAME
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a symbolic link planted at the lock's name must not make the run truncate its target
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SetupError(_not_a_lock(path, "a symbolic link")) from None
         raise SetupError(f"checkpoint_dir {str(run_dir)!r} cannot be written ({e.strerror}); choose a writable "
                          "checkpoint_dir") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a FIFO or device; a hard link shares another file's bytes
+        os.close(fd)
+        raise SetupError(_not_a_lock(path, "not a regular file" if not stat.S_ISREG(st.st_mode) else
+                                     f"a hard link ({st.st_nlink} names for one file)"))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -75,6 +85,11 @@ def lock_run_dir(run_dir: Path) -> RunLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     return RunLock(fd, path)
+
+
+def _not_a_lock(path: Path, what: str) -> str:
+    return (f"{str(path)!r} is {what}, not the run lock lmfast keeps there, and a run would write to it; remove it "
+            "(rm) and start again, or choose another checkpoint_dir")
 
 
 def claim_run_dir(run_dir: Path) -> RunLock:

@@ -25,6 +25,7 @@ from lmfast.data import cache as _cache
 from lmfast.plot import read_metrics
 from lmfast.train import trainer as trainer_module
 from lmfast.train.lifecycle import LOCK_NAME, lock_run_dir
+from lmfast.train.run_state import find_resume
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("kill_resume", ROOT / "scripts" / "kill_resume.py")
@@ -83,7 +84,28 @@ def test_a_second_run_on_a_checkpoint_dir_in_use_is_refused_at_once_naming_the_h
     assert _train(data, "locked") == 0  # the lock file left behind blocks no one
 
 
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_the_run_lock_never_writes_through_a_link_or_into_a_non_file_planted_at_its_name(tmp_path, kind):
+    run_dir, target = tmp_path / "run", tmp_path / "precious.txt"
+    run_dir.mkdir()
+    target.write_text("the user's file")
+    {"symlink": lambda p: p.symlink_to(target), "hardlink": lambda p: os.link(target, p),
+     "fifo": os.mkfifo}[kind](run_dir / LOCK_NAME)
+    with pytest.raises(trainer_module.SetupError, match=f"{LOCK_NAME}' is .*not the run lock .*remove it"):
+        lock_run_dir(run_dir)
+    assert target.read_text() == "the user's file"
+
+
 # -- stopping and resuming -----------------------------------------------------------------------------------
+
+
+def test_resume_auto_takes_the_latest_step_not_the_latest_modification_time(data, reference):
+    run_dir = data / "touched"
+    shutil.copytree(reference, run_dir)
+    for name in ("final_model.pt", "checkpoint_epoch_3.pt"):
+        (run_dir / name).unlink()
+    os.utime(run_dir / "checkpoint_step_20.pt")  # `touch`, or a copy without -p: the older checkpoint looks newest
+    assert find_resume("auto", run_dir) == run_dir / "checkpoint_step_24.pt"
 
 
 def _signal_inside_step(monkeypatch, signum: int, step: int) -> None:
