@@ -6,6 +6,7 @@ they log to the ``train`` logger, as the rest of the trainer does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -227,12 +228,14 @@ def _trained_for(cfg: TrainConfig, train_path: Path) -> dict:
 
 
 def _save_trained(tokenizer, saved: Path, trained_for: dict) -> None:
-    """Write the tokenizer and its trained_for.json into a temp folder, then rename it into place: all or nothing."""
+    """Write the tokenizer and its trained_for.json (with the sha256 of each file it wrote) into a temp folder, then
+    rename it into place: all or nothing."""
     saved.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", suffix=".tmp", dir=saved.parent))
     try:
         tokenizer.save(tmp)
-        (tmp / _TRAINED_FOR).write_text(json.dumps(trained_for), encoding="utf-8")
+        files = {p.name: _file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / _TRAINED_FOR).write_text(json.dumps({**trained_for, "files": files}), encoding="utf-8")
         os.replace(tmp, saved)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -241,9 +244,11 @@ def _save_trained(tokenizer, saved: Path, trained_for: dict) -> None:
 
 
 def _check_saved_tokenizer_is_for(saved: Path, wanted: dict, resuming: bool) -> None:
-    """A tokenizer an earlier run left in checkpoint_dir is reused only if it was made with these settings and text."""
-    marker = saved / _TRAINED_FOR
-    earlier = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+    """A tokenizer an earlier run left in checkpoint_dir is reused only if its files are unchanged since it was saved
+    (by content) and it was made with these settings and text."""
+    earlier = read_trained_for(saved)
+    if earlier is not None:
+        earlier = {k: v for k, v in earlier.items() if k != "files"}
     if earlier == wanted or (resuming and earlier is None):
         return
     fix = f"choose another checkpoint_dir, or move {saved} away to train a new one"
@@ -264,6 +269,39 @@ def _check_saved_tokenizer_is_for(saved: Path, wanted: dict, resuming: bool) -> 
                      f"{str(wanted['text_sha256'])[:16]}...); {fix}")
 
 
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+_TRAINED_FOR_TYPES = {"vocab_size": int, "special_tokens": list, "text_sha256": (str, type(None)), "files": dict}
+
+
+def read_trained_for(saved: Path) -> dict | None:
+    """The record of a run's trained tokenizer in ``saved`` (None if it has none), after checking that the files it
+    lists still hold the bytes they were saved with; SetupError naming the file that changed."""
+    marker = saved / _TRAINED_FOR
+    if not marker.is_file():
+        return None
+    fix = f"move {saved} away to train a new one (a resumed run needs the one it was trained with: restore it)"
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise SetupError(f"{marker} cannot be read ({e}); {fix}") from None
+    wrong = [k for k, kind in _TRAINED_FOR_TYPES.items() if k in record and not isinstance(record[k], kind)] \
+        if isinstance(record, dict) else ["the whole file"]
+    if wrong or isinstance(record.get("vocab_size"), bool):
+        raise SetupError(f"{marker} is not the record lmfast writes ({(wrong or ['vocab_size'])[0]} has the wrong "
+                         f"type); {fix}")
+    for name, digest in record.get("files", {}).items():
+        path = saved / str(name)
+        if Path(str(name)).name != name or not path.is_file():
+            raise SetupError(f"{path} was saved with this run's tokenizer but is missing; {fix}")
+        if _file_sha256(path) != digest:
+            raise SetupError(f"{path} changed since this run's tokenizer was saved (sha256 {str(digest)[:16]}..., now "
+                             f"{_file_sha256(path)[:16]}...): it is damaged or was edited; {fix}")
+    return record
+
+
 def load_run_tokenizer(spec: str | None, run_dir: Path):
     """The tokenizer a checkpoint names (``bytes``, ``gpt2``, or a directory, relative to run_dir if so)."""
     from lmfast.tokenizer import Tokenizer
@@ -273,7 +311,9 @@ def load_run_tokenizer(spec: str | None, run_dir: Path):
     if spec == "gpt2":
         return Tokenizer.gpt2()
     path = Path(spec)
-    return Tokenizer.load(path if path.is_absolute() else run_dir / path)
+    path = path if path.is_absolute() else run_dir / path
+    read_trained_for(path)  # a run's trained tokenizer: its files unchanged since they were saved
+    return Tokenizer.load(path)
 
 
 class ByteTokenizer:
