@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfast.data.cache import _atomic_path, _content_sha256, _copy_stream, _file_lock, _resolve_cache
+from lmfast.data.cache import (
+    _atomic_path,
+    _content_sha256,
+    _copy_stream,
+    _file_lock,
+    _resolve_cache,
+    _sum_matches,
+    _write_sum,
+)
 from lmfast.data.token_files import (
     TEXT_SUFFIXES,
     TOKEN_SUFFIXES,
@@ -101,13 +109,13 @@ def prepare_tokens(
     cache = _resolve_cache(cache_dir)
     digest = _content_sha256(text_path, progress)
     out = cache / f"{text_path.stem}-{digest[:16]}-{tokenizer_fingerprint(tokenizer)}.npy"
-    if out.exists():
-        logger.info("using cached tokens %s for %s", out, text_path)
-        return out
-    with _file_lock(out):
-        if out.exists():  # another process (a data-parallel rank) made it while this one waited
+    with _file_lock(out):  # also when reusing: another process (a data-parallel rank) may be making it
+        if out.exists() and _sum_matches(out):
             logger.info("using cached tokens %s for %s", out, text_path)
             return out
+        if out.exists():
+            logger.warning("cached tokens %s do not match the checksum they were written with (a changed byte on "
+                           "disk, or written by an older lmfast); tokenizing %s again", out, text_path)
         logger.info("tokenizing %s into %s (%s)", text_path, out, "byte-level" if tokenizer is None else "BPE")
         with _atomic_path(out) as tmp:
             if tokenizer is None:
@@ -119,6 +127,7 @@ def prepare_tokens(
             with open(tmp, "rb") as f:  # never cache something that is not a readable token file
                 shape, _, dtype = _read_npy_header(f)
             _check_header(tmp, shape, dtype)
+            _write_sum(out, tmp)
     return out
 
 
