@@ -552,6 +552,16 @@ def _fail(e: BaseException) -> int:
     return 2
 
 
+def _allocation_failed(e: RuntimeError) -> MemoryError | None:
+    """torch's CPU allocator reports a failed allocation (RAM, ``ulimit -v``) as a plain RuntimeError."""
+    text = str(e)
+    if "DefaultCPUAllocator" not in text and "can't allocate memory" not in text:
+        return None
+    why = text[text.find("DefaultCPUAllocator"):].split(". ")[0] if "DefaultCPUAllocator" in text else text[:200]
+    return MemoryError(f"out of memory ({why}); lower batch_size, context_length or the model size, or raise the "
+                       "memory limit (ulimit -v, the container's)")
+
+
 def _run(argv: list[str] | None, signals: StopSignals) -> int:
     try:
         trainer = build(argv)
@@ -559,6 +569,10 @@ def _run(argv: list[str] | None, signals: StopSignals) -> int:
         return 2  # the rank that failed printed the error
     except _BAD_INPUT as e:
         return _fail(e)
+    except RuntimeError as e:
+        if (oom := _allocation_failed(e)) is None:
+            raise
+        return _fail(oom)
     signals.announce = trainer.dist.is_main
     try:
         summary = trainer.fit(signals)
@@ -568,6 +582,10 @@ def _run(argv: list[str] | None, signals: StopSignals) -> int:
         return 1
     except (OSError, torch.OutOfMemoryError) as e:  # e.g. the disk filled up while a checkpoint was written
         return _fail(e)
+    except RuntimeError as e:
+        if (oom := _allocation_failed(e)) is None:
+            raise
+        return _fail(oom)
     finally:
         if trainer.run_lock is not None:
             trainer.run_lock.release()

@@ -145,6 +145,29 @@ def test_a_resume_path_that_is_no_checkpoint_is_refused_before_tokenizing(run, m
     _expect_refusal(run, fragment, "--resume", str(tmp_path / target))
 
 
+def test_the_memory_check_counts_an_address_space_limit_like_ulimit_v(tmp_path):
+    import resource
+
+    def limit():  # 4 GiB of address space: the interpreter and torch take ~1-2 GiB of it before training
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    args = ["--set", "d_model=2048", "num_layers=16", "batch_size=1", "train_data_path=shakespeare", "--device", "cpu"]
+    proc = subprocess.run([sys.executable, "-m", "lmfast.train", *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300, preexec_fn=limit)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "the model alone does not fit" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_an_allocation_that_fails_inside_training_is_one_line_not_torchs_enforce_dump(run, monkeypatch):
+    def train_step(self, step):  # what torch's CPU allocator raises under ulimit -v or without RAM
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 17179869184 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", train_step)
+    last = _expect_refusal(run, "out of memory (DefaultCPUAllocator: can't allocate memory")
+    assert "lower batch_size" in last and "enforce" not in last
+
+
 def test_the_parameter_count_matches_the_model():
     model = TransformerLM(300, 16, 48, 3, 4, 80, 10000.0, backend="reference")
     assert count_parameters(300, 48, 3, 80) == model.num_parameters()
