@@ -108,6 +108,10 @@ def read_llama_config(directory: str | Path) -> LlamaShape:
     if missing:
         raise UnsupportedModelError(f"{path} lacks the integer field(s) {', '.join(missing)} that a Llama config has")
     heads, d_model = cfg["num_attention_heads"], cfg["hidden_size"]
+    small = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                         "max_position_embeddings") if cfg[k] < 1]
+    if small:
+        raise _unsupported(path, small[0], cfg[small[0]], "it must be a positive integer")
     head_dim = cfg.get("head_dim") or d_model // heads
     if d_model % heads or head_dim != d_model // heads or head_dim % 2:
         raise _unsupported(path, "head_dim", head_dim, f"lmfast needs an even head dim equal to hidden_size / "
@@ -142,8 +146,11 @@ def _check_supported(path: Path, cfg: dict) -> None:
 def _rope_theta(path: Path, cfg: dict) -> float:
     # transformers >= 5 writes rope_parameters: {rope_type, rope_theta}; earlier versions rope_theta beside it
     params = cfg.get("rope_parameters")
+    theta = cfg.get("rope_theta", 10000.0)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+        raise _unsupported(path, "rope_theta", theta, "it must be a positive number")
     if params is None:
-        return cfg.get("rope_theta", 10000.0)
+        return theta
     if not isinstance(params, dict) or params.get("rope_type", "default") != "default" or \
             set(params) - {"rope_type", "rope_theta"}:
         raise _unsupported(path, "rope_parameters", params, 'lmfast implements plain RoPE only ({"rope_type": '
@@ -220,17 +227,31 @@ def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
 
     d = Path(directory)
     if (d / "model.safetensors").is_file():
-        return load_file(d / "model.safetensors")
+        return _load_safetensors(load_file, d / "model.safetensors")
     index = d / "model.safetensors.index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{d} has no model.safetensors (nor model.safetensors.index.json); lmfast reads "
                                 "safetensors weights. Convert a pytorch_model.bin folder with transformers: "
                                 "LlamaForCausalLM.from_pretrained(DIR).save_pretrained(OUT)")
-    shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, no weight_map, not a mapping
+        raise UnsupportedModelError(f"{index} is not a safetensors index ({type(e).__name__}: {e}); it needs "
+                                    '"weight_map": {tensor name: shard file}') from None
     for shard in shards:
-        if not (d / shard).is_file():
-            raise FileNotFoundError(f"{d / shard} is listed in {index.name} but does not exist")
-    return {k: v for shard in shards for k, v in load_file(d / shard).items()}
+        if not isinstance(shard, str) or Path(shard).name != shard or not (d / shard).is_file():
+            raise FileNotFoundError(f"{d / str(shard)} is listed in {index.name} but is not a file in {d}")
+    return {k: v for shard in shards for k, v in _load_safetensors(load_file, d / shard).items()}
+
+
+def _load_safetensors(load_file, path: Path) -> dict[str, torch.Tensor]:
+    """safetensors' ``load_file``; a truncated or corrupt file is an UnsupportedModelError naming it."""
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 - SafetensorError (header, size) is not importable by a stable name
+        raise UnsupportedModelError(f"{path} cannot be read as safetensors ({' '.join(str(e).split())[:200]}); it is "
+                                    "truncated or corrupt, so copy or download it again") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
