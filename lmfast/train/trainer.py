@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from lmfast.data import BatchSampler, load_dataset, tokenizer_fingerprint
+from lmfast.data.registry import DownloadError
 from lmfast.model import TransformerLM
 from lmfast.model.generation import generate_text
 from lmfast.model.hf import init_from_hf
@@ -544,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # Bad input and a hostile environment (a read-only or full disk, a directory where a file belongs) end in one line
 # on stderr and exit code 2. Anything else is a bug in lmfast and keeps its traceback.
-_BAD_INPUT = (ConfigError, SetupError, MissingPackageError, ValueError, OSError, MemoryError, torch.OutOfMemoryError)
+_BAD_INPUT = (ConfigError, SetupError, MissingPackageError, DownloadError, ValueError, OSError, MemoryError,
+              torch.OutOfMemoryError)
 
 
 def _fail(e: BaseException) -> int:

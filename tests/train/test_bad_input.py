@@ -168,6 +168,15 @@ def test_an_allocation_that_fails_inside_training_is_one_line_not_torchs_enforce
     assert "lower batch_size" in last and "enforce" not in last
 
 
+def test_a_corpus_that_cannot_be_fetched_is_one_line_and_exit_2(run, monkeypatch, tmp_path):
+    from lmfast.data import corpus
+
+    monkeypatch.setenv("LMFAST_CACHE", str(tmp_path / "lmfast-cache"))
+    monkeypatch.setattr(corpus, "TINYSTORIES_URLS", {"train": "http://127.0.0.1:9/train.txt",
+                                                     "val": "http://127.0.0.1:9/val.txt"})  # no network there
+    _expect_refusal(run, "could not reach http://127.0.0.1:9/train.txt", train_data_path="tinystories")
+
+
 def test_the_parameter_count_matches_the_model():
     model = TransformerLM(300, 16, 48, 3, 4, 80, 10000.0, backend="reference")
     assert count_parameters(300, 48, 3, 80) == model.num_parameters()
