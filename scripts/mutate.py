@@ -214,7 +214,14 @@ MUTATIONS = [
              "out[key.strip()] = yaml.safe_load(text) if text.strip() else None",
              "out[key.strip()] = text if text.strip() else None", ("tests/train/test_config.py",)),
     Mutation("config: no closest-key suggestion for a typo", "lmfast/train/config.py",
-             "n=1, cutoff=0.5)", "n=1, cutoff=0.99)", ("tests/train/test_config.py",)),
+             "spelled = difflib.get_close_matches(key, names, n=n, cutoff=0.5)",
+             "spelled = difflib.get_close_matches(key, names, n=n, cutoff=0.99)", ("tests/train/test_config.py",)),
+    Mutation("config: an abbreviation (lr) suggests nothing", "lmfast/train/config.py",
+             "by_initials = [k for k in names if initials[k] == key]", "by_initials = [k for k in names if False]",
+             ("tests/train/test_run_outputs.py",)),
+    Mutation("run outputs: a relative log_file stays in the working directory", "lmfast/train/run_setup.py",
+             "else Path(cfg.checkpoint_dir) / cfg.log_file", "else Path(cfg.log_file)",
+             ("tests/train/test_run_outputs.py",)),
 ]
 
 

@@ -6,6 +6,8 @@ they log to the ``train`` logger, as the rest of the trainer does.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +23,7 @@ import torch
 from lmfast.train.config import TrainConfig
 
 __all__ = ["SetupError", "ByteTokenizer", "build_tokenizer", "check_run_inputs", "load_run_tokenizer", "resolve_device",
-           "setup_logging"]
+           "setup_logging", "log_file_path", "log_failure", "config_notes", "config_yaml", "write_run_config"]
 
 log = logging.getLogger("train")
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -66,7 +68,69 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
+class _LogFileHandler(logging.FileHandler):
+    """Appends to the log file; the first write that fails (a full disk) closes it and keeps the error for the
+    trainer to stop on (:func:`log_failure`), instead of logging's traceback on every later line."""
+
+    failure: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if self.failure is None:
+            reason = getattr(error, "strerror", None) or str(error)
+            self.failure = OSError(f"cannot write log_file {self.baseFilename!r} ({reason}); free some space or point "
+                                   "log_file at a disk with room (log_file: null for console only). The checkpoints "
+                                   "saved so far are kept: continue with --resume auto")
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is None:
+            super().emit(record)
+
+
+def log_failure() -> OSError | None:
+    """The error that stopped lmfast's log file, if its writes failed (the trainer stops the run on it)."""
+    return next((h.failure for h in logging.getLogger().handlers if isinstance(h, _LogFileHandler) and h.failure),
+                None)
+
+
+def log_file_path(cfg: TrainConfig) -> Path | None:
+    """Where the run logs: ``log_file`` as given when absolute, else inside ``checkpoint_dir`` (None: console)."""
+    return None if cfg.log_file is None else Path(cfg.checkpoint_dir) / cfg.log_file
+
+
+def config_notes(cfg: TrainConfig) -> list[str]:
+    """Warnings about keys that are set but have no effect with the rest of the config."""
+    notes = []
+    default_lr = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "learning_rate")
+    if cfg.use_lr_schedule and cfg.learning_rate != default_lr:
+        notes.append(f"learning_rate ({cfg.learning_rate:g}) is not used: with use_lr_schedule: true the rate warms "
+                     f"up to max_learning_rate ({cfg.max_learning_rate:g}) and decays to min_learning_rate "
+                     f"({cfg.min_learning_rate:g}); set max_learning_rate for the peak, or use_lr_schedule: false for "
+                     "a constant learning_rate")
+    return notes
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, keys in schema order: what ``--print-config`` prints and ``config.yaml`` holds."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def write_run_config(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Write the resolved config to ``run_dir/config.yaml`` (atomically): the run's settings beside its checkpoints."""
+    path = run_dir / "config.yaml"
+    fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=run_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"# the resolved config of the run in {run_dir} (rewritten by each resume)\n{config_yaml(cfg)}")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def setup_logging(level: str = "INFO", log_file: str | os.PathLike | None = None) -> None:
     """Console (+ appended file) handlers in the seed's format on the root logger; ``level`` for lmfast's loggers.
 
     Handlers from an earlier call are replaced; other libraries keep their own levels.
@@ -87,7 +151,7 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def _log_file_handler(path: Path) -> logging.FileHandler:
+def _log_file_handler(path: Path) -> _LogFileHandler:
     """A handler appending to ``path``; a directory, a read-only place or a bad name is a SetupError naming it."""
     if path.is_dir():
         raise SetupError(f"log_file {str(path)!r} is a directory; give a file path such as "
@@ -98,7 +162,7 @@ def _log_file_handler(path: Path) -> logging.FileHandler:
                          "choose another path, or log_file: null for console only")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return logging.FileHandler(path, mode="a", encoding="utf-8")
+        return _LogFileHandler(path, mode="a", encoding="utf-8")
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
         raise SetupError(f"log_file {str(path)!r} cannot be opened for appending ({_reason(e)}); choose a path you "
                          "can write to, or log_file: null for console only") from None
@@ -139,6 +203,10 @@ def _check_writable_dir(path: Path, key: str) -> None:
                          "write to") from None
 
 
+_PATH_EXAMPLES = {"checkpoint_dir": "checkpoints/run1", "cache_dir": "~/.cache/lmfast/tokens",
+                  "log_file": "training.log"}
+
+
 def check_run_inputs(cfg: TrainConfig, device: torch.device) -> None:
     """What can be checked before anything is built or written: the backend, the run's directories, the memory.
 
@@ -148,11 +216,18 @@ def check_run_inputs(cfg: TrainConfig, device: torch.device) -> None:
     from lmfast.data.registry import cache_dir
     from lmfast.model.ops import fused_unavailable_reason
 
+    for key, example in _PATH_EXAMPLES.items():
+        if getattr(cfg, key) is not None and not str(getattr(cfg, key)).strip():
+            null = {"log_file": ", or null for console only", "cache_dir": ", or null for the user cache"}.get(key, "")
+            raise SetupError(f"{key} is empty, which would put the run's files in the current directory; give a "
+                             f"path such as {example}, or '.' to mean the current directory{null}")
     reason = fused_unavailable_reason(device)
     if cfg.backend == "fused" and reason is not None:
         raise SetupError(f"backend: fused cannot run here: {reason}; use backend: reference, or auto (fused where "
                          "it can run)")
     _check_writable_dir(Path(cfg.checkpoint_dir), "checkpoint_dir")
+    if cfg.log_file is not None:  # opened here to be checked before anything else is made; setup_logging keeps it
+        _log_file_handler(log_file_path(cfg)).close()
     _check_writable_dir(Path(cfg.cache_dir) if cfg.cache_dir is not None else cache_dir() / "tokens", "cache_dir")
     _check_memory(cfg, device)
 
@@ -345,7 +420,7 @@ def _resolve_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
 def _archive_earlier_run(run_dir: Path) -> None:
     """A fresh run into a directory holding an earlier run's checkpoints moves them aside, never over them."""
     old = [p for p in run_dir.glob("*") if (p.suffix in (".pt", ".dcp") and not p.name.startswith(".")) or  # .dcp: fsdp
-           p.name == "metrics.jsonl"]
+           p.name in ("metrics.jsonl", "config.yaml")]
     if not old:
         return
     stamp = time.strftime("previous-%Y%m%d-%H%M%S")

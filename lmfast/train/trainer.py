@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import inspect
 import logging
 import math
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from lmfast import command_name
 from lmfast.data import BatchSampler, load_dataset, tokenizer_fingerprint
 from lmfast.data.registry import DownloadError
 from lmfast.model import TransformerLM
@@ -72,9 +74,14 @@ from lmfast.train.run_setup import (
     _resolve_paths,
     build_tokenizer,
     check_run_inputs,
+    config_notes,
+    config_yaml,
     load_run_tokenizer,
+    log_failure,
+    log_file_path,
     resolve_device,
     setup_logging,
+    write_run_config,
 )
 from lmfast.train.run_state import _Progress, find_resume, load_run, read_resume, save_interrupted, save_run
 from lmfast.train.sharded import accumulating, shard_model
@@ -443,6 +450,8 @@ class Trainer:
                                    window_tokens / max(now - window_start, 1e-9))
                     window_start, window_tokens = now, 0
                 self._after_step(epoch)
+                if (failed := log_failure()) is not None:  # a full disk under log_file: stop, do not log blind
+                    raise failed
                 stop = agree_on_stop(signals.signum, self.dist)  # every rank stops after the same step
                 if stop is not None and p.step < self.total_steps:
                     save_interrupted(self, signal.Signals(stop).name)
@@ -467,6 +476,9 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 # Entry point
 
 
+_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line naming the problem, no usage dump; _run turns it into exit code 2
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
@@ -474,11 +486,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(
-        prog="python -m lmfast.train", description="Train a Llama-style LM.",
+        prog=command_name("train"), description="Train a Llama-style LM.",
         epilog="SIGINT (Ctrl-C) or SIGTERM finishes the current step, saves interrupted.pt in checkpoint_dir and "
                "exits; continue with --resume auto. Exit codes: 0 trained (or nothing left to do), 1 the loss "
                "became NaN or infinite, 2 bad input (one line says what and how to fix it; also: checkpoint_dir in "
-               "use by another run), 130 stopped by SIGINT, 143 stopped by SIGTERM.")
+               "use by another run), 130 stopped by SIGINT, 143 stopped by SIGTERM. Config keys (--print-config "
+               f"shows their values; the README's config reference explains them): {', '.join(_KEYS)}.")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML (the file "
+                        "and --set applied, every default filled in) and exit; a run writes the same to "
+                        "checkpoint_dir/config.yaml")
     parser.add_argument("--config", help="YAML config (see configs/); omitted = all defaults")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the config's device)")
     parser.add_argument("--resume", help="a checkpoint .pt to continue from, or 'auto' for the newest in "
@@ -492,6 +508,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _config(args: argparse.Namespace) -> TrainConfig:
+    overrides = parse_overrides(args.overrides)
+    if args.device:
+        overrides["device"] = args.device
+    return load_config(args.config, overrides)
+
+
 def build(argv: list[str] | None = None) -> Trainer:
     """Parse arguments and build the trainer; raises ConfigError / SetupError / ValueError on bad input.
 
@@ -499,16 +522,15 @@ def build(argv: list[str] | None = None) -> Trainer:
     """
     args = _parse_args(argv)
     ctx = from_env()
-    overrides = parse_overrides(args.overrides)
-    if args.device:
-        overrides["device"] = args.device
-    cfg = load_config(args.config, overrides)
+    cfg = _config(args)
+    device = ctx.resolve_device(resolve_device(cfg.device))
+    check_run_inputs(cfg, device)  # before the log file, which lives in checkpoint_dir
     if ctx.is_main:
-        setup_logging(cfg.log_level, cfg.log_file)
+        setup_logging(cfg.log_level, log_file_path(cfg))
+        for note in config_notes(cfg):
+            log.warning(note)
     else:
         setup_logging("WARNING")
-    device = ctx.resolve_device(resolve_device(cfg.device))
-    check_run_inputs(cfg, device)
     ctx.init(device)
     # Rank 0 locks the run directory for every rank (they share it) before anything is written there.
     lock = ctx.agree(claim_run_dir if ctx.is_main else lambda _: None, Path(cfg.checkpoint_dir))
@@ -518,6 +540,7 @@ def build(argv: list[str] | None = None) -> Trainer:
         def settle_run_dir() -> None:  # rank 0 only: the other ranks never write to the run directory
             if trainer.resume_from is None:
                 _archive_earlier_run(trainer.run_dir)
+            write_run_config(cfg, trainer.run_dir)
             if cfg.tensorboard or cfg.wandb_project:
                 trainer.metrics = MetricsLogger(trainer.run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb_project)
 
@@ -564,7 +587,21 @@ def _allocation_failed(e: RuntimeError) -> MemoryError | None:
                        "memory limit (ulimit -v, the container's)")
 
 
+def _print_config(argv: list[str] | None) -> int:
+    """``--print-config``: the resolved config as YAML on stdout, its notes on stderr; nothing is built."""
+    try:
+        cfg = _config(_parse_args(argv))
+    except _BAD_INPUT as e:
+        return _fail(e)
+    print(config_yaml(cfg), end="")
+    for note in config_notes(cfg):
+        print(f"warning: {note}", file=sys.stderr)
+    return 0
+
+
 def _run(argv: list[str] | None, signals: StopSignals) -> int:
+    if "--print-config" in (sys.argv[1:] if argv is None else argv):
+        return _print_config(argv)
     try:
         trainer = build(argv)
     except PeerFailedError:
@@ -591,6 +628,8 @@ def _run(argv: list[str] | None, signals: StopSignals) -> int:
     finally:
         if trainer.run_lock is not None:
             trainer.run_lock.release()
+    if (failed := log_failure()) is not None:
+        return _fail(failed)
     if summary["stopped_by"] is not None:
         return 128 + summary["stopped_by"]
     if not trainer.dist.is_main or summary["final"] is None:
