@@ -118,8 +118,9 @@ class StopSignals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, announce: bool = True):
-        self.signum: int | None = None  # the first signal received inside deferred()
+        self.signum: int | None = None  # the first signal received (inside deferred(), or the one raised outside)
         self.announce = announce  # rank 0 tells the console; the other ranks keep quiet
+        self.ignore_after = False  # the command line owns the process: after a stop, leave later signals ignored
         self._deferring = False
         self._previous: dict[int, object] = {}
 
@@ -132,7 +133,9 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # A process that is ending because of a stop ignores the repeats still on their way (torchrun passes a
+            # terminal's Ctrl-C on), which Python's own handler would turn into a traceback during teardown.
+            signal.signal(s, signal.SIG_IGN if self.ignore_after and self.signum is not None else handler)
         self._previous.clear()
 
     @contextlib.contextmanager
@@ -145,15 +148,16 @@ class StopSignals:
             self._deferring = False
 
     def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:  # a repeat: acknowledged, never a second exception while the first unwinds
+            self._say(f"\n{name} again: still finishing the step and saving interrupted.pt; please wait\n"
+                      if self._deferring else f"\n{name} again: already stopping; please wait\n")
+            return
+        self.signum = signum
         if not self._deferring:
             raise Interrupted(signum)
-        name = signal.Signals(signum).name
-        if self.signum is None:
-            self.signum = signum
-            self._say(f"\n{name}: finishing this step, then saving interrupted.pt (kill -9 stops at once and loses "
-                      "only what was not saved yet)\n")
-        else:
-            self._say(f"\n{name} again: still finishing the step and saving interrupted.pt; please wait\n")
+        self._say(f"\n{name}: finishing this step, then saving interrupted.pt (kill -9 stops at once and loses "
+                  "only what was not saved yet)\n")
 
     def _say(self, text: str) -> None:
         if self.announce:  # os.write: no locks taken inside a signal handler (logging and tqdm hold some)

@@ -556,14 +556,15 @@ def build(argv: list[str] | None = None) -> Trainer:
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (see ``--help``)."""
     signals = StopSignals()
-    try:
-        with signals:
+    signals.ignore_after = argv is None  # the console script or python -m: this process ends with main
+    with signals:  # until the process group is shut down: a repeated Ctrl-C there is acknowledged, not a traceback
+        try:
             return _run(argv, signals)
-    except Interrupted as e:  # outside the training loop: while building, or while sampling after it
-        print(f"{e}: stopped outside the training loop; nothing was lost that had been saved", file=sys.stderr)
-        return e.exit_code
-    finally:
-        shutdown()  # the torchrun process group, on success and on error alike
+        except Interrupted as e:  # outside the training loop: while building, or while sampling after it
+            print(f"{e}: stopped outside the training loop; nothing was lost that had been saved", file=sys.stderr)
+            return e.exit_code
+        finally:
+            shutdown()  # the torchrun process group, on success and on error alike
 
 
 # Bad input and a hostile environment (a read-only or full disk, a directory where a file belongs) end in one line

@@ -157,6 +157,23 @@ def test_a_stop_signal_finishes_the_step_saves_and_resumes_to_the_uninterrupted_
     assert kill_resume.compare_runs(reference, data / name) == []  # weights, optimizer and losses, bitwise
 
 
+def test_a_second_ctrl_c_while_the_stopped_run_shuts_down_is_acknowledged_not_a_traceback(data, monkeypatch, capfd):
+    _signal_inside_step(monkeypatch, signal.SIGINT, step=2)
+    real_shutdown = trainer_module.shutdown
+
+    def shutdown():  # torchrun passes the terminal's Ctrl-C on: the repeat can come while the process group closes
+        os.kill(os.getpid(), signal.SIGINT)
+        real_shutdown()
+
+    monkeypatch.setattr(trainer_module, "shutdown", shutdown)
+    previous = signal.signal(signal.SIGINT, _unhandled)
+    try:
+        assert _train(data, "late-ctrl-c") == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "SIGINT again: already stopping" in capfd.readouterr().err  # written with os.write(2, ...)
+
+
 def test_resuming_a_finished_run_exits_0_and_says_there_is_nothing_left_to_do(data, reference, caplog):
     run_dir = data / "finished"
     shutil.copytree(reference, run_dir)
