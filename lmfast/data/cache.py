@@ -19,10 +19,12 @@ where it can follow mtime; hence nothing that decides which tokens a run trains 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import zlib
 from pathlib import Path
@@ -128,6 +130,37 @@ class _atomic_path:
             os.replace(self.tmp, self.final)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def _open_memmap(path: Path, **kwargs) -> np.ndarray:
+    """``np.lib.format.open_memmap(path, "w+", ...)`` with the file's blocks reserved first: a memory map over a
+    sparse file on a full disk fails page by page (reads into it return EFAULT, "Bad address"; writes SIGBUS), so a
+    disk without room for it must fail here, with ENOSPC."""
+    dst = np.lib.format.open_memmap(path, mode="w+", **kwargs)
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a filesystem that cannot reserve: map it anyway
+                del dst
+                raise
+        finally:
+            os.close(fd)
+    return dst
+
+
+def no_room_error(e: OSError, folder: Path) -> OSError:
+    """An OSError from writing into the token cache, with what is wrong and what to do."""
+    try:
+        free = f"; {shutil.disk_usage(folder).free / (1 << 20):,.0f} MiB free there"
+    except OSError:
+        free = ""
+    fix = ("free some space or point cache_dir at a disk with room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+           "check the disk and that cache_dir is writable")
+    error = OSError(f"cannot write the token cache in {str(folder)!r} ({e.strerror or e}{free}); {fix}")
+    error.errno = e.errno
+    return error
 
 
 def _copy_stream(src, dst: np.ndarray, desc: str, progress: bool = True) -> None:

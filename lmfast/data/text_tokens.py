@@ -7,6 +7,7 @@ re-exports the public names.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -20,9 +21,11 @@ from lmfast.data.cache import (
     _content_sha256,
     _copy_stream,
     _file_lock,
+    _open_memmap,
     _resolve_cache,
     _sum_matches,
     _write_sum,
+    no_room_error,
 )
 from lmfast.data.token_files import (
     TEXT_SUFFIXES,
@@ -77,7 +80,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def _bytes_to_npy(text_path: Path, out: Path, progress: bool) -> None:
     """Byte-level tokens: the file's bytes, copied in chunks into a uint8 .npy (no tokenizer, no decoding)."""
     n = text_path.stat().st_size
-    dst = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(n,))
+    dst = _open_memmap(out, dtype=np.uint8, shape=(n,))
     with open(text_path, "rb") as src:
         _copy_stream(src, dst, desc=f"bytes {text_path.name}", progress=progress)
     dst.flush()
@@ -117,17 +120,22 @@ def prepare_tokens(
             logger.warning("cached tokens %s do not match the checksum they were written with (a changed byte on "
                            "disk, or written by an older lmfast); tokenizing %s again", out, text_path)
         logger.info("tokenizing %s into %s (%s)", text_path, out, "byte-level" if tokenizer is None else "BPE")
-        with _atomic_path(out) as tmp:
-            if tokenizer is None:
-                _bytes_to_npy(text_path, tmp, progress)
-            else:
-                written = Path(tokenizer.encode_file(text_path, tmp, num_threads=num_threads, progress=progress))
-                if written.resolve() != tmp.resolve():
-                    os.replace(written, tmp)
-            with open(tmp, "rb") as f:  # never cache something that is not a readable token file
-                shape, _, dtype = _read_npy_header(f)
-            _check_header(tmp, shape, dtype)
-            _write_sum(out, tmp)
+        try:
+            with _atomic_path(out) as tmp:
+                if tokenizer is None:
+                    _bytes_to_npy(text_path, tmp, progress)
+                else:
+                    written = Path(tokenizer.encode_file(text_path, tmp, num_threads=num_threads, progress=progress))
+                    if written.resolve() != tmp.resolve():
+                        os.replace(written, tmp)
+                with open(tmp, "rb") as f:  # never cache something that is not a readable token file
+                    shape, _, dtype = _read_npy_header(f)
+                _check_header(tmp, shape, dtype)
+                _write_sum(out, tmp)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFAULT, errno.EROFS, errno.EACCES, errno.EIO):
+                raise
+            raise no_room_error(e, cache) from None
     return out
 
 

@@ -22,6 +22,7 @@ from lmfast.data.cache import (
     _copy_stream,
     _file_lock,
     _memoized,
+    _open_memmap,
     _resolve_cache,
     _sum_matches,
     _write_sum,
@@ -139,7 +140,7 @@ def _open_npz(path: Path, cache: Path) -> np.ndarray:
                 if not (out.exists() and _sum_matches(out)):
                     logger.info("extracting compressed %s from %s to %s (once)", member, path, out)
                     with _atomic_path(out) as tmp:
-                        dst = np.lib.format.open_memmap(tmp, "w+", dtype=dtype, shape=shape, fortran_order=fortran)
+                        dst = _open_memmap(tmp, dtype=dtype, shape=shape, fortran_order=fortran)
                         _copy_stream(src, dst.reshape(-1).view(np.uint8), desc=f"extract {path.name}")
                         dst.flush()
                         del dst

@@ -294,6 +294,15 @@ def test_a_full_disk_during_training_is_one_line_and_exit_2(run, full_disk):
     _expect_refusal(run, "cannot write checkpoint", checkpoint_dir=str(full_disk / "ck"), d_model=64)
 
 
+def test_a_token_cache_on_a_disk_without_room_says_so_not_bad_address(run, full_disk):
+    if os.statvfs(full_disk).f_blocks * os.statvfs(full_disk).f_frsize > 1 << 20:
+        pytest.skip("needs a real tiny filesystem (a tmpfs mounted as root): a memory map ignores simulated writes")
+    (run.dir / "big.txt").write_bytes(b"to be or not to be " * 8000)  # 152 KB of byte tokens into 64 KiB
+    last = _expect_refusal(run, f"cannot write the token cache in '{full_disk}' (No space left on device",
+                           train_data_path=str(run.dir / "big.txt"), cache_dir=str(full_disk))
+    assert "Bad address" not in last and "free some space or point cache_dir at a disk with room" in last
+
+
 def test_a_garbage_checkpoint_is_called_unreadable_not_malicious(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read .*truncated, corrupt, or not a torch checkpoint"):
