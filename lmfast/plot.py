@@ -29,9 +29,9 @@ def read_metrics(run: str | Path) -> tuple[list[dict], list[dict]]:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a run's checkpoint_dir or its metrics.jsonl")
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
+    data = path.read_bytes()
+    lines = data.splitlines()
+    if lines and not data.endswith(b"\n"):
         lines.pop()  # cut short by a kill
     train: dict[int, dict] = {}
     val: dict[int, dict] = {}
@@ -39,8 +39,11 @@ def read_metrics(run: str | Path) -> tuple[list[dict], list[dict]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))
             step = record["step"]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n} is not UTF-8 text (byte {line[e.start]:#04x}); the file is damaged: restore "
+                             "it from a copy, or delete that line") from None
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ValueError(f"{path}:{n} is not a JSON object with a step; was it written by lmfast.train?") from None
         (val if "val_loss" in record else train)[step] = record

@@ -205,6 +205,19 @@ def test_metrics_after_a_resume_hold_each_step_once(data, reference):
     assert kill_resume._series(run_dir, "val_loss") == kill_resume._series(reference, "val_loss")
 
 
+def test_a_metrics_line_that_is_not_utf8_does_not_block_a_resume_and_is_named(data, reference, caplog):
+    run_dir = data / "metrics-bytes"
+    shutil.copytree(reference, run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    metrics.write_bytes(b"".join(lines[:3]) + b'{"step": 3, "loss": \xff\xfe}\n' + b"".join(lines[3:]))
+    with pytest.raises(ValueError, match=f"{metrics}:4 is not UTF-8 text"):
+        read_metrics(run_dir)
+    assert _train(data, "metrics-bytes", "--resume", str(run_dir / "checkpoint_step_20.pt")) == 0
+    assert f"{metrics}: dropped 1 line(s) that are not UTF-8 text" in caplog.text
+    assert _losses(run_dir) == _losses(reference)
+
+
 def test_plot_reads_each_step_once_and_skips_a_line_cut_short(tmp_path):
     records = [dict(step=s, loss=float(s), lr=1e-3, tokens_per_s=1.0) for s in (1, 2, 3, 2, 3, 4)]
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "lo'
