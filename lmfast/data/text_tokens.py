@@ -101,7 +101,9 @@ def prepare_tokens(
     The cache name carries the sha256 of the text and :func:`tokenizer_fingerprint`, so an edited text or
     another tokenizer makes a new file and an unchanged pair reuses the old one. ``tokenizer=None`` is
     byte-level: the ids are the file's UTF-8 bytes (vocab 256, stored as uint8). Otherwise
-    ``tokenizer.encode_file(text, out, num_threads=..., progress=...)`` does the work. The file appears
+    ``tokenizer.encode_file(text, out, num_threads=..., progress=...)`` does the work; for lmfast's ``Tokenizer``
+    that turns special-token text in the file (``<|endoftext|>`` between stories) into the special ids, its
+    ``allowed_special="all"`` default, which the log line says. The file appears
     atomically (temp file + ``os.replace``), so an interrupted run leaves no half-written cache.
     """
     text_path = Path(text_path)
@@ -119,7 +121,9 @@ def prepare_tokens(
         if out.exists():
             logger.warning("cached tokens %s do not match the checksum they were written with (a changed byte on "
                            "disk, or written by an older lmfast); tokenizing %s again", out, text_path)
-        logger.info("tokenizing %s into %s (%s)", text_path, out, "byte-level" if tokenizer is None else "BPE")
+        specials = list(getattr(tokenizer, "special_tokens", None) or [])
+        logger.info("tokenizing %s into %s (%s)", text_path, out, "byte-level" if tokenizer is None else
+                    f"BPE; special tokens in the text ({', '.join(specials)}) become their ids" if specials else "BPE")
         try:
             with _atomic_path(out) as tmp:
                 if tokenizer is None:
