@@ -29,7 +29,8 @@ def _summary_writer(log_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise MissingPackageError("tensorboard: true needs the tensorboard package: pip install tensorboard") from None
+        raise MissingPackageError("tensorboard: true needs the tensorboard package: "
+                                  "pip install \"lmfast[tensorboard]\" (or pip install tensorboard)") from None
     return SummaryWriter(log_dir=str(log_dir))
 
 
