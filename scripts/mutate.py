@@ -80,6 +80,8 @@ MUTATIONS = [
              (TRAIN_MATH,)),
     Mutation("trainer: validation draws new batches at every evaluation", "lmfast/train/trainer.py",
              "seed=[self.cfg.seed, 1])", "seed=None)", (TRAIN_MATH,)),
+    Mutation("trainer: validation draws from the training data", "lmfast/train/trainer.py",
+             "sampler = BatchSampler(self.val_data,", "sampler = BatchSampler(self.train_data,", (TRAIN_MATH,)),
     # ---- schedule (lmfast/train/optim.py: cosine_lr)
     Mutation("schedule: warmup reaches the peak one step late", "lmfast/train/optim.py",
              "return max_lr * it / warmup_iters", "return max_lr * it / (warmup_iters + 1)", (OPTIM,)),
