@@ -6,8 +6,10 @@
 
 Each mutation is a small source edit, ``(file, old text, new text)``, and the tests that should catch it. The
 script copies the tracked tree (plus the built ``lmfast.tokenizer._bpe``) into a temporary folder, so the working
-tree is never touched, checks that those tests pass there unmutated, then for each mutation applies it, runs its tests
-with ``pytest -x`` and puts the file back. The copy is imported first (``PYTHONPATH`` and the working directory
+tree is never touched, checks that those tests pass there unmutated (the baseline: if any fails, nothing is run, as a
+test that fails anyway would count its mutations as caught; the report says the baseline passed, or that it was skipped
+with ``--no-baseline``), then for each mutation applies it, runs its tests with ``pytest -x`` and puts the file back.
+The copy is imported first (``PYTHONPATH`` and the working directory
 point at it; ``lmfast.kernels`` finds the copy's ``kernels/`` as in any source tree). A mutation of ``csrc/``
 rebuilds the extension in the copy (about a minute on 2 cores) and restores the built one afterwards.
 
@@ -45,6 +47,7 @@ TRAIN_MATH = "tests/train/test_trainer_math.py"
 RESUME = ("tests/train/test_train.py::test_resume_continues_the_same_loss_curve", TRAIN_MATH)
 RELIABILITY = "tests/train/test_reliability.py"
 SHARDED = "tests/train/test_sharded_files.py"
+REUSED = "tests/train/test_reused_artifacts.py"
 LCE = "tests/model/test_linear_cross_entropy.py"
 OPTIM = "tests/train/test_optim.py"
 MODEL = ("tests/model/test_model.py", "tests/cli/test_generate.py")
@@ -133,6 +136,8 @@ MUTATIONS = [
     # ---- run lifecycle and checkpoint integrity (lmfast/train/lifecycle.py, lmfast/train/checkpoint.py)
     Mutation("lifecycle: a second run on a directory in use is let in", "lmfast/train/lifecycle.py",
              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass", (RELIABILITY,)),
+    Mutation("lifecycle: the run lock follows a symlink planted at its name", "lmfast/train/lifecycle.py",
+             'os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)', "os.O_RDWR | os.O_CREAT", (RELIABILITY,)),
     Mutation("lifecycle: keep_last keeps one step checkpoint too few", "lmfast/train/lifecycle.py",
              "older = [p for s, p in steps if s <= upto_step][:-keep_last]",
              "older = [p for s, p in steps if s <= upto_step][:1 - keep_last]", (RELIABILITY,)),
@@ -146,6 +151,15 @@ MUTATIONS = [
     Mutation("sharded checkpoint: small values loaded with weights_only=False", "lmfast/train/dcp_files.py",
              "loaded = torch.load(value, weights_only=True)", "loaded = torch.load(value, weights_only=False)",
              (SHARDED,)),
+    # ---- what a run reuses is checked by content (lmfast/data/, lmfast/train/run_setup.py, run_state.py)
+    Mutation("token cache: a cached .npy is reused without checking its CRC", "lmfast/data/text_tokens.py",
+             "if out.exists() and _sum_matches(out):", "if out.exists():", (REUSED,)),
+    Mutation("token cache: an edited id-range memo is trusted", "lmfast/data/cache.py",
+             'and saved["digest"] == _memo_digest(stamp, saved["value"])', "", (REUSED,)),
+    Mutation("tokenizer reuse: a file that changed since it was saved is used", "lmfast/train/run_setup.py",
+             "if _file_sha256(path) != digest:", "if False:", (REUSED,)),
+    Mutation("resume: the checkpoint's tokenizer fingerprint is not compared", "lmfast/train/run_state.py",
+             "if saved is not None and saved != now:", "if False:", (REUSED,)),
     # ---- fused linear cross-entropy (lmfast/model/functional.py)
     Mutation("linear cross-entropy: d weight is the summed, not the mean, loss's gradient",
              "lmfast/model/functional.py",
@@ -333,25 +347,33 @@ def main(argv: list[str] | None = None) -> int:
         tree = Path(tmp)
         _copy_tree(tree)
         _check_imports_from(tree)
+        baseline = BASELINE_SKIPPED
         if not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
             outcome, detail, seconds = _pytest(tree, tests, first_failure=False)
             if outcome != "passed":
-                print(f"The unmutated tree does not pass the chosen tests ({outcome}: {detail}); fix that first.",
+                print(f"The unmutated tree does not pass the chosen tests ({outcome}: {detail}); no mutation was run, "
+                      "since a test that fails anyway would count its mutation as caught. Fix that first.",
                       file=sys.stderr)
                 return 2
-            print(f"baseline: {len(tests)} test files/ids pass unmutated ({seconds:.0f} s)", flush=True)
+            baseline = (f"Baseline: all {len(tests)} test files/ids these mutations name passed on the unmutated copy "
+                        f"({seconds:.0f} s) before any mutation ran, so each 'caught' is the mutation's doing.")
+            print(baseline, flush=True)
         rows = []
         for m in chosen:
             result, detail, seconds = run_mutation(tree, m)
             rows.append((m.name, result, detail, seconds))
             print(f"{result:<16} {seconds:5.0f} s  {m.name}  {detail}", flush=True)
-    print(_table(rows))
+    print(_table(rows, baseline))
     return 0 if all(r[1].startswith("caught") for r in rows) else 1
 
 
-def _table(rows: list[tuple[str, str, str, float]]) -> str:
-    lines = ["", "| mutation | result | caught by / why | s |", "|---|---|---|---:|"]
+BASELINE_SKIPPED = ("Baseline: not run (--no-baseline), so a test that fails without any mutation would count its "
+                    "mutations as caught; rerun without --no-baseline before trusting this table.")
+
+
+def _table(rows: list[tuple[str, str, str, float]], baseline: str = BASELINE_SKIPPED) -> str:
+    lines = ["", baseline, "", "| mutation | result | caught by / why | s |", "|---|---|---|---:|"]
     lines += [f"| {name} | {result} | {detail} | {seconds:.0f} |" for name, result, detail, seconds in rows]
     caught = sum(r[1].startswith("caught") for r in rows)
     lines.append(f"\n{caught} of {len(rows)} caught")
