@@ -336,6 +336,20 @@ def test_kill_9_sigterm_and_sigint_at_chosen_moments_then_resume_auto_equal_the_
                                                            for k in kills]
 
 
+@pytest.mark.slow
+def test_kills_of_an_fsdp_run_and_of_an_export_leave_sharded_checkpoints_and_the_export_folder_whole(data, reference):
+    """kill -9 while a .dcp checkpoint is half written, then SIGTERM inside a step, of a run under distributed: fsdp
+    (one process: sharded training checkpoints); kill -9 while an export writes its weights and Ctrl-C just before
+    its folder replaces the earlier export."""
+    fsdp = [kill_resume.Kill("SIGKILL", "save", 2, 0.1), kill_resume.Kill("SIGTERM", "step", 5, 0.1)]
+    result = kill_resume.run_trial(data, "harness-fsdp", kill_resume.uninterrupted(data, "fsdp"), fsdp, "fsdp")
+    assert result.problems == [] and [o.returncode for o in result.outcomes] == [-9, 143]
+    assert (data / "harness-fsdp" / "checkpoint_step_24.dcp" / "run_state.pt").is_file()  # compared tensor by tensor
+    export = [kill_resume.Kill("SIGKILL", "weights", 1, 0.1), kill_resume.Kill("SIGINT", "swap", 1, 0.1)]
+    result = kill_resume.run_trial(data, "harness-export", reference, export, "export")
+    assert result.problems == [] and [o.returncode for o in result.outcomes] == [-9, 130]
+
+
 _STOP_RANK_1 = """
 import os, signal, sys
 from lmfast.train import trainer as trainer_module
