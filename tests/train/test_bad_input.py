@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from lmfast.checkpoint import CheckpointWriteError, read_checkpoint, save_checkpoint
+from lmfast.checkpoint import CheckpointWriteError, atomic_torch_save, checksummed, read_checkpoint, save_checkpoint
 from lmfast.model import TransformerLM
 from lmfast.train import run_setup as _run_setup
 from lmfast.train import trainer as trainer_module
@@ -301,6 +301,21 @@ def test_a_token_cache_on_a_disk_without_room_says_so_not_bad_address(run, full_
     last = _expect_refusal(run, f"cannot write the token cache in '{full_disk}' (No space left on device",
                            train_data_path=str(run.dir / "big.txt"), cache_dir=str(full_disk))
     assert "Bad address" not in last and "free some space or point cache_dir at a disk with room" in last
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("step", "2", "'step' is str"), ("progress", {"step": "x"}, "'progress/step' is str"),
+    ("rng", {"torch": [1, 2]}, "'rng/torch' is list"), ("data", "abc", "'data' is str"),
+    ("meta", {"tokenizer": 5}, "'meta/tokenizer' is int"), ("progress", {"bogus": 1.0}, "'progress/bogus'"),
+])
+def test_a_checkpoint_whose_fields_have_the_wrong_types_is_one_line_naming_the_field(run, field, value, named):
+    assert run(checkpoint_steps=1)[0] == 0
+    path = run.dir / "ck" / "checkpoint_step_1.pt"
+    state = read_checkpoint(path)
+    state[field] = value if not isinstance(value, dict) else {**(state.get(field) or {}), **value}
+    atomic_torch_save(checksummed(state), path)  # its checksums match: only the types are wrong
+    last = _expect_refusal(run, named, "--resume", str(path), checkpoint_steps=1)
+    assert "lmfast writes" in last
 
 
 def test_a_garbage_checkpoint_is_called_unreadable_not_malicious(tmp_path):
