@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from lmfast import command_name
+
 __all__ = ["read_metrics", "draw_runs", "plot_runs", "main"]
 
 
@@ -100,7 +102,7 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmfast.plot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=command_name("plot"), description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (checkpoint_dir) or metrics.jsonl files")
     parser.add_argument("--out", default="runs.png", help="PNG to write (default runs.png)")
     args = parser.parse_args(argv)
