@@ -174,10 +174,11 @@ def agree_on_stop(signum: int | None, dist) -> int | None:
     return int(flag.item()) or None
 
 
-# Temp names made by atomic_torch_save (``.<file>.<letters>.tmp``), for the trained tokenizer and for
-# metrics.jsonl (``.tokenizer.<letters>.tmp``, ``.metrics.jsonl.<letters>.tmp``), and by an fsdp run's sharded
-# saves (``.<name>.dcp.tmp``, ``.<name>.dcp.old``: a resume from an older checkpoint is as exact as any).
-_RUN_TEMP = re.compile(r"^\.((.+\.pt|tokenizer|metrics\.jsonl)\.[a-z0-9_]+\.tmp|.+\.dcp\.(tmp|old))$")
+# Temp names made by atomic_torch_save (``.<file>.<letters>.tmp``), for the trained tokenizer, metrics.jsonl and
+# config.yaml (``.tokenizer.<letters>.tmp``, ``.metrics.jsonl.<letters>.tmp``, ``.config.yaml.<letters>.tmp``), and by
+# an fsdp run's sharded saves (``.<name>.dcp.tmp``, ``.<name>.dcp.old``: a resume from an older checkpoint is as exact
+# as any).
+_RUN_TEMP = re.compile(r"^\.((.+\.pt|tokenizer|metrics\.jsonl|config\.yaml)\.[a-z0-9_]+\.tmp|.+\.dcp\.(tmp|old))$")
 
 
 def sweep_run_dir(run_dir: Path) -> list[Path]:

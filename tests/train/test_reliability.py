@@ -238,11 +238,12 @@ def test_keep_last_keeps_the_newest_step_checkpoints_and_every_other_kind(refere
 def test_temp_files_a_kill_left_in_the_run_dir_are_removed_at_the_next_start_and_only_ours(data):
     run_dir = data / "leftovers"
     run_dir.mkdir()
-    ours = [".checkpoint_step_4.pt.k2j4x9a1.tmp", ".metrics.jsonl.ab12cd34.tmp", ".tokenizer.zz9y8x7w.tmp"]
-    for name in ours[:2]:
+    ours = [".checkpoint_step_4.pt.k2j4x9a1.tmp", ".metrics.jsonl.ab12cd34.tmp", ".config.yaml.q1w2e3r4.tmp",
+            ".tokenizer.zz9y8x7w.tmp"]
+    for name in ours[:3]:
         (run_dir / name).write_bytes(b"half a checkpoint")
-    (run_dir / ours[2]).mkdir()
-    (run_dir / ours[2] / "vocab.json").write_text("{")
+    (run_dir / ours[3]).mkdir()
+    (run_dir / ours[3] / "vocab.json").write_text("{")
     theirs = [".notes.tmp", "scratch.tmp", ".checkpoint_step_4.pt"]
     for name in theirs:
         (run_dir / name).write_text("the user's")
