@@ -66,7 +66,7 @@ def test_two_fsdp_ranks_continue_a_one_process_run_with_the_same_losses(fsdp_run
 def test_an_fsdp_run_writes_sharded_training_checkpoints_and_one_plain_final_model(fsdp_runs):
     two = fsdp_runs / "two"
     sharded = {f"checkpoint_step_{s}.dcp" for s in range(RESUME_AT, STEPS + 1, 3)} | {"checkpoint_epoch_1.dcp"}
-    plain = {"best_model.pt", "final_model.pt", "metrics.jsonl", "train.log", LOCK_NAME}
+    plain = {"best_model.pt", "final_model.pt", "metrics.jsonl", "config.yaml", "train.log", LOCK_NAME}
     assert {p.name for p in two.iterdir()} == sharded | plain  # no temporary directory left behind
     assert {p.name for p in (two / "checkpoint_step_9.dcp").iterdir()} == {".metadata", "__0_0.distcp",
                                                                            "__1_0.distcp", "run_state.pt"}
