@@ -346,13 +346,17 @@ def _diff(out: Path, want: dict) -> str:
 
 
 def _check_export_exit(o: Outcome, run: Process) -> list[str]:
-    """SIGINT: 130 and one line (Ctrl-C); SIGTERM and SIGKILL end it as signals do; 0 if it finished first."""
+    """SIGINT: 130 and one line (Ctrl-C), or Python's own ending while the child still imports torch, as for training;
+    SIGTERM and SIGKILL end it as signals do; 0 if it finished first."""
     sig = SIGNALS[o.kill.signal]
     o.where = "the export finished first" if run.returncode == 0 else "stopped mid-export"
     if run.returncode == 0 or (sig != signal.SIGINT and run.returncode == -sig):
         return []
-    if sig == signal.SIGINT and run.returncode in (130, -sig) and "Traceback" not in run.err:
-        return []  # -2: the signal came before Python installed its handler (still starting up)
+    if sig == signal.SIGINT and run.returncode == -sig and "@main" not in run.out:
+        o.where = "during interpreter start-up, before lmfast's handlers"  # still importing torch: Python's ending
+        return []
+    if sig == signal.SIGINT and run.returncode == 130 and "Traceback" not in run.err:
+        return []
     return [f"{o.kill}: the export exited {run.returncode}:\n{run.err[-2000:]}"]
 
 
@@ -467,6 +471,7 @@ def _child_export(pause_at: str, argv: list[str]) -> int:
         real_replace(tmp, out)
 
     export._save_safetensors, export._replace_dir = save, replace
+    os.write(1, b"@main\n")  # from here on a Ctrl-C is export.main's to answer
     return export.main(argv)
 
 
