@@ -409,8 +409,13 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML file (or nothing: the defaults), apply ``overrides``, validate, return a :class:`TrainConfig`."""
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None, fixed: dict[str, Any] | None = None,
+                fixed_by: str = "") -> TrainConfig:
+    """Read a YAML file (or nothing: the defaults), apply ``overrides``, validate, return a :class:`TrainConfig`.
+
+    ``fixed``: keys another source decides (``--init-from``'s folder: the architecture, named by ``fixed_by``). They
+    fill in what the file and overrides leave out; a key they set to another value is a ConfigError naming each one.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
@@ -419,7 +424,32 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         _check_keys(raw, repr(str(path)))
     overrides = overrides or {}
     _check_keys(overrides, "--set")
-    return TrainConfig(**{**raw, **overrides})
+    given = {**raw, **overrides}
+    if fixed:
+        _check_agrees(given, fixed, fixed_by)
+    return TrainConfig(**{**given, **(fixed or {})})
+
+
+def _check_agrees(given: dict[str, Any], fixed: dict[str, Any], fixed_by: str) -> None:
+    """Every key the user gave that ``fixed`` decides must hold the same value (null num_kv_heads / head_dim read as
+    the plain ones)."""
+    def plain(key: str, values: dict) -> Any:
+        if key == "num_kv_heads" and values.get(key) is None:
+            return values.get("num_heads")
+        if key == "head_dim" and values.get(key) is None and values.get("num_heads"):
+            return values["d_model"] // values["num_heads"]
+        return values.get(key)
+
+    mine = {k: _coerce(_FIELDS[k], v) for k, v in given.items() if k in fixed}
+    wrong = []
+    for key in mine:
+        a, b = plain(key, {**fixed, **mine}), plain(key, fixed)
+        if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-9)):
+            wrong.append(f"{key}: {_short(mine[key])} (the folder has {_short(fixed[key])})")
+    if wrong:
+        raise ConfigError(f"{fixed_by} gives the model's architecture, and the config disagrees with it: "
+                          f"{'; '.join(wrong)}; remove these keys from the config and --set (the folder's values are "
+                          "taken), or start from another folder")
 
 
 def _read_yaml(path: Path) -> Any:

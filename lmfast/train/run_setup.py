@@ -20,7 +20,7 @@ import torch
 from lmfast.train.config import TrainConfig
 
 __all__ = ["SetupError", "ByteTokenizer", "build_tokenizer", "check_run_inputs", "load_run_tokenizer", "resolve_device",
-           "setup_logging"]
+           "resolve_eot", "setup_logging"]
 
 log = logging.getLogger("train")
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -262,6 +262,24 @@ def _check_saved_tokenizer_is_for(saved: Path, wanted: dict, resuming: bool) -> 
     raise SetupError(f"{saved} holds the BPE tokenizer of an earlier run in this checkpoint_dir, trained on other "
                      f"text (sha256 {str(earlier.get('text_sha256'))[:16]}..., this train_data_path has "
                      f"{str(wanted['text_sha256'])[:16]}...); {fix}")
+
+
+def resolve_eot(cfg: TrainConfig, tokenizer) -> int | None:
+    """The id written after each document (and that ``document_masking`` splits windows at): ``eot_token``'s, or the
+    tokenizer's ``<|endoftext|>``; None for byte-level tokens. A SetupError names what is missing."""
+    specials = dict(getattr(tokenizer, "special_tokens", None) or {})
+    if cfg.eot_token is not None:
+        if cfg.eot_token not in specials:
+            raise SetupError(f"eot_token {cfg.eot_token!r} is not a special token of the tokenizer (it has "
+                             f"{sorted(specials) or 'none'}); use one of those, or null for <|endoftext|>")
+        return specials[cfg.eot_token]
+    eot = getattr(tokenizer, "eot_id", None) if tokenizer is not None else None
+    if eot is None and cfg.document_masking:
+        raise SetupError("document_masking: true splits windows at the end-of-text token, but the tokenizer has none "
+                         f"({'byte-level tokens' if tokenizer is None else 'no <|endoftext|>'}); use tokenizer: train "
+                         "or gpt2 (with <|endoftext|> in special_tokens), or set eot_token to one of its special "
+                         "tokens")
+    return eot
 
 
 def load_run_tokenizer(spec: str | None, run_dir: Path):
