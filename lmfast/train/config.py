@@ -264,17 +264,22 @@ def _data_sources(name: str, value: Any) -> str | list[dict]:
                 or not item["path"]:
             raise ConfigError(f"{name}[{i}]: cannot use {_short(item)}; each source is a path or {{path: ..., "
                               f"weight: ...}}, e.g. {example}")
+        weight = item.get("weight")
         try:
-            weight = _to_float(item.get("weight", 1.0))
+            weight = None if weight is None else _to_float(weight)
         except (TypeError, ValueError, OverflowError):
             weight = -1.0
-        if weight < 0:
+        if weight is not None and weight < 0:
             raise ConfigError(f"{name}[{i}] ({item['path']}): weight {_short(item.get('weight'))} must be a finite "
                               "number >= 0 (the share of batches drawn from it, relative to the others)")
         sources.append({"path": item["path"], "weight": weight})
-    if sum(s["weight"] for s in sources) <= 0:
-        raise ConfigError(f"{name}: the mixing weights sum to {sum(s['weight'] for s in sources)}; they must sum to a "
-                          "positive number: give at least one source a weight > 0")
+    given = [s["weight"] for s in sources if s["weight"] is not None]
+    if given and len(given) != len(sources):
+        raise ConfigError(f"{name}: give every source a weight, or none (then each is drawn in proportion to its "
+                          f"tokens), e.g. {example}")
+    if given and sum(given) <= 0:
+        raise ConfigError(f"{name}: the mixing weights sum to {sum(given)}; they must sum to a positive number: give "
+                          "at least one source a weight > 0")
     return sources
 
 

@@ -200,8 +200,10 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path, resuming:
             _check_saved_tokenizer_is_for(saved, _trained_for(cfg, train_path), resuming)
             log.info("Using the BPE tokenizer trained earlier for this run: %s", saved)
             return Tokenizer.load(saved)
-        if train_path.suffix != ".txt":
-            raise SetupError(f"tokenizer: train needs text to train on, but train_data_path is {str(train_path)!r}")
+        if not isinstance(train_path, Path) or train_path.suffix != ".txt":
+            raise SetupError(f"tokenizer: train needs one .txt file to train on, but train_data_path is "
+                             f"{str(train_path)!r}; for documents (.jsonl, .parquet, a directory, a list of sources) "
+                             "use tokenizer: gpt2 or a tokenizer directory")
         log.info("Training a BPE tokenizer (vocab %d) on %s ...", cfg.vocab_size, train_path)
         start = time.perf_counter()
         vocab, merges = train_bpe(str(train_path), cfg.vocab_size, cfg.special_tokens)
@@ -223,7 +225,8 @@ def _trained_for(cfg: TrainConfig, train_path: Path) -> dict:
     from lmfast.data.cache import _content_sha256
 
     return {"vocab_size": cfg.vocab_size, "special_tokens": list(cfg.special_tokens),
-            "text_sha256": _content_sha256(train_path) if train_path.is_file() else None}
+            "text_sha256": _content_sha256(train_path) if isinstance(train_path, Path) and train_path.is_file()
+            else None}
 
 
 def _save_trained(tokenizer, saved: Path, trained_for: dict) -> None:
@@ -310,14 +313,21 @@ class ByteTokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
 
-def _resolve_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    """Train/val paths; a corpus name (``shakespeare``, ``tinystories``) means that corpus's train/val split."""
+def _resolve_paths(cfg: TrainConfig) -> tuple[Path | list, Path | list | None]:
+    """Train/val data: a path, or a list of ``{path, weight}`` sources as given; a corpus name (``shakespeare``,
+    ``tinystories``) means that corpus's train/val split."""
     from lmfast.data.corpus import resolve_corpus
 
-    train = resolve_corpus(cfg.train_data_path)
-    val = resolve_corpus(cfg.val_data_path) if cfg.val_data_path else None
-    return (Path(train[0]) if train else Path(cfg.train_data_path),
-            Path(val[1]) if val else Path(cfg.val_data_path) if cfg.val_data_path else None)
+    def one(spec, split: int):
+        if isinstance(spec, list):
+            return spec
+        corpus = resolve_corpus(spec)
+        return Path(corpus[split]) if corpus else Path(spec)
+
+    train = one(cfg.train_data_path, 0)
+    if cfg.val_data_path is None:
+        return train, None
+    return train, one(cfg.val_data_path, 1)
 
 
 def _archive_earlier_run(run_dir: Path) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from lmfast.data import BatchSampler, load_dataset
+from lmfast.data import BatchSampler, load_data
 from lmfast.model import TransformerLM
 from lmfast.model.functional import document_ids
 from lmfast.model.generation import generate_text
@@ -141,9 +141,13 @@ class Trainer:
         self.eot_id = resolve_eot(cfg, self.tokenizer)
         self.hf_config = read_llama_config(self.init_from).source if self.init_from else None
         common = dict(tokenizer=self.tokenizer, vocab_size=cfg.vocab_size, cache_dir=cfg.cache_dir,
-                      context_length=cfg.context_length)
-        self.train_data = load_dataset(train_path, key="train_data_path", **common)
-        self.val_data = load_dataset(val_path, key="val_data_path", **common) if val_path else None
+                      context_length=cfg.context_length, text_field=cfg.text_field, eot_id=self.eot_id)
+        if cfg.val_split_fraction > 0:
+            self.train_data, self.val_data = load_data(train_path, key="train_data_path", **common,
+                                                       val_split=(cfg.val_split_fraction, cfg.seed))
+        else:
+            self.train_data = load_data(train_path, key="train_data_path", **common)
+            self.val_data = load_data(val_path, key="val_data_path", **common) if val_path else None
         self.model = self.new_model()
         if self.init_from is not None and self.resume_from is None:  # a resume continues its own weights
             init_from_hf(self.model, self.init_from)  # before sharding: the folder's tensors are whole
