@@ -29,6 +29,7 @@ from lmfast import __version__
 from lmfast.data import BatchSampler
 from lmfast.model import TransformerLM
 from lmfast.model.ops import resolve_backend
+from lmfast.model.transformer import uninitialized
 from lmfast.train.checkpoint import atomic_torch_save, checksummed, load_model_state, read_checkpoint, save_checkpoint
 from lmfast.train.config import ConfigError, TrainConfig
 from lmfast.train.run_setup import SetupError, load_run_tokenizer, resolve_device
@@ -248,7 +249,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", backe
         cfg = TrainConfig(**state["config"])
     except (ConfigError, TypeError) as e:
         raise ValueError(f"{checkpoint} holds a config this lmfast cannot read: {e}") from None
-    model = TransformerLM(**cfg.model_kwargs(), backend=backend, device=device)
+    with uninitialized():  # the checkpoint holds every weight
+        model = TransformerLM(**cfg.model_kwargs(), backend=backend, device=device)
     load_model_state(model, state["model"], checkpoint)
     model.eval()
     tokenizer = load_run_tokenizer(state.get("meta", {}).get("tokenizer"), Path(checkpoint).parent)

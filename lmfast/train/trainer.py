@@ -49,6 +49,7 @@ from lmfast.model.functional import document_ids
 from lmfast.model.generation import generate_text
 from lmfast.model.hf import init_from_hf, read_llama_config
 from lmfast.model.precision import auto_autocast_dtype
+from lmfast.model.transformer import uninitialized
 from lmfast.model.weights import load_model_state
 from lmfast.train.checkpoint import read_checkpoint
 from lmfast.train.config import ConfigError, TrainConfig, load_config, parse_overrides
@@ -148,7 +149,8 @@ class Trainer:
         else:
             self.train_data = load_data(train_path, key="train_data_path", **common)
             self.val_data = load_data(val_path, key="val_data_path", **common) if val_path else None
-        self.model = self.new_model()
+        loading = self.init_from is not None or self.resume_from is not None
+        self.model = self.new_model(initialize=not loading)  # loaded weights need no random draw first
         if self.init_from is not None and self.resume_from is None:  # a resume continues its own weights
             init_from_hf(self.model, self.init_from)  # before sharding: the folder's tensors are whole
             log.info("Initialised the model's weights from %s", self.init_from)
@@ -175,11 +177,13 @@ class Trainer:
                 log.info("Dropped %d metrics.jsonl records past step %d (this run repeats those steps)", dropped,
                          self.progress.step)
 
-    def new_model(self) -> TransformerLM:
-        """A freshly initialised model of this run's shape, on its device."""
+    def new_model(self, initialize: bool = True) -> TransformerLM:
+        """A freshly initialised model of this run's shape, on its device (``initialize=False``: weights left
+        uninitialised, for weights about to be loaded)."""
         c = self.cfg
-        model = TransformerLM(**c.model_kwargs(), backend=c.backend, device=self.device,
-                              document_masking=c.document_masking)
+        with contextlib.nullcontext() if initialize else uninitialized():
+            model = TransformerLM(**c.model_kwargs(), backend=c.backend, device=self.device,
+                                  document_masking=c.document_masking)
         model.set_activation_checkpointing(c.activation_checkpointing, c.activation_checkpointing_every)
         return model
 
