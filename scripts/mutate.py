@@ -109,7 +109,7 @@ MUTATIONS = [
     Mutation("sampler: the last window is never drawn", "lmfast/data/sampling.py",
              "high = n - context_length\n", "high = n - context_length - 1\n", ("tests/data/test_data.py",)),
     Mutation("sampler: token ids pass through int16", "lmfast/data/sampling.py",
-             "np.asarray(dataset[idx], dtype=np.int64)", "np.asarray(dataset[idx], dtype=np.int16).astype(np.int64)",
+             "np.asarray(windows, dtype=np.int64)", "np.asarray(windows, dtype=np.int16).astype(np.int64)",
              ("tests/data/test_data.py",)),
     Mutation("sampler: a restored sampler starts a fresh random stream", "lmfast/data/sampling.py",
              "self.rng = np.random.Generator(bit_generator)", "self.rng = np.random.default_rng()",
@@ -179,8 +179,8 @@ MUTATIONS = [
              ".tril(diagonal=past)", ".tril(diagonal=past - 1)", MODEL),
     Mutation("model: single-token decode is causal-masked, so it sees only the first cached key",
              "lmfast/model/transformer.py",
-             "out = F.scaled_dot_product_attention(q, k, v)\n", "out = F.scaled_dot_product_attention(q, k, v, "
-             "is_causal=True)\n", MODEL),
+             "return F.scaled_dot_product_attention(q, k, v, **gqa)\n", "return F.scaled_dot_product_attention(q, k, v, "
+             "is_causal=True, **gqa)\n", MODEL),
     Mutation("model: Linear init variance 1 / (d_in + d_out)", "lmfast/model/transformer.py",
              "std = math.sqrt(2.0 / (in_features + out_features))",
              "std = math.sqrt(1.0 / (in_features + out_features))",
