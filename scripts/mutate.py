@@ -179,8 +179,8 @@ MUTATIONS = [
              ".tril(diagonal=past)", ".tril(diagonal=past - 1)", MODEL),
     Mutation("model: single-token decode is causal-masked, so it sees only the first cached key",
              "lmfast/model/transformer.py",
-             "return F.scaled_dot_product_attention(q, k, v, **gqa)\n", "return F.scaled_dot_product_attention(q, k, v, "
-             "is_causal=True, **gqa)\n", MODEL),
+             "return F.scaled_dot_product_attention(q, k, v, **gqa)\n",
+             "return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)\n", MODEL),
     Mutation("model: Linear init variance 1 / (d_in + d_out)", "lmfast/model/transformer.py",
              "std = math.sqrt(2.0 / (in_features + out_features))",
              "std = math.sqrt(1.0 / (in_features + out_features))",
