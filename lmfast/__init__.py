@@ -9,8 +9,9 @@ Four rooms by job, and thin command lines on top; imports point down, never in a
   Hugging Face Llama folders, generation; the Triton kernels are ``lmfast.kernels``;
 - ``lmfast.train``: the trainer (``python -m lmfast.train``) and what a run owns: config, checkpoints
   (``lmfast.checkpoint``), resume, run lock and signals, torchrun/FSDP, AdamW and the schedule (``lmfast.optim``).
-- command lines: ``python -m lmfast.generate | export | plot | tokenize``, also installed as the console scripts
-  ``lmfast-train``, ``lmfast-generate``, ``lmfast-export``, ``lmfast-plot`` and ``lmfast-tokenize``.
+- command lines: ``python -m lmfast.generate | export | plot | tokenize | eval``, also installed as the console
+  scripts ``lmfast-train``, ``lmfast-generate``, ``lmfast-export``, ``lmfast-plot``, ``lmfast-tokenize`` and
+  ``lmfast-eval``.
 
 This module imports nothing, so ``import lmfast`` is instant.
 """

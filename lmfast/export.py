@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,23 +46,28 @@ EXPORT_FILES = ("config.json", "model.safetensors", "generation_config.json", "t
 
 
 def save_hf(model: TransformerLM, out: str | Path, tokenizer=None, dtype: torch.dtype = torch.float32,
-            temperature: float = 0.8, top_p: float = 0.95) -> Path:
+            temperature: float = 0.8, top_p: float = 0.95, source: dict | None = None) -> Path:
     """Write ``model`` (and ``tokenizer``: an lmfast Tokenizer, or None for bytes) as a HF Llama folder at ``out``.
 
-    ``temperature`` / ``top_p`` become the defaults of ``generation_config.json`` (temperature 0: greedy). ``out``
-    must be new, empty or an earlier export (ValueError otherwise); it is replaced whole (see the module docstring).
+    ``temperature`` / ``top_p`` become the defaults of ``generation_config.json`` (temperature 0: greedy).
+    ``source``: the ``config.json`` of the folder the run started from (``--init-from``), whose fields the export
+    keeps (``bos_token_id``, ``eos_token_id``, ``max_position_embeddings``, the model type ...). ``out`` must be new,
+    empty or an earlier export (ValueError otherwise); it is replaced whole (see the module docstring).
     """
     from safetensors.torch import save_file
 
     model, out = unwrap_model(model), Path(out)
     _check_out(out)
     shape = LlamaShape.of(model)
-    eos = getattr(tokenizer, "eot_id", None)
+    if source:
+        shape = replace(shape, source=source, model_type=source.get("model_type", "llama"))
+    config = llama_config(shape, getattr(tokenizer, "eot_id", None), dtype)
+    eos, bos = config["eos_token_id"], config["bos_token_id"]
     state = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
-    generation = {"bos_token_id": None, "eos_token_id": eos, "pad_token_id": None, "do_sample": temperature > 0}
+    generation = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": None, "do_sample": temperature > 0}
     if temperature > 0:
         generation |= {"temperature": temperature, "top_p": top_p}
-    files = {"config.json": json.dumps(llama_config(shape, eos, dtype), indent=2),
+    files = {"config.json": json.dumps(config, indent=2),
              "generation_config.json": json.dumps(generation, indent=2),
              "tokenizer.json": tokenizer_json(tokenizer),
              "tokenizer_config.json": json.dumps(tokenizer_config(tokenizer, shape.context_length), indent=2)}
@@ -70,7 +76,8 @@ def save_hf(model: TransformerLM, out: str | Path, tokenizer=None, dtype: torch.
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()  # not mkdtemp: its 0700 would stay the folder's mode
     try:
-        _save_safetensors(save_file, to_hf_state_dict(state, shape.num_heads), tmp / "model.safetensors")
+        hf_state = to_hf_state_dict(state, shape.num_heads, shape.kv_heads, shape.tie_embeddings)
+        _save_safetensors(save_file, hf_state, tmp / "model.safetensors")
         os.chmod(tmp / "model.safetensors", 0o666 & ~_umask())  # safetensors creates it 0600
         for name, text in files.items():
             (tmp / name).write_text(text + "\n", encoding="utf-8")
@@ -177,7 +184,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtyp
     model, tokenizer, state = load_model(checkpoint, "cpu")
     cfg = state["config"]
     return save_hf(model, out, tokenizer, dtype, temperature=cfg.get("sample_temperature", 0.8),
-                   top_p=cfg.get("sample_top_p", 0.95))
+                   top_p=cfg.get("sample_top_p", 0.95), source=(state.get("meta") or {}).get("hf_config"))
 
 
 def main(argv: list[str] | None = None) -> int:

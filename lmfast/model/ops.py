@@ -3,9 +3,10 @@
 ``auto`` means fused on CUDA when Triton imports, reference everywhere else. An explicit ``fused`` on a
 machine that cannot run it, or for a model shape its kernels do not take, is an error that says why, never a
 silent fallback. Under ``auto`` an op whose kernel does not take the model's shape (attention beyond head dim 256,
-say) runs its reference, and the one log line of the choice says so. The same rules on every op: the fused
-Ops are the kernels only where the CUDA dtype rule allows (attention in fp32 keeps PyTorch's exact SDPA), and
-the trainer's AdamW follows the resolved backend too.
+say) runs its reference, and the one log line of the choice says so. A feature no kernel takes yet (grouped-query
+heads, document masks) runs the reference op on ``fused`` and ``auto`` alike, with that same log line. The same
+rules on every op: the fused Ops are the kernels only where the CUDA dtype rule allows (attention in fp32 keeps
+PyTorch's exact SDPA), and the trainer's AdamW follows the resolved backend too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 
 from lmfast.model import functional
 
-__all__ = ["Ops", "BACKENDS", "resolve_backend", "get_ops", "fused_unavailable_reason", "fused_shape_limits"]
+__all__ = ["Ops", "BACKENDS", "resolve_backend", "get_ops", "fused_unavailable_reason", "fused_shape_limits",
+           "fused_feature_gaps"]
 
 BACKENDS = ("auto", "reference", "fused")
 _log = logging.getLogger("lmfast")
@@ -34,7 +36,7 @@ class Ops:
     name: str
     rmsnorm: Callable  # (x, weight, eps) -> y
     rope: Callable  # (q, k, cos, sin) -> (q_rot, k_rot)
-    attention: Callable  # (q, k, v, scale=None) -> causal attention output
+    attention: Callable  # (q, k, v, scale=None, *, doc_ids=None) -> causal attention output (GQA by k/v's heads)
     # (hidden, weight, targets) -> mean cross-entropy of hidden @ weight.T, never holding all the logits
     linear_cross_entropy: Callable = functional.linear_cross_entropy
 
@@ -70,11 +72,24 @@ def fused_shape_limits(d_model: int | None, head_dim: int | None) -> list[str]:
     return limits
 
 
+def fused_feature_gaps(num_heads: int | None = None, num_kv_heads: int | None = None,
+                       document_masking: bool = False) -> list[str]:
+    """The model features no fused kernel takes yet, each as a sentence: those ops run their reference."""
+    gaps = []
+    if num_kv_heads is not None and num_heads is not None and num_kv_heads != num_heads:
+        gaps.append(f"the attention kernel takes no grouped-query heads yet ({num_heads} query, {num_kv_heads} "
+                    "key/value heads)")
+    if document_masking:
+        gaps.append("the attention kernel takes no document masks yet")
+    return gaps
+
+
 def resolve_backend(backend: str, device: torch.device | str, d_model: int | None = None,
-                    head_dim: int | None = None) -> str:
+                    head_dim: int | None = None, gaps: list[str] | None = None) -> str:
     """Turn ``auto | reference | fused`` into ``reference`` or ``fused`` for ``device``; logs the choice once.
 
     With the model's ``d_model`` / ``head_dim``, an explicit ``fused`` also checks the kernels take that shape.
+    ``gaps`` (:func:`fused_feature_gaps`) are named in the log line: those ops run their reference on either backend.
     Raises ValueError when ``fused`` cannot run (the trainer prints it as one line, exit code 2).
     """
     if backend not in BACKENDS:
@@ -87,7 +102,8 @@ def resolve_backend(backend: str, device: torch.device | str, d_model: int | Non
         raise ValueError(f"backend 'fused' cannot run this model: {'; '.join(limits)}. Use backend: auto (the "
                          "reference op where a kernel does not fit) or reference, or change d_model / num_heads.")
     chosen = "reference" if backend == "reference" or reason is not None else "fused"
-    note = f"; reference where {'; '.join(limits)}" if chosen == "fused" and limits else ""
+    where = limits + (gaps or [])
+    note = f"; reference where {'; '.join(where)}" if chosen == "fused" and where else ""
     _log.info("ops backend: %s (asked %s, device %s%s)", chosen, backend, torch.device(device), note)
     return chosen
 
@@ -112,17 +128,19 @@ def _fused_ops() -> Ops:
             return functional.rope(q, k, cos, sin)
         return rope(q, k, cos, sin)
 
-    def fused_attention(q, k, v, scale=None):
+    def fused_attention(q, k, v, scale=None, *, doc_ids=None):
         # On a GPU tl.dot rounds fp32 to tf32, so fp32 attention (dtype: float32, no autocast) keeps PyTorch's
-        # exact SDPA; bf16/fp16, the trainer's default on CUDA, takes the Triton kernel.
-        if q.dtype == torch.float32 or q.shape[-1] > _MAX_ATTENTION_HEAD_DIM:
-            return functional.causal_attention(q, k, v, scale)
+        # exact SDPA; bf16/fp16, the trainer's default on CUDA, takes the Triton kernel. Grouped-query heads and
+        # document masks take the reference until the kernel has them (fused_feature_gaps logs it once).
+        if q.dtype == torch.float32 or q.shape[-1] > _MAX_ATTENTION_HEAD_DIM or doc_ids is not None or \
+                k.shape[1] != q.shape[1]:
+            return functional.causal_attention(q, k, v, scale, doc_ids=doc_ids)
         return attention(q, k, v, scale)
 
     return Ops("fused", fused_rmsnorm, fused_rope, fused_attention, linear_cross_entropy=linear_cross_entropy)
 
 
 def get_ops(backend: str, device: torch.device | str, d_model: int | None = None,
-            head_dim: int | None = None) -> Ops:
+            head_dim: int | None = None, gaps: list[str] | None = None) -> Ops:
     """The :class:`Ops` for ``backend`` on ``device`` and a model of this shape (see :func:`resolve_backend`)."""
-    return _fused_ops() if resolve_backend(backend, device, d_model, head_dim) == "fused" else REFERENCE
+    return _fused_ops() if resolve_backend(backend, device, d_model, head_dim, gaps) == "fused" else REFERENCE

@@ -29,6 +29,7 @@ from lmfast import __version__
 from lmfast.data import BatchSampler, tokenizer_fingerprint
 from lmfast.model import TransformerLM
 from lmfast.model.ops import resolve_backend
+from lmfast.model.transformer import uninitialized
 from lmfast.train.checkpoint import atomic_torch_save, checksummed, load_model_state, read_checkpoint, save_checkpoint
 from lmfast.train.config import ConfigError, TrainConfig
 from lmfast.train.run_setup import SetupError, load_run_tokenizer, resolve_device
@@ -157,7 +158,7 @@ def _run_extras(run, data, extra: dict) -> dict:
     return dict(schedule={"step": run.progress.step, "total_steps": run.total_steps}, data=data, rng=rng,
                 config=run.cfg.to_dict(), progress=vars(run.progress).copy(),
                 meta={"tokenizer": _tokenizer_spec(run), "tokenizer_fingerprint": run.tokenizer_fingerprint,
-                      "lmfast_version": __version__},
+                      "lmfast_version": __version__, "hf_config": getattr(run, "hf_config", None)},
                 scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None, **extra)
 
 
@@ -263,6 +264,7 @@ def load_run(run, resumed: Resumed) -> None:
         load_model_state(run.model, state["model"], path)
         if state.get("optimizer") is not None:
             run.optimizer.load_state_dict(state["optimizer"])
+    run.hf_config = (state.get("meta") or {}).get("hf_config") or getattr(run, "hf_config", None)
     try:
         _restore_progress(run, state)
     except (TypeError, KeyError, AttributeError, IndexError) as e:  # check_run_fields covers the usual ways
@@ -352,8 +354,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", backe
         cfg = TrainConfig(**state["config"])
     except (ConfigError, TypeError) as e:
         raise ValueError(f"{checkpoint} holds a config this lmfast cannot read: {e}") from None
-    model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff,
-                          cfg.rope_theta, backend=backend, device=device)
+    with uninitialized():  # the checkpoint holds every weight
+        model = TransformerLM(**cfg.model_kwargs(), backend=backend, device=device)
     if sharded:
         load_sharded_model(model, path, checked)
     else:

@@ -91,7 +91,7 @@ def test_help_lists_every_key_and_names_the_console_script_it_was_started_as(tmp
     assert all(key in text for key in ("learning_rate", "max_learning_rate", "sample_top_p", "--print-config"))
 
 
-@pytest.mark.parametrize("name", ["generate", "export", "plot", "tokenize"])
+@pytest.mark.parametrize("name", ["generate", "export", "plot", "tokenize", "eval"])
 def test_every_console_script_names_itself_in_its_help(tmp_path, name):
     script = Path(sys.executable).parent / f"lmfast-{name}"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
