@@ -9,9 +9,20 @@ Four rooms by job, and thin command lines on top; imports point down, never in a
   Hugging Face Llama folders, generation; the Triton kernels are ``lmfast.kernels``;
 - ``lmfast.train``: the trainer (``python -m lmfast.train``) and what a run owns: config, checkpoints
   (``lmfast.checkpoint``), resume, run lock and signals, torchrun/FSDP, AdamW and the schedule (``lmfast.optim``).
-- command lines: ``python -m lmfast.generate | export | plot | tokenize | eval``.
+- command lines: ``python -m lmfast.generate | export | plot | tokenize | eval``, also installed as the console
+  scripts ``lmfast-train``, ``lmfast-generate``, ``lmfast-export``, ``lmfast-plot``, ``lmfast-tokenize`` and
+  ``lmfast-eval``.
 
 This module imports nothing, so ``import lmfast`` is instant.
 """
 
 __version__ = "0.1.0"
+
+
+def command_name(module: str) -> str:
+    """How the user ran the command line of ``lmfast.<module>``: its console script (``lmfast-train``) when started
+    as one, else ``python -m lmfast.<module>``; for ``--help`` and hints that repeat the command."""
+    import sys
+
+    name = (sys.argv[0] if sys.argv else "").replace("\\", "/").rsplit("/", 1)[-1]
+    return name if name == f"lmfast-{module}" else f"python -m lmfast.{module}"

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from lmfast import command_name
 from lmfast.data import TokenMixture, load_data
 from lmfast.data.corpus import resolve_corpus
 from lmfast.model.functional import document_ids
@@ -42,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m lmfast.eval", description=__doc__.splitlines()[0])
+    p = _Parser(prog=command_name("eval"), description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a .pt file written by python -m lmfast.train")
     p.add_argument("--data", required=True, help="token file, .txt, .jsonl/.parquet documents, a directory or glob "
                                                  "of them, or a corpus name (its validation split)")

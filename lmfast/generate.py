@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from lmfast import command_name
 from lmfast.model import TransformerLM
 from lmfast.model.generation import (
     Sample,
@@ -35,6 +36,7 @@ from lmfast.model.ops import BACKENDS
 from lmfast.tokenizer import EOT
 from lmfast.train.run_setup import SetupError
 from lmfast.train.run_state import load_model
+from lmfast.train.sharded import is_sharded_checkpoint
 
 __all__ = ["main", "sample_next", "generate_ids", "generate_samples", "generate_text", "Sample", "default_stops",
            "load_model", "generation_dtype"]
@@ -43,8 +45,8 @@ __all__ = ["main", "sample_next", "generate_ids", "generate_samples", "generate_
 # -- command line --------------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lmfast.generate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a .pt file written by python -m lmfast.train")
+    p = argparse.ArgumentParser(prog=command_name("generate"), description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a .pt file or .dcp directory written by python -m lmfast.train")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature >= 0; 0 = greedy")
@@ -79,11 +81,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--stop '' is empty; give the text a sample should end at, or --no-stop for none")
     _check_prompt(args.prompt)
     path = Path(args.checkpoint)
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt"))
-        name = "final_model.pt" if "final_model.pt" in found or not found else found[0]
-        hint = f"e.g. --checkpoint {path / name}" if found else "it holds no .pt file"
-        raise ValueError(f"--checkpoint {path} is a directory; pass a checkpoint file in it ({hint})")
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        found = sorted(p.name for p in path.iterdir() if p.suffix == ".pt" or is_sharded_checkpoint(p))
+        name = "final_model.pt" if "final_model.pt" in found or not found else found[-1]
+        hint = f"e.g. --checkpoint {path / name}" if found else "it holds no checkpoint"
+        raise ValueError(f"--checkpoint {path} is a directory, not a checkpoint; pass a .pt file or .dcp directory "
+                         f"in it ({hint})")
 
 
 def _check_prompt(prompt: str) -> None:
@@ -113,7 +116,31 @@ def _dtype_name(dtype: torch.dtype | None) -> str:
     return str(dtype or torch.float32).removeprefix("torch.")
 
 
+def _check_memory(model: TransformerLM, rows: int) -> None:
+    """Refuse ``--num-samples`` whose KV caches and prefill cannot fit, with the numbers, before anything is
+    allocated (a huge count would otherwise run until the kernel kills it)."""
+    from lmfast.train.memory import available_memory, format_bytes
+
+    device = model.lm_head.weight.device
+    d_model, d_ff = model.layers[0].attn.d_model, model.layers[0].ffn.w1.out_features
+    ctx, vocab = model.context_length, model.vocab_size
+    per_row = 4 * (2 * len(model.layers) * ctx * d_model + ctx * (6 * d_model + 3 * d_ff) + 3 * vocab)
+    have = available_memory(device)
+    if have is not None and rows * per_row > have:
+        raise ValueError(f"--num-samples {rows} needs about {format_bytes(rows * per_row)} for the KV caches and the "
+                         f"prefill of {rows} rows of {ctx} tokens, but {device} has {format_bytes(have)} free; lower "
+                         f"--num-samples (about {max(1, have // per_row):,} fit)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nstopped by Ctrl-C", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         _check_args(args)
@@ -121,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.window_keep is not None and args.window_keep > model.context_length:
             raise ValueError(f"--window-keep must be at most the model's context_length={model.context_length}, "
                              f"got {args.window_keep}")
+        _check_memory(model, args.num_samples)
     except (SetupError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

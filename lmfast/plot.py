@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from lmfast import command_name
+
 __all__ = ["read_metrics", "draw_runs", "plot_runs", "main"]
 
 
@@ -29,9 +31,9 @@ def read_metrics(run: str | Path) -> tuple[list[dict], list[dict]]:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a run's checkpoint_dir or its metrics.jsonl")
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
+    data = path.read_bytes()
+    lines = data.splitlines()
+    if lines and not data.endswith(b"\n"):
         lines.pop()  # cut short by a kill
     train: dict[int, dict] = {}
     val: dict[int, dict] = {}
@@ -39,8 +41,11 @@ def read_metrics(run: str | Path) -> tuple[list[dict], list[dict]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))
             step = record["step"]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n} is not UTF-8 text (byte {line[e.start]:#04x}); the file is damaged: restore "
+                             "it from a copy, or delete that line") from None
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ValueError(f"{path}:{n} is not a JSON object with a step; was it written by lmfast.train?") from None
         (val if "val_loss" in record else train)[step] = record
@@ -97,7 +102,7 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmfast.plot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=command_name("plot"), description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (checkpoint_dir) or metrics.jsonl files")
     parser.add_argument("--out", default="runs.png", help="PNG to write (default runs.png)")
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 
+from lmfast import command_name
 from lmfast.tokenizer import PATTERNS, Tokenizer, train_bpe
 
 __all__ = ["main"]
@@ -27,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m lmfast.tokenize", description=__doc__.split("\n")[0])
+    p = _Parser(prog=command_name("tokenize"), description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a byte-level BPE and save vocab.json + merges.txt")
     t.add_argument("--input", required=True, help="UTF-8 training text")
@@ -44,6 +45,8 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input", required=True, help="UTF-8 text to encode")
     e.add_argument("--out", required=True, help="output .npy path")
     e.add_argument("--threads", type=int, default=None, help="encoding threads (default: all cores)")
+    e.add_argument("--special-tokens-as-text", action="store_true", help="encode special-token text in the input "
+                   "(<|endoftext|>) as ordinary text; by default it becomes the special token's id")
     e.add_argument("--backend", choices=["auto", "native", "python"], default="auto")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -64,7 +67,8 @@ def _encode(args) -> None:
     else:
         tok = Tokenizer.load(args.tokenizer, backend=args.backend)
     t0 = time.perf_counter()
-    out = tok.encode_file(args.input, args.out, num_threads=args.threads, progress=not args.no_progress)
+    out = tok.encode_file(args.input, args.out, num_threads=args.threads, progress=not args.no_progress,
+                          allowed_special=set() if args.special_tokens_as_text else "all")
     print(f"encoded {args.input} -> {out} in {time.perf_counter() - t0:.2f} s")
 
 

@@ -11,6 +11,12 @@ each with equal model and optimizer tensors, and every train and validation loss
 bit; no temp file may be left, and each stop must end as documented: SIGKILL -9, SIGTERM 143 and SIGINT 130 with
 ``interrupted.pt`` saved (or 0 when the signal came during the last step).
 
+Trials come in three kinds, in turn: the plain run; the same run under ``distributed: fsdp`` (one process, which
+writes its step, epoch and interrupted checkpoints as ``.dcp`` directories through ``torch.distributed.checkpoint``,
+compared tensor by tensor with an uninterrupted fsdp run's); and ``python -m lmfast.export`` of the finished run into
+a folder that holds an earlier export, stopped while it writes, after which the folder must be the earlier export or
+the new one, byte for byte, never a mix, and a second export must finish it.
+
 The run is tiny (byte-level tokens from a generated ``.npy``, one layer of width 32, 24 steps, three epochs,
 validation every 5 steps, a step checkpoint every 4 with ``keep_last: 2``), on one CPU thread: the process
 start dominates, about 2 s a run. The child process runs ``lmfast.train.main`` with hooks that only mark where it
@@ -43,6 +49,7 @@ CONFIG = dict(vocab_size=256, context_length=16, d_model=32, num_layers=1, num_h
               min_learning_rate=1e-4, checkpoint_steps=CHECKPOINT_STEPS, keep_last=2, checkpoint_interval=1,
               eval_interval=EVAL_INTERVAL, eval_iters=4, log_interval=1, compile="false", progress=False,
               device="cpu", dtype="float32", backend="reference")
+_KIND_CONFIG = {"plain": {}, "fsdp": {"distributed": "fsdp"}, "export": {}}
 # the kill is aimed at a uniformly drawn occurrence of its phase in the process, up to these (a resumed process
 # has fewer steps left; an occurrence that never comes is a kill not sent, counted apart)
 OCCURRENCES = {"step": STEPS // 2, "eval": 3, "save": 6}
@@ -65,6 +72,7 @@ class Outcome:
     landed: bool  # the moment came and the signal was sent
     interrupted_saved: bool = False
     where: str = ""
+    kind: str = "plain"  # plain, fsdp or export
 
 
 @dataclass
@@ -89,6 +97,9 @@ def make_data(root: Path) -> None:
     np.save(root / "val.npy", np.frombuffer(text[-300:], dtype=np.uint8))
 
 
+KINDS = ("plain", "fsdp", "export")
+
+
 def write_config(root: Path, run_dir: Path, **overrides) -> Path:
     """``run_dir``'s config (beside it, as ``<run_dir>.yaml``): :data:`CONFIG` on the data :func:`make_data` wrote."""
     import yaml
@@ -107,9 +118,9 @@ def _child_env() -> dict:
     return env
 
 
-def _start(config: Path, resume: bool, kill: Kill | None, stderr) -> subprocess.Popen:
-    cmd = [sys.executable, __file__, "--child", "--pause-at", f"{kill.phase}:{kill.occurrence}" if kill else "",
-           "--", "--config", str(config), *(["--resume", "auto"] if resume else [])]
+def _start(args: list[str], kill: Kill | None, stderr, child: str = "--child") -> subprocess.Popen:
+    cmd = [sys.executable, __file__, child, "--pause-at", f"{kill.phase}:{kill.occurrence}" if kill else "", "--",
+           *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=_child_env(), preexec_fn=_default_signals)
 
 
@@ -127,9 +138,13 @@ class Process:
 
 
 def run_once(config: Path, resume: bool, kill: Kill | None) -> Process:
-    """One process, stopped as ``kill`` says."""
+    """One training process, stopped as ``kill`` says."""
+    return _run_child(["--config", str(config), *(["--resume", "auto"] if resume else [])], kill, "--child")
+
+
+def _run_child(args: list[str], kill: Kill | None, child: str) -> Process:
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: nothing blocks on a full pipe while we read stdout
-        proc = _start(config, resume, kill, err)
+        proc = _start(args, kill, err, child)
         landed, seen = _stop(proc, kill)
         out = seen + proc.stdout.read()
         proc.wait(timeout=600)
@@ -157,10 +172,12 @@ def _stop(proc: subprocess.Popen, kill: Kill | None) -> tuple[bool, bytes]:
     return False, seen
 
 
-def uninterrupted(root: Path) -> Path:
-    """The reference: one run, never stopped."""
-    run_dir = root / "reference"
-    run = run_once(write_config(root, run_dir), False, None)
+def uninterrupted(root: Path, kind: str = "plain") -> Path:
+    """The reference of a kind of trial: one run, never stopped (for exports: the plain run and its export)."""
+    run_dir = root / ("reference-fsdp" if kind == "fsdp" else "reference")
+    if (run_dir / "final_model.pt").is_file():
+        return run_dir
+    run = run_once(write_config(root, run_dir, **_KIND_CONFIG[kind]), False, None)
     if run.returncode != 0:
         raise RuntimeError(f"the uninterrupted run failed ({run.returncode}):\n{run.err[-3000:]}")
     return run_dir
@@ -176,16 +193,18 @@ def plan_kills(rng: random.Random, count: int, duration: float) -> list[Kill]:
     return kills
 
 
-def run_trial(root: Path, name: str, reference: Path, kills: list[Kill]) -> TrialResult:
+def run_trial(root: Path, name: str, reference: Path, kills: list[Kill], kind: str = "plain") -> TrialResult:
     """Start a fresh run, stop it with each of ``kills`` in turn (each on a new ``--resume auto``), finish it, and
-    compare it with ``reference``."""
+    compare it with ``reference`` (the uninterrupted run of the same kind)."""
+    if kind == "export":
+        return export_trial(root, name, reference, kills)
     run_dir = root / name
-    config = write_config(root, run_dir)
+    config = write_config(root, run_dir, **_KIND_CONFIG[kind])
     result, resume = TrialResult(), False
     for kill in kills:
         run = run_once(config, resume, kill)
         result.runs += 1
-        saved = "interrupted.pt. Continue with" in run.err
+        saved = "interrupted.pt. Continue with" in run.err or "interrupted.dcp. Continue with" in run.err
         outcome = Outcome(kill, run.returncode, run.landed, interrupted_saved=saved)
         result.outcomes.append(outcome)
         result.problems += _check_exit(outcome, run)
@@ -225,7 +244,7 @@ def _check_exit(o: Outcome, run: Process) -> list[str]:
         return [f"{o.kill}: exited {o.returncode}, expected {128 + sig}:\n{err[-2000:]}"]
     if "Traceback" in err:
         return [f"{o.kill}: a traceback on a stop:\n{err[-2000:]}"]
-    o.where = "at a step boundary, interrupted.pt saved" if o.interrupted_saved else "outside the training loop"
+    o.where = "at a step boundary, interrupted saved" if o.interrupted_saved else "outside the training loop"
     return []
 
 
@@ -236,10 +255,12 @@ def compare_runs(reference: Path, run_dir: Path) -> list[str]:
 
     from lmfast.checkpoint import read_checkpoint
 
-    want, have = ({p.name for p in d.glob("*.pt")} - {"interrupted.pt"} for d in (reference, run_dir))
+    want, have = ({p.name for p in [*d.glob("*.pt"), *d.glob("*.dcp")]} - {"interrupted.pt", "interrupted.dcp"}
+                  for d in (reference, run_dir))
     problems = [f"{sorted(want - have)} missing, {sorted(have - want)} extra"] if want != have else []
     for name in sorted(want & have):
-        a, b = read_checkpoint(reference / name), read_checkpoint(run_dir / name)
+        read = _read_dcp if name.endswith(".dcp") else read_checkpoint
+        a, b = read(reference / name), read(run_dir / name)
         for part in ("model", "optimizer"):
             flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
             differ = [k for k in flat_a if k not in flat_b or not torch.equal(flat_a[k], flat_b[k])]
@@ -253,6 +274,90 @@ def compare_runs(reference: Path, run_dir: Path) -> list[str]:
     if leftovers:
         problems.append(f"temp files left in {run_dir}: {leftovers}")
     return problems
+
+
+def _read_dcp(path: Path) -> dict:
+    """Every tensor of a sharded checkpoint, by its flattened name under ``model`` and ``optimizer``: its files are
+    checked against their sums and read without running code from them, as lmfast reads them."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from lmfast.train.dcp_files import safe_planner, safe_reader
+    from lmfast.train.sharded import _single_process_is_meant, read_sharded
+
+    _, checked = read_sharded(path)
+    reader = safe_reader(path, checked)
+    template = {fqn: torch.empty(md.size, dtype=md.properties.dtype)
+                for fqn, md in reader.read_metadata().state_dict_metadata.items()
+                if isinstance(md, TensorStorageMetadata)}
+    with _single_process_is_meant():
+        dcp.load(template, storage_reader=reader, planner=safe_planner(), no_dist=True)
+    return {part: {k: v for k, v in template.items() if k.startswith(part + ".")} for part in ("model", "optimizer")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exports
+
+
+def export_trial(root: Path, name: str, reference: Path, kills: list[Kill]) -> TrialResult:
+    """Export the reference run's final model into a folder holding an export of its best model, stopping the export
+    with each of ``kills``: after each stop the folder is one of the two exports, byte for byte; a last export
+    finishes it and leaves no temporary folder."""
+    out, result = root / name / "exported", TrialResult()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old, new = (_export_once(reference / f"{m}_model.pt", root / f"reference-export-{m}") for m in ("best", "final"))
+    _export_once(reference / "best_model.pt", out)  # the earlier export the folder holds
+    for kill in kills:
+        run = _run_child(["--checkpoint", str(reference / "final_model.pt"), "--out", str(out)], kill,
+                         "--child-export")
+        result.runs += 1
+        outcome = Outcome(kill, run.returncode, run.landed)
+        result.outcomes.append(outcome)
+        result.problems += _check_export_exit(outcome, run)
+        if _files(out) not in (old, new):
+            result.problems.append(f"{kill}: {out} is neither the earlier export nor the new one: {_diff(out, old)}")
+    _export_once(reference / "final_model.pt", out)
+    result.runs += 1
+    if _files(out) != new:
+        result.problems.append(f"the last export left {out} unlike an uninterrupted one: {_diff(out, new)}")
+    left = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    if left:
+        result.problems.append(f"temporary folders left beside {out}: {left}")
+    return result
+
+
+def _export_once(checkpoint: Path, out: Path) -> dict:
+    run = _run_child(["--checkpoint", str(checkpoint), "--out", str(out)], None, "--child-export")
+    if run.returncode != 0:
+        raise RuntimeError(f"export of {checkpoint} failed ({run.returncode}):\n{run.err[-3000:]}")
+    return _files(out)
+
+
+def _files(folder: Path) -> dict | None:
+    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else None
+
+
+def _diff(out: Path, want: dict) -> str:
+    have = _files(out)
+    if have is None:
+        return "it does not exist"
+    return f"files differ: {sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))}"
+
+
+def _check_export_exit(o: Outcome, run: Process) -> list[str]:
+    """SIGINT: 130 and one line (Ctrl-C), or Python's own ending while the child still imports torch, as for training;
+    SIGTERM and SIGKILL end it as signals do; 0 if it finished first."""
+    sig = SIGNALS[o.kill.signal]
+    o.where = "the export finished first" if run.returncode == 0 else "stopped mid-export"
+    if run.returncode == 0 or (sig != signal.SIGINT and run.returncode == -sig):
+        return []
+    if sig == signal.SIGINT and run.returncode == -sig and "@main" not in run.out:
+        o.where = "during interpreter start-up, before lmfast's handlers"  # still importing torch: Python's ending
+        return []
+    if sig == signal.SIGINT and run.returncode == 130 and "Traceback" not in run.err:
+        return []
+    return [f"{o.kill}: the export exited {run.returncode}:\n{run.err[-2000:]}"]
 
 
 def _tensors(tree, prefix="") -> dict:
@@ -344,22 +449,60 @@ def _child(pause_at: str, argv: list[str]) -> int:
     return trainer.main(argv)
 
 
+def _child_export(pause_at: str, argv: list[str]) -> int:
+    """``lmfast.export.main`` with pauses: ``weights`` once model.safetensors is in the temporary folder, ``swap``
+    just before the folder takes --out's place."""
+    from lmfast import export
+
+    phase, _, nth = pause_at.partition(":")
+    real_save, real_replace = export._save_safetensors, export._replace_dir
+
+    def moment(kind: str) -> None:
+        if kind == phase:
+            os.write(1, f"@pause {kind} {nth}\n".encode())
+            time.sleep(PAUSE)
+
+    def save(*args):
+        real_save(*args)
+        moment("weights")
+
+    def replace(tmp, out):
+        moment("swap")
+        real_replace(tmp, out)
+
+    export._save_safetensors, export._replace_dir = save, replace
+    os.write(1, b"@main\n")  # from here on a Ctrl-C is export.main's to answer
+    return export.main(argv)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The long run
 
 
+def plan_export_kills(rng: random.Random, count: int, duration: float) -> list[Kill]:
+    """``count`` kills of an export: while its weights are written, just before the folder swap, or at a random time."""
+    return [Kill(rng.choice(list(SIGNALS)), phase, 1, rng.uniform(0.0, 0.8 * PAUSE) if phase != "random" else
+                 rng.uniform(0.2, duration)) for phase in (rng.choice(("weights", "swap", "random"))
+                                                            for _ in range(count))]
+
+
 def long_run(root: Path, kills: int, seed: int, max_per_trial: int = 3) -> dict:
-    """Trials of 1..max_per_trial kills each until ``kills`` signals have been sent; returns the figures."""
+    """Trials of 1..max_per_trial kills each, the kinds in turn, until ``kills`` signals have been sent; returns the
+    figures."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     make_data(root)
     start = time.perf_counter()
-    reference = uninterrupted(root)
-    duration = time.perf_counter() - start
-    sent, trials, outcomes, problems, runs = 0, 0, [], [], 1
+    references = {kind: uninterrupted(root, kind) for kind in KINDS}
+    duration = (time.perf_counter() - start) / 2
+    sent, trials, outcomes, problems, runs = 0, 0, [], [], 2
     while sent < kills:
-        plan = plan_kills(rng, rng.randint(1, max_per_trial), duration)
-        result = run_trial(root, f"trial-{trials:04d}", reference, plan)
+        kind = KINDS[trials % len(KINDS)]
+        count = rng.randint(1, max_per_trial)
+        plan = plan_export_kills(rng, count, 3.0) if kind == "export" else plan_kills(rng, count, duration)
+        result = run_trial(root, f"trial-{trials:04d}-{kind}", references[kind], plan, kind)
+        for o in result.outcomes:
+            o.kind = kind
         trials += 1
         runs += result.runs
         outcomes += result.outcomes
@@ -369,7 +512,8 @@ def long_run(root: Path, kills: int, seed: int, max_per_trial: int = 3) -> dict:
               f"{'OK' if not result.problems else 'FAILED: ' + ' | '.join(result.problems)}", file=sys.stderr,
               flush=True)
     return {"trials": trials, "runs": runs, "outcomes": outcomes, "problems": problems, "seconds":
-            time.perf_counter() - start, "reference_seconds": duration, "seed": seed, "kills": kills}
+            time.perf_counter() - start, "reference_seconds": duration, "seed": seed, "kills": kills,
+            "trial_names": [f"trial-{i:04d}-{KINDS[i % len(KINDS)]}" for i in range(trials)]}
 
 
 def report(figures: dict) -> str:
@@ -380,8 +524,9 @@ def report(figures: dict) -> str:
 
     outcomes = figures["outcomes"]
     landed = [o for o in outcomes if o.landed]
-    table = Counter((o.kill.signal, o.kill.phase) for o in landed)
-    where = Counter((o.kill.signal, o.where) for o in landed)
+    table = Counter((o.kind, o.kill.signal, o.kill.phase) for o in landed)
+    where = Counter((o.kind, o.kill.signal, o.where) for o in landed)
+    trials_of = Counter(name.rsplit("-", 1)[-1] for name in figures.get("trial_names", []))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from _machine import commit, cpu_name
 
@@ -395,19 +540,24 @@ def report(figures: dict) -> str:
         f"at the end {load}); Python {platform.python_version()}, torch {torch.__version__}; commit {made_from}.",
         "",
         f"- {len(landed)} signals sent in {figures['trials']} trials ({figures['runs']} processes, "
-        f"{figures['seconds'] / 60:.1f} min; one uninterrupted run takes {figures['reference_seconds']:.1f} s)",
-        f"- trials whose checkpoints (every one, model and optimizer tensors) and losses equal the "
-        f"uninterrupted run's bitwise: **{figures['trials'] - len({p.split(':')[0] for p in figures['problems']})} "
-        f"of {figures['trials']}**",
+        f"{figures['seconds'] / 60:.1f} min; one uninterrupted run takes {figures['reference_seconds']:.1f} s) "
+        f"({', '.join(f'{n} {kind}' for kind, n in trials_of.items())}): plain runs, runs under `distributed: "
+        "fsdp` (one process, `.dcp` training checkpoints) and exports into a folder holding an earlier export",
+        f"- trials whose checkpoints (every one, model and optimizer tensors, `.pt` and `.dcp`) and losses equal the "
+        f"uninterrupted run's bitwise, or whose export folder was always the earlier or the new export byte for byte: "
+        f"**{figures['trials'] - len({p.split(':')[0] for p in figures['problems']})} of {figures['trials']}**",
         f"- problems: {len(figures['problems'])}",
         "",
-        "| signal | inside a step | during validation | during a checkpoint write | at a random time |",
-        "|---|---:|---:|---:|---:|",
+        "| kind | signal | inside a step | during validation | during a checkpoint write | while the export writes "
+        "its weights | just before the export's folder swap | at a random time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for sig in SIGNALS:
-        lines.append(f"| {sig} | " + " | ".join(str(table[(sig, p)]) for p in PHASES) + " |")
-    lines += ["", "| signal | how the process ended | count |", "|---|---|---:|"]
-    lines += [f"| {sig} | {w} | {n} |" for (sig, w), n in sorted(where.items())]
+    phases = ("step", "eval", "save", "weights", "swap", "random")
+    for kind in KINDS:
+        for sig in SIGNALS:
+            lines.append(f"| {kind} | {sig} | " + " | ".join(str(table[(kind, sig, p)]) for p in phases) + " |")
+    lines += ["", "| kind | signal | how the process ended | count |", "|---|---|---|---:|"]
+    lines += [f"| {kind} | {sig} | {w} | {n} |" for (kind, sig, w), n in sorted(where.items())]
     if figures["problems"]:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in figures["problems"]]
     return "\n".join(lines) + "\n"
@@ -415,9 +565,9 @@ def report(figures: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
+    if argv[:1] in (["--child"], ["--child-export"]):
         pause_at = argv[argv.index("--pause-at") + 1]
-        return _child(pause_at, argv[argv.index("--") + 1:])
+        return (_child if argv[0] == "--child" else _child_export)(pause_at, argv[argv.index("--") + 1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=120, help="signals to send in all (default 120)")
     parser.add_argument("--seed", type=int, default=0)

@@ -6,8 +6,10 @@
 
 Each mutation is a small source edit, ``(file, old text, new text)``, and the tests that should catch it. The
 script copies the tracked tree (plus the built ``lmfast.tokenizer._bpe``) into a temporary folder, so the working
-tree is never touched, checks that those tests pass there unmutated, then for each mutation applies it, runs its tests
-with ``pytest -x`` and puts the file back. The copy is imported first (``PYTHONPATH`` and the working directory
+tree is never touched, checks that those tests pass there unmutated (the baseline: if any fails, nothing is run, as a
+test that fails anyway would count its mutations as caught; the report says the baseline passed, or that it was skipped
+with ``--no-baseline``), then for each mutation applies it, runs its tests with ``pytest -x`` and puts the file back.
+The copy is imported first (``PYTHONPATH`` and the working directory
 point at it; ``lmfast.kernels`` finds the copy's ``kernels/`` as in any source tree). A mutation of ``csrc/``
 rebuilds the extension in the copy (about a minute on 2 cores) and restores the built one afterwards.
 
@@ -44,6 +46,8 @@ class Mutation:
 TRAIN_MATH = "tests/train/test_trainer_math.py"
 RESUME = ("tests/train/test_train.py::test_resume_continues_the_same_loss_curve", TRAIN_MATH)
 RELIABILITY = "tests/train/test_reliability.py"
+SHARDED = "tests/train/test_sharded_files.py"
+REUSED = "tests/train/test_reused_artifacts.py"
 LCE = "tests/model/test_linear_cross_entropy.py"
 OPTIM = "tests/train/test_optim.py"
 MODEL = ("tests/model/test_model.py", "tests/cli/test_generate.py")
@@ -79,6 +83,8 @@ MUTATIONS = [
              (TRAIN_MATH,)),
     Mutation("trainer: validation draws new batches at every evaluation", "lmfast/train/trainer.py",
              "seed=[self.cfg.seed, 1])", "seed=None)", (TRAIN_MATH,)),
+    Mutation("trainer: validation draws from the training data", "lmfast/train/trainer.py",
+             "sampler = BatchSampler(self.val_data,", "sampler = BatchSampler(self.train_data,", (TRAIN_MATH,)),
     # ---- schedule (lmfast/train/optim.py: cosine_lr)
     Mutation("schedule: warmup reaches the peak one step late", "lmfast/train/optim.py",
              "return max_lr * it / warmup_iters", "return max_lr * it / (warmup_iters + 1)", (OPTIM,)),
@@ -126,17 +132,34 @@ MUTATIONS = [
     Mutation("resume: progress (tokens seen, best val loss, epoch sums) not restored", "lmfast/train/run_state.py",
              "if \"progress\" in state:", "if \"progress_state\" in state:", RESUME),
     Mutation("resume: --resume auto takes the oldest checkpoint", "lmfast/train/run_state.py",
-             "return max(candidates, key=lambda p: p.stat().st_mtime_ns)",
-             "return min(candidates, key=lambda p: p.stat().st_mtime_ns)", RESUME),
+             "return max(candidates, key=_resume_order)", "return min(candidates, key=_resume_order)", RESUME),
     # ---- run lifecycle and checkpoint integrity (lmfast/train/lifecycle.py, lmfast/train/checkpoint.py)
     Mutation("lifecycle: a second run on a directory in use is let in", "lmfast/train/lifecycle.py",
              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass", (RELIABILITY,)),
+    Mutation("lifecycle: the run lock follows a symlink planted at its name", "lmfast/train/lifecycle.py",
+             'os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)', "os.O_RDWR | os.O_CREAT", (RELIABILITY,)),
     Mutation("lifecycle: keep_last keeps one step checkpoint too few", "lmfast/train/lifecycle.py",
              "older = [p for s, p in steps if s <= upto_step][:-keep_last]",
              "older = [p for s, p in steps if s <= upto_step][:1 - keep_last]", (RELIABILITY,)),
     Mutation("checkpoint: a tensor that differs from its checksum is loaded", "lmfast/train/checkpoint.py",
              "bad = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))",
              "bad = sorted(k for k in then.keys() - now.keys())", ("tests/train/test_checkpoint.py",)),
+    Mutation("sharded checkpoint: .metadata unpickled with plain pickle (runs code)", "lmfast/train/dcp_files.py",
+             "metadata = _MetadataUnpickler(f).load()", "metadata = pickle.load(f)", (SHARDED,)),
+    Mutation("sharded checkpoint: a shard that differs from its CRC is loaded", "lmfast/train/dcp_files.py",
+             "if _crc(path / name) != sums[name][1]:", "if False:", (SHARDED,)),
+    Mutation("sharded checkpoint: small values loaded with weights_only=False", "lmfast/train/dcp_files.py",
+             "loaded = torch.load(value, weights_only=True)", "loaded = torch.load(value, weights_only=False)",
+             (SHARDED,)),
+    # ---- what a run reuses is checked by content (lmfast/data/, lmfast/train/run_setup.py, run_state.py)
+    Mutation("token cache: a cached .npy is reused without checking its CRC", "lmfast/data/text_tokens.py",
+             "if out.exists() and _sum_matches(out):", "if out.exists():", (REUSED,)),
+    Mutation("token cache: an edited id-range memo is trusted", "lmfast/data/cache.py",
+             'and saved["digest"] == _memo_digest(stamp, saved["value"])', "", (REUSED,)),
+    Mutation("tokenizer reuse: a file that changed since it was saved is used", "lmfast/train/run_setup.py",
+             "if _file_sha256(path) != digest:", "if False:", (REUSED,)),
+    Mutation("resume: the checkpoint's tokenizer fingerprint is not compared", "lmfast/train/run_state.py",
+             "if saved is not None and saved != now:", "if False:", (REUSED,)),
     # ---- fused linear cross-entropy (lmfast/model/functional.py)
     Mutation("linear cross-entropy: d weight is the summed, not the mean, loss's gradient",
              "lmfast/model/functional.py",
@@ -168,10 +191,17 @@ MUTATIONS = [
              "while (c && straddles(c)) c = find_cut(text, pos, c - 1);", "(void)straddles;",
              ("tests/tokenizer/test_pretokenizers.py",)),
     # ---- model (lmfast/model/functional.py, lmfast/model/transformer.py)
-    Mutation("model: RMSNorm adds eps outside the square root", "lmfast/model/functional.py",
+    Mutation("model: RMSNorm adds eps outside the square root (the branch torch.compile takes)",
+             "lmfast/model/functional.py",
              "rstd = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)",
              "rstd = 1.0 / (x32.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)",
-             ("tests/model/test_functional.py", "tests/model/test_model.py")),
+             ("tests/model/test_functional.py",)),
+    Mutation("model: RMSNorm adds eps outside the square root (the eager autograd Function)",
+             "lmfast/model/functional.py", ".square_().div_(x.shape[-1]).add_(eps).rsqrt_()",
+             ".square_().div_(x.shape[-1]).sqrt_().add_(eps).reciprocal_()", ("tests/model/test_functional.py",)),
+    Mutation("model: RoPE's compile-time pair formula rotates the odd element the wrong way",
+             "lmfast/model/functional.py", "x0 * sin + x1 * cos), dim=-1)", "x0 * sin - x1 * cos), dim=-1)",
+             ("tests/model/test_functional.py",)),
     Mutation("model: RMSNorm defaults to eps 1e-6", "lmfast/model/transformer.py",
              "def __init__(self, d_model: int, eps: float = 1e-5,",
              "def __init__(self, d_model: int, eps: float = 1e-6,",
@@ -207,7 +237,14 @@ MUTATIONS = [
              "out[key.strip()] = yaml.safe_load(text) if text.strip() else None",
              "out[key.strip()] = text if text.strip() else None", ("tests/train/test_config.py",)),
     Mutation("config: no closest-key suggestion for a typo", "lmfast/train/config.py",
-             "n=1, cutoff=0.5)", "n=1, cutoff=0.99)", ("tests/train/test_config.py",)),
+             "spelled = difflib.get_close_matches(key, names, n=n, cutoff=0.5)",
+             "spelled = difflib.get_close_matches(key, names, n=n, cutoff=0.99)", ("tests/train/test_config.py",)),
+    Mutation("config: an abbreviation (lr) suggests nothing", "lmfast/train/config.py",
+             "by_initials = [k for k in names if initials[k] == key]", "by_initials = [k for k in names if False]",
+             ("tests/train/test_run_outputs.py",)),
+    Mutation("run outputs: a relative log_file stays in the working directory", "lmfast/train/run_setup.py",
+             "else Path(cfg.checkpoint_dir) / cfg.log_file", "else Path(cfg.log_file)",
+             ("tests/train/test_run_outputs.py",)),
 ]
 
 
@@ -310,25 +347,33 @@ def main(argv: list[str] | None = None) -> int:
         tree = Path(tmp)
         _copy_tree(tree)
         _check_imports_from(tree)
+        baseline = BASELINE_SKIPPED
         if not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
             outcome, detail, seconds = _pytest(tree, tests, first_failure=False)
             if outcome != "passed":
-                print(f"The unmutated tree does not pass the chosen tests ({outcome}: {detail}); fix that first.",
+                print(f"The unmutated tree does not pass the chosen tests ({outcome}: {detail}); no mutation was run, "
+                      "since a test that fails anyway would count its mutation as caught. Fix that first.",
                       file=sys.stderr)
                 return 2
-            print(f"baseline: {len(tests)} test files/ids pass unmutated ({seconds:.0f} s)", flush=True)
+            baseline = (f"Baseline: all {len(tests)} test files/ids these mutations name passed on the unmutated copy "
+                        f"({seconds:.0f} s) before any mutation ran, so each 'caught' is the mutation's doing.")
+            print(baseline, flush=True)
         rows = []
         for m in chosen:
             result, detail, seconds = run_mutation(tree, m)
             rows.append((m.name, result, detail, seconds))
             print(f"{result:<16} {seconds:5.0f} s  {m.name}  {detail}", flush=True)
-    print(_table(rows))
+    print(_table(rows, baseline))
     return 0 if all(r[1].startswith("caught") for r in rows) else 1
 
 
-def _table(rows: list[tuple[str, str, str, float]]) -> str:
-    lines = ["", "| mutation | result | caught by / why | s |", "|---|---|---|---:|"]
+BASELINE_SKIPPED = ("Baseline: not run (--no-baseline), so a test that fails without any mutation would count its "
+                    "mutations as caught; rerun without --no-baseline before trusting this table.")
+
+
+def _table(rows: list[tuple[str, str, str, float]], baseline: str = BASELINE_SKIPPED) -> str:
+    lines = ["", baseline, "", "| mutation | result | caught by / why | s |", "|---|---|---|---:|"]
     lines += [f"| {name} | {result} | {detail} | {seconds:.0f} |" for name, result, detail, seconds in rows]
     caught = sum(r[1].startswith("caught") for r in rows)
     lines.append(f"\n{caught} of {len(rows)} caught")

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _mutations():
+def _module():
     spec = importlib.util.spec_from_file_location("lmfast_mutate_table", ROOT / "scripts" / "mutate.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
@@ -23,10 +23,11 @@ def _mutations():
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
-    return module.MUTATIONS
+    return module
 
 
-MUTATIONS = _mutations()
+MUTATE = _module()
+MUTATIONS = MUTATE.MUTATIONS
 
 
 def test_the_mutation_table_is_not_empty():
@@ -44,3 +45,9 @@ def test_each_mutation_finds_its_text_once_and_names_tests_that_exist(m):
         assert (ROOT / file).is_file(), f"{file} does not exist"
         if name:
             assert f"def {name.split('[')[0]}(" in (ROOT / file).read_text(), f"{test} names no test function"
+
+
+def test_the_report_says_whether_the_baseline_passed_or_was_skipped():
+    rows = [("m", "caught", "t::x", 1.0)]
+    assert MUTATE._table(rows).splitlines()[1].startswith("Baseline: not run (--no-baseline)")
+    assert "Baseline: all 3 test files" in MUTATE._table(rows, "Baseline: all 3 test files/ids ... passed")

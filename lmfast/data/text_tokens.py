@@ -7,6 +7,7 @@ re-exports the public names.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -15,7 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfast.data.cache import _atomic_path, _content_sha256, _copy_stream, _file_lock, _resolve_cache
+from lmfast.data.cache import (
+    _atomic_path,
+    _content_sha256,
+    _copy_stream,
+    _file_lock,
+    _open_memmap,
+    _resolve_cache,
+    _sum_matches,
+    _write_sum,
+    no_room_error,
+)
 from lmfast.data.token_files import (
     TEXT_SUFFIXES,
     TOKEN_SUFFIXES,
@@ -69,7 +80,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def _bytes_to_npy(text_path: Path, out: Path, progress: bool) -> None:
     """Byte-level tokens: the file's bytes, copied in chunks into a uint8 .npy (no tokenizer, no decoding)."""
     n = text_path.stat().st_size
-    dst = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(n,))
+    dst = _open_memmap(out, dtype=np.uint8, shape=(n,))
     with open(text_path, "rb") as src:
         _copy_stream(src, dst, desc=f"bytes {text_path.name}", progress=progress)
     dst.flush()
@@ -90,7 +101,9 @@ def prepare_tokens(
     The cache name carries the sha256 of the text and :func:`tokenizer_fingerprint`, so an edited text or
     another tokenizer makes a new file and an unchanged pair reuses the old one. ``tokenizer=None`` is
     byte-level: the ids are the file's UTF-8 bytes (vocab 256, stored as uint8). Otherwise
-    ``tokenizer.encode_file(text, out, num_threads=..., progress=...)`` does the work. The file appears
+    ``tokenizer.encode_file(text, out, num_threads=..., progress=...)`` does the work; for lmfast's ``Tokenizer``
+    that turns special-token text in the file (``<|endoftext|>`` between stories) into the special ids, its
+    ``allowed_special="all"`` default, which the log line says. The file appears
     atomically (temp file + ``os.replace``), so an interrupted run leaves no half-written cache.
     """
     text_path = Path(text_path)
@@ -101,24 +114,32 @@ def prepare_tokens(
     cache = _resolve_cache(cache_dir)
     digest = _content_sha256(text_path, progress)
     out = cache / f"{text_path.stem}-{digest[:16]}-{tokenizer_fingerprint(tokenizer)}.npy"
-    if out.exists():
-        logger.info("using cached tokens %s for %s", out, text_path)
-        return out
-    with _file_lock(out):
-        if out.exists():  # another process (a data-parallel rank) made it while this one waited
+    with _file_lock(out):  # also when reusing: another process (a data-parallel rank) may be making it
+        if out.exists() and _sum_matches(out):
             logger.info("using cached tokens %s for %s", out, text_path)
             return out
-        logger.info("tokenizing %s into %s (%s)", text_path, out, "byte-level" if tokenizer is None else "BPE")
-        with _atomic_path(out) as tmp:
-            if tokenizer is None:
-                _bytes_to_npy(text_path, tmp, progress)
-            else:
-                written = Path(tokenizer.encode_file(text_path, tmp, num_threads=num_threads, progress=progress))
-                if written.resolve() != tmp.resolve():
-                    os.replace(written, tmp)
-            with open(tmp, "rb") as f:  # never cache something that is not a readable token file
-                shape, _, dtype = _read_npy_header(f)
-            _check_header(tmp, shape, dtype)
+        if out.exists():
+            logger.warning("cached tokens %s do not match the checksum they were written with (a changed byte on "
+                           "disk, or written by an older lmfast); tokenizing %s again", out, text_path)
+        specials = list(getattr(tokenizer, "special_tokens", None) or [])
+        logger.info("tokenizing %s into %s (%s)", text_path, out, "byte-level" if tokenizer is None else
+                    f"BPE; special tokens in the text ({', '.join(specials)}) become their ids" if specials else "BPE")
+        try:
+            with _atomic_path(out) as tmp:
+                if tokenizer is None:
+                    _bytes_to_npy(text_path, tmp, progress)
+                else:
+                    written = Path(tokenizer.encode_file(text_path, tmp, num_threads=num_threads, progress=progress))
+                    if written.resolve() != tmp.resolve():
+                        os.replace(written, tmp)
+                with open(tmp, "rb") as f:  # never cache something that is not a readable token file
+                    shape, _, dtype = _read_npy_header(f)
+                _check_header(tmp, shape, dtype)
+                _write_sum(out, tmp)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFAULT, errno.EROFS, errno.EACCES, errno.EIO):
+                raise
+            raise no_room_error(e, cache) from None
     return out
 
 

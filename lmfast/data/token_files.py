@@ -16,7 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfast.data.cache import _atomic_path, _content_sha256, _copy_stream, _file_lock, _memoized, _resolve_cache
+from lmfast.data.cache import (
+    _atomic_path,
+    _content_sha256,
+    _copy_stream,
+    _file_lock,
+    _memoized,
+    _open_memmap,
+    _resolve_cache,
+    _sum_matches,
+    _write_sum,
+)
 
 logger = logging.getLogger("lmfast.data")  # the name users and tests configure: this code moved out of lmfast.data
 
@@ -127,13 +137,14 @@ def _open_npz(path: Path, cache: Path) -> np.ndarray:
                 return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
             out = cache / f"{path.stem}-{member[:-4]}-{_content_sha256(path)[:16]}.npy"
             with _file_lock(out):
-                if not out.exists():
+                if not (out.exists() and _sum_matches(out)):
                     logger.info("extracting compressed %s from %s to %s (once)", member, path, out)
                     with _atomic_path(out) as tmp:
-                        dst = np.lib.format.open_memmap(tmp, "w+", dtype=dtype, shape=shape, fortran_order=fortran)
+                        dst = _open_memmap(tmp, dtype=dtype, shape=shape, fortran_order=fortran)
                         _copy_stream(src, dst.reshape(-1).view(np.uint8), desc=f"extract {path.name}")
                         dst.flush()
                         del dst
+                        _write_sum(out, tmp)
     return np.load(out, mmap_mode="r")
 
 

@@ -145,6 +145,10 @@ def read_llama_config(directory: str | Path) -> LlamaShape:
     if missing:
         raise UnsupportedModelError(f"{path} lacks the integer field(s) {', '.join(missing)} that a Llama config has")
     heads, d_model = cfg["num_attention_heads"], cfg["hidden_size"]
+    small = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                         "max_position_embeddings") if cfg[k] < 1]
+    if small:
+        raise _unsupported(path, small[0], cfg[small[0]], "it must be a positive integer")
     kv = cfg.get("num_key_value_heads") or heads
     if not _is_int(kv) or kv < 1 or heads < 1 or heads % kv:
         raise _unsupported(path, "num_key_value_heads", kv, f"it must divide num_attention_heads ({heads})")
@@ -292,17 +296,31 @@ def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
 
     d = Path(directory)
     if (d / "model.safetensors").is_file():
-        return load_file(d / "model.safetensors")
+        return _load_safetensors(load_file, d / "model.safetensors")
     index = d / "model.safetensors.index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{d} has no model.safetensors (nor model.safetensors.index.json); lmfast reads "
                                 "safetensors weights. Convert a pytorch_model.bin folder with transformers: "
                                 "LlamaForCausalLM.from_pretrained(DIR).save_pretrained(OUT)")
-    shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, no weight_map, not a mapping
+        raise UnsupportedModelError(f"{index} is not a safetensors index ({type(e).__name__}: {e}); it needs "
+                                    '"weight_map": {tensor name: shard file}') from None
     for shard in shards:
-        if not (d / shard).is_file():
-            raise FileNotFoundError(f"{d / shard} is listed in {index.name} but does not exist")
-    return {k: v for shard in shards for k, v in load_file(d / shard).items()}
+        if not isinstance(shard, str) or Path(shard).name != shard or not (d / shard).is_file():
+            raise FileNotFoundError(f"{d / str(shard)} is listed in {index.name} but is not a file in {d}")
+    return {k: v for shard in shards for k, v in _load_safetensors(load_file, d / shard).items()}
+
+
+def _load_safetensors(load_file, path: Path) -> dict[str, torch.Tensor]:
+    """safetensors' ``load_file``; a truncated or corrupt file is an UnsupportedModelError naming it."""
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 - SafetensorError (header, size) is not importable by a stable name
+        raise UnsupportedModelError(f"{path} cannot be read as safetensors ({' '.join(str(e).split())[:200]}); it is "
+                                    "truncated or corrupt, so copy or download it again") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

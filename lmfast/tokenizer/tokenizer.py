@@ -248,7 +248,8 @@ class Tokenizer:
         return allowed
 
     def encode(self, text: str, allowed_special="all", disallowed_special="all") -> list[int]:
-        """Encode ``text`` to ids. By default this tokenizer's special tokens are recognised (CS336 behaviour).
+        """Encode ``text`` to ids. By default this tokenizer's special tokens are recognised (CS336 behaviour), so the
+        ids equal tiktoken's ``encode(text, allowed_special="all")``; tiktoken's own default refuses such text.
 
         ``allowed_special``: "all" or a set of special tokens turned into their ids. ``disallowed_special``: "all"
         (every special token not allowed) or a set; such a token in the text raises ValueError. Pass
@@ -346,8 +347,13 @@ class Tokenizer:
     def _token_dtype(self) -> np.dtype:
         return np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
 
-    def encode_file(self, in_path, out_path, num_threads: int | None = None, progress: bool = True) -> Path:
+    def encode_file(self, in_path, out_path, num_threads: int | None = None, progress: bool = True,
+                    allowed_special="all") -> Path:
         """Encode a UTF-8 text file of any size into a 1-D ``.npy`` of ids; returns ``out_path``.
+
+        Special-token text (``<|endoftext|>`` between documents) becomes its id, as ``encode``'s default and
+        tiktoken's ``encode(text, allowed_special="all")`` give; ``allowed_special=set()`` encodes it as ordinary
+        text instead (tiktoken's ``encode_ordinary``). Nothing is refused: a corpus is not checked for markup.
 
         The dtype is uint16 when ``vocab_size <= 65536``, else uint32. The file is streamed in ~2 MB chunks cut at
         safe points, encoded ``num_threads`` chunks at a time, and appended to a temp file that replaces
@@ -362,7 +368,7 @@ class Tokenizer:
             raise ValueError(f"{out_path} is a directory; the output is a file, e.g. {out_path / 'tokens.npy'}")
         threads = _num_threads(num_threads)
         dtype = self._token_dtype()
-        allowed = frozenset(self._special)
+        allowed = self._allowed(None, allowed_special, ())
         out_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
         try:

@@ -27,7 +27,7 @@ import torch
 from lmfast.model.weights import check_model_shapes, device_of, load_model_state, unwrap_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state", "check_model_shapes",
-           "unwrap_model", "atomic_torch_save", "CheckpointWriteError", "checksums", "checksummed"]
+           "unwrap_model", "atomic_torch_save", "CheckpointWriteError", "checksums", "checksummed", "load_checked"]
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
@@ -139,15 +139,19 @@ def _tensor_crc(t: torch.Tensor) -> int:
     return zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), head)
 
 
-def _verify(state: dict[str, Any], name: str) -> None:
+def _verify(state: dict[str, Any], what: str) -> None:
     """Raise if ``state`` differs from the checksums saved in it (checkpoints from before they existed pass)."""
-    saved = state.pop(_CHECKSUM, None)
-    if not isinstance(saved, dict) or "crc32" not in saved:
+    if _CHECKSUM not in state:
         return
-    now, then = checksums(state), saved["crc32"]
+    saved = state.pop(_CHECKSUM)
+    then = saved.get("crc32") if isinstance(saved, dict) else None
+    if not isinstance(then, dict):
+        raise ValueError(f"{what} holds a '{_CHECKSUM}' entry that is not the table of CRC-32 sums lmfast writes; it "
+                         "was changed after it was saved, so use another checkpoint")
+    now = checksums(state)
     bad = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
     if bad:
-        raise ValueError(f"checkpoint {name!r} is corrupt: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+        raise ValueError(f"{what} is corrupt: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
                          "differ from the checksum saved with it (a changed byte on disk or in a copy); use another "
                          "checkpoint (--resume PATH, or move this one away for --resume auto) or copy it again")
 
@@ -159,41 +163,51 @@ def read_checkpoint(src: PathOrFile, map_location: str | torch.device = "cpu") -
     """
     name = str(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<file object>")
     if isinstance(src, (str, os.PathLike)) and (Path(src) / ".metadata").is_file():
-        raise ValueError(f"{name!r} is a sharded checkpoint (a directory an fsdp run writes), which only training "
-                         "resumes from; pass the run's final_model.pt or best_model.pt, single files")
+        raise ValueError(f"{name!r} is a sharded checkpoint (a .dcp directory an fsdp run writes), not a single file; "
+                         "lmfast.train.run_state.load_model and --resume read it")
     if isinstance(src, (str, os.PathLike)) and Path(src).is_dir():
-        raise ValueError(f"checkpoint {name!r} is a directory; pass a .pt file in it (or --resume auto to take the "
-                         "newest checkpoint in checkpoint_dir)")
+        raise ValueError(f"checkpoint {name!r} is a directory; pass a .pt file in it, or a .dcp directory an fsdp "
+                         "run wrote")
     if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
-        raise FileNotFoundError(f"checkpoint {name!r} does not exist; pass a .pt file written by lmfast "
-                                "(or --resume auto to take the newest in checkpoint_dir)")
-    try:
-        state = torch.load(src, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle/zip errors differ across torch versions
-        raise ValueError(_load_failure(name, e)) from None
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise FileNotFoundError(f"checkpoint {name!r} does not exist; pass a .pt file written by lmfast.train")
+    state = load_checked(src, map_location, f"checkpoint {name!r}")
+    if "model" not in state or "step" not in state:
         raise ValueError(f"checkpoint {name!r} is not an lmfast checkpoint: expected a dict with 'model' and 'step'")
-    _verify(state, name)
     return state
 
 
-def _load_failure(name: str, e: Exception) -> str:
-    """One line saying why ``torch.load(weights_only=True)`` refused ``name``; a code-carrying pickle says so in
-    full, with torch's own warning about loading it any other way."""
+def load_checked(src: PathOrFile, map_location: str | torch.device = "cpu", what: str | None = None) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a dict lmfast saved, its checksums verified and removed; ValueError
+    saying why not. ``what`` names the file in errors (default: "checkpoint '<path>'")."""
+    what = what or f"checkpoint {str(src)!r}"
+    try:
+        state = torch.load(src, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle/zip errors differ across torch versions
+        raise ValueError(_load_failure(what, e)) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{what} holds a {type(state).__name__}, not the dict lmfast saves; it was not written by "
+                         "lmfast")
+    _verify(state, what)
+    return state
+
+
+def _load_failure(what: str, e: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused the file ``what`` names; a code-carrying pickle
+    says so in full, with torch's own warning about loading it any other way."""
     text = str(e)
     if "Weights only load failed" in text:
         paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
         detail = next((p for p in paragraphs[1:] if not p.startswith("Check the documentation")), "")
         if "GLOBAL" in detail.upper():  # a pickle that imports something: the way code rides in a checkpoint
             warning = next((s.strip() + "." for s in paragraphs[0].split(". ") if "arbitrary code" in s), "")
-            return (f"checkpoint {name!r} was refused: it holds Python objects other than tensors and plain data "
+            return (f"{what} was refused: it holds Python objects other than tensors and plain data "
                     f"({detail.rstrip('.')}), and lmfast loads checkpoints with weights_only=True, which runs no code "
                     f"from the file. torch: \"{warning} Do it only if you got the file from a trusted source.\"")
         text = detail or text
     brief = " ".join(text.split())
     brief = brief if len(brief) <= 300 else brief[:300] + "..."
-    return (f"checkpoint {name!r} cannot be read ({type(e).__name__}: {brief}); it is truncated, corrupt, or not a "
-            "torch checkpoint")
+    return (f"{what} cannot be read ({type(e).__name__}: {brief}); it is truncated, corrupt, or not a torch "
+            "checkpoint")
 
 
 def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:

@@ -19,7 +19,7 @@ import yaml
 
 from lmfast.train.config_values import DATA_KEYS, ConfigError, _short, _to_float, _to_int, data_sources, rope_scaling
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "config_table"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "config_table", "closest_keys"]
 
 
 _INT64_MAX = 2**63 - 1  # every int key ends up in torch / numpy as a C int64 (seeds, sizes, step counts)
@@ -82,10 +82,12 @@ class TrainConfig:
     document_masking: bool = _f(False, "attention never crosses an end-of-text token inside a training window, and "
                                 "RoPE positions restart at each document")
     # Checkpointing and logging (the seed's keys)
-    checkpoint_dir: str = _f("checkpoints", "where checkpoints, metrics.jsonl and the run's tokenizer go")
+    checkpoint_dir: str = _f("checkpoints", "where checkpoints, metrics.jsonl, config.yaml, the log and the run's "
+                             "tokenizer go")
     checkpoint_interval: int = _f(10, "save checkpoint_epoch_{e}.pt every this many epochs; 0 = never", min=0)
     log_level: str = _f("INFO", "console and file log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    log_file: str | None = _f("training.log", "log file (appended to); null = console only")
+    log_file: str | None = _f("training.log", "log file, inside checkpoint_dir unless the path is absolute (appended "
+                              "to); null = console only")
     log_interval: int = _f(100, "log training loss every this many optimizer steps", min=1)
     # What a trainer needs beyond the seed
     max_steps: int | None = _f(None, "train for this many optimizer steps instead of num_epochs", min=1)
@@ -290,9 +292,22 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 def _check_keys(raw: dict, source: str) -> None:
     for key in raw:
         if key not in _FIELDS:
-            close = difflib.get_close_matches(str(key), list(_FIELDS), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(_FIELDS)}"
-            raise ConfigError(f"unknown config key {_short(key)} in {source}{hint}")
+            close = closest_keys(str(key))
+            hint = f"did you mean {' or '.join(', '.join(map(repr, close)).rsplit(', ', 1))}? " if close else ""
+            raise ConfigError(f"unknown config key {_short(key)} in {source}; {hint}(python -m lmfast.train --help "
+                              "lists every key, --print-config their values)")
+
+
+def closest_keys(key: str, n: int = 3) -> list[str]:
+    """Up to ``n`` config keys a typo or an abbreviation most likely means: keys whose word initials are it (``lr``:
+    learning_rate) or hold it (max_learning_rate), then the closest spellings, then keys that contain it."""
+    key, names = key.lower(), list(_FIELDS)
+    initials = {name: "".join(word[0] for word in name.split("_")) for name in names}
+    by_initials = [k for k in names if initials[k] == key] + [k for k in names if len(key) > 1 and
+                                                              key in initials[k] and initials[k] != key]
+    spelled = difflib.get_close_matches(key, names, n=n, cutoff=0.5)
+    within = [k for k in names if len(key) > 2 and key in k]
+    return list(dict.fromkeys(by_initials + spelled + within))[:n]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

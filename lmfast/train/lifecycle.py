@@ -19,12 +19,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -61,10 +63,18 @@ def lock_run_dir(run_dir: Path) -> RunLock:
     path = run_dir / LOCK_NAME
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a symbolic link planted at the lock's name must not make the run truncate its target
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SetupError(_not_a_lock(path, "a symbolic link")) from None
         raise SetupError(f"checkpoint_dir {str(run_dir)!r} cannot be written ({e.strerror}); choose a writable "
                          "checkpoint_dir") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a FIFO or device; a hard link shares another file's bytes
+        os.close(fd)
+        raise SetupError(_not_a_lock(path, "not a regular file" if not stat.S_ISREG(st.st_mode) else
+                                     f"a hard link ({st.st_nlink} names for one file)"))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -75,6 +85,11 @@ def lock_run_dir(run_dir: Path) -> RunLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     return RunLock(fd, path)
+
+
+def _not_a_lock(path: Path, what: str) -> str:
+    return (f"{str(path)!r} is {what}, not the run lock lmfast keeps there, and a run would write to it; remove it "
+            "(rm) and start again, or choose another checkpoint_dir")
 
 
 def claim_run_dir(run_dir: Path) -> RunLock:
@@ -103,8 +118,9 @@ class StopSignals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, announce: bool = True):
-        self.signum: int | None = None  # the first signal received inside deferred()
+        self.signum: int | None = None  # the first signal received (inside deferred(), or the one raised outside)
         self.announce = announce  # rank 0 tells the console; the other ranks keep quiet
+        self.ignore_after = False  # the command line owns the process: after a stop, leave later signals ignored
         self._deferring = False
         self._previous: dict[int, object] = {}
 
@@ -117,7 +133,9 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # A process that is ending because of a stop ignores the repeats still on their way (torchrun passes a
+            # terminal's Ctrl-C on), which Python's own handler would turn into a traceback during teardown.
+            signal.signal(s, signal.SIG_IGN if self.ignore_after and self.signum is not None else handler)
         self._previous.clear()
 
     @contextlib.contextmanager
@@ -130,15 +148,16 @@ class StopSignals:
             self._deferring = False
 
     def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:  # a repeat: acknowledged, never a second exception while the first unwinds
+            self._say(f"\n{name} again: still finishing the step and saving interrupted.pt; please wait\n"
+                      if self._deferring else f"\n{name} again: already stopping; please wait\n")
+            return
+        self.signum = signum
         if not self._deferring:
             raise Interrupted(signum)
-        name = signal.Signals(signum).name
-        if self.signum is None:
-            self.signum = signum
-            self._say(f"\n{name}: finishing this step, then saving interrupted.pt (kill -9 stops at once and loses "
-                      "only what was not saved yet)\n")
-        else:
-            self._say(f"\n{name} again: still finishing the step and saving interrupted.pt; please wait\n")
+        self._say(f"\n{name}: finishing this step, then saving interrupted.pt (kill -9 stops at once and loses "
+                  "only what was not saved yet)\n")
 
     def _say(self, text: str) -> None:
         if self.announce:  # os.write: no locks taken inside a signal handler (logging and tqdm hold some)
@@ -155,10 +174,11 @@ def agree_on_stop(signum: int | None, dist) -> int | None:
     return int(flag.item()) or None
 
 
-# Temp names made by atomic_torch_save (``.<file>.<letters>.tmp``), for the trained tokenizer and for
-# metrics.jsonl (``.tokenizer.<letters>.tmp``, ``.metrics.jsonl.<letters>.tmp``), and by an fsdp run's sharded
-# saves (``.<name>.dcp.tmp``, ``.<name>.dcp.old``: a resume from an older checkpoint is as exact as any).
-_RUN_TEMP = re.compile(r"^\.((.+\.pt|tokenizer|metrics\.jsonl)\.[a-z0-9_]+\.tmp|.+\.dcp\.(tmp|old))$")
+# Temp names made by atomic_torch_save (``.<file>.<letters>.tmp``), for the trained tokenizer, metrics.jsonl and
+# config.yaml (``.tokenizer.<letters>.tmp``, ``.metrics.jsonl.<letters>.tmp``, ``.config.yaml.<letters>.tmp``), and by
+# an fsdp run's sharded saves (``.<name>.dcp.tmp``, ``.<name>.dcp.old``: a resume from an older checkpoint is as exact
+# as any).
+_RUN_TEMP = re.compile(r"^\.((.+\.pt|tokenizer|metrics\.jsonl|config\.yaml)\.[a-z0-9_]+\.tmp|.+\.dcp\.(tmp|old))$")
 
 
 def sweep_run_dir(run_dir: Path) -> list[Path]:

@@ -115,14 +115,32 @@ def _loss_bytes(cfg, tokens: int) -> int:
 def available_memory(device: torch.device) -> int | None:
     """Bytes free for this process on ``device``, or None when it cannot be told.
 
-    CUDA: ``torch.cuda.mem_get_info``. CPU and Apple MPS (unified memory): the smaller of the kernel's
-    ``MemAvailable`` and what the cgroup (a container's memory limit) still allows.
+    CUDA: ``torch.cuda.mem_get_info``. CPU and Apple MPS (unified memory): the smallest of the kernel's
+    ``MemAvailable``, what the cgroup (a container's memory limit) still allows, and what the address-space limit
+    (``ulimit -v``, ``RLIMIT_AS``) leaves above the process's present size.
     """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    found = [n for n in (_meminfo_available(), _cgroup_headroom()) if n is not None]
+    found = [n for n in (_meminfo_available(), _cgroup_headroom(), _address_space_headroom()) if n is not None]
     return min(found) if found else None
+
+
+def _address_space_headroom() -> int | None:
+    """``RLIMIT_AS`` minus this process's virtual size (``VmSize``); None without a limit. Under ``ulimit -v`` an
+    allocation past it fails however much RAM is free."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(0, soft - int(line.split()[1]) * 1024)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _meminfo_available() -> int | None:

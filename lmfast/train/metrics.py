@@ -9,6 +9,7 @@ A resumed run first drops the records past the step it resumes from (:meth:`Metr
 from __future__ import annotations
 
 import json
+import logging
 import numbers
 import os
 import tempfile
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MetricsLogger", "MissingPackageError"]
+
+log = logging.getLogger("train")
 
 
 class MissingPackageError(RuntimeError):
@@ -26,7 +29,8 @@ def _summary_writer(log_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise MissingPackageError("tensorboard: true needs the tensorboard package: pip install tensorboard") from None
+        raise MissingPackageError("tensorboard: true needs the tensorboard package: "
+                                  "pip install \"lmfast[tensorboard]\" (or pip install tensorboard)") from None
     return SummaryWriter(log_dir=str(log_dir))
 
 
@@ -68,12 +72,16 @@ class MetricsLogger:
         """
         if not self.path.is_file():
             return 0
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = self.path.read_bytes().splitlines(keepends=True)
+        damaged = sum(1 for line in lines if not _is_utf8(line))
+        if damaged:  # bytes a kill cannot leave: the disk or a copy changed them
+            log.warning("%s: dropped %d line(s) that are not UTF-8 text (damaged on disk); the other records are kept",
+                        self.path, damaged)
         kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
         if len(kept) == len(lines):
             return 0
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.run_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb") as f:
             f.writelines(kept)
             f.flush()
             os.fsync(f.fileno())
@@ -88,12 +96,21 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-def _step_of(line: str) -> int | None:
-    """The ``step`` of one metrics.jsonl line; None for a line that is not a whole record (cut off by a kill)."""
-    if not line.endswith("\n"):
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _step_of(line: bytes) -> int | None:
+    """The ``step`` of one metrics.jsonl line; None for a line that is not a whole record (cut off by a kill, or bytes
+    that are not UTF-8)."""
+    if not line.endswith(b"\n"):
         return None
     try:
-        step = json.loads(line).get("step")
-    except (ValueError, AttributeError):
+        step = json.loads(line.decode("utf-8")).get("step")
+    except (ValueError, AttributeError):  # UnicodeDecodeError is a ValueError
         return None
     return step if isinstance(step, int) else None

@@ -6,6 +6,9 @@ they log to the ``train`` logger, as the rest of the trainer does.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +23,8 @@ import torch
 from lmfast.train.config import TrainConfig
 
 __all__ = ["SetupError", "ByteTokenizer", "build_tokenizer", "check_run_inputs", "load_run_tokenizer", "resolve_device",
-           "resolve_eot", "setup_logging"]
+           "resolve_eot", "setup_logging", "log_file_path", "log_failure", "config_notes", "config_yaml",
+           "write_run_config"]
 
 log = logging.getLogger("train")
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -65,7 +69,69 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
+class _LogFileHandler(logging.FileHandler):
+    """Appends to the log file; the first write that fails (a full disk) closes it and keeps the error for the
+    trainer to stop on (:func:`log_failure`), instead of logging's traceback on every later line."""
+
+    failure: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if self.failure is None:
+            reason = getattr(error, "strerror", None) or str(error)
+            self.failure = OSError(f"cannot write log_file {self.baseFilename!r} ({reason}); free some space or point "
+                                   "log_file at a disk with room (log_file: null for console only). The checkpoints "
+                                   "saved so far are kept: continue with --resume auto")
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is None:
+            super().emit(record)
+
+
+def log_failure() -> OSError | None:
+    """The error that stopped lmfast's log file, if its writes failed (the trainer stops the run on it)."""
+    return next((h.failure for h in logging.getLogger().handlers if isinstance(h, _LogFileHandler) and h.failure),
+                None)
+
+
+def log_file_path(cfg: TrainConfig) -> Path | None:
+    """Where the run logs: ``log_file`` as given when absolute, else inside ``checkpoint_dir`` (None: console)."""
+    return None if cfg.log_file is None else Path(cfg.checkpoint_dir) / cfg.log_file
+
+
+def config_notes(cfg: TrainConfig) -> list[str]:
+    """Warnings about keys that are set but have no effect with the rest of the config."""
+    notes = []
+    default_lr = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "learning_rate")
+    if cfg.use_lr_schedule and cfg.learning_rate != default_lr:
+        notes.append(f"learning_rate ({cfg.learning_rate:g}) is not used: with use_lr_schedule: true the rate warms "
+                     f"up to max_learning_rate ({cfg.max_learning_rate:g}) and decays to min_learning_rate "
+                     f"({cfg.min_learning_rate:g}); set max_learning_rate for the peak, or use_lr_schedule: false for "
+                     "a constant learning_rate")
+    return notes
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, keys in schema order: what ``--print-config`` prints and ``config.yaml`` holds."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def write_run_config(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Write the resolved config to ``run_dir/config.yaml`` (atomically): the run's settings beside its checkpoints."""
+    path = run_dir / "config.yaml"
+    fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=run_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"# the resolved config of the run in {run_dir} (rewritten by each resume)\n{config_yaml(cfg)}")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def setup_logging(level: str = "INFO", log_file: str | os.PathLike | None = None) -> None:
     """Console (+ appended file) handlers in the seed's format on the root logger; ``level`` for lmfast's loggers.
 
     Handlers from an earlier call are replaced; other libraries keep their own levels.
@@ -86,7 +152,7 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def _log_file_handler(path: Path) -> logging.FileHandler:
+def _log_file_handler(path: Path) -> _LogFileHandler:
     """A handler appending to ``path``; a directory, a read-only place or a bad name is a SetupError naming it."""
     if path.is_dir():
         raise SetupError(f"log_file {str(path)!r} is a directory; give a file path such as "
@@ -97,7 +163,7 @@ def _log_file_handler(path: Path) -> logging.FileHandler:
                          "choose another path, or log_file: null for console only")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return logging.FileHandler(path, mode="a", encoding="utf-8")
+        return _LogFileHandler(path, mode="a", encoding="utf-8")
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
         raise SetupError(f"log_file {str(path)!r} cannot be opened for appending ({_reason(e)}); choose a path you "
                          "can write to, or log_file: null for console only") from None
@@ -138,6 +204,10 @@ def _check_writable_dir(path: Path, key: str) -> None:
                          "write to") from None
 
 
+_PATH_EXAMPLES = {"checkpoint_dir": "checkpoints/run1", "cache_dir": "~/.cache/lmfast/tokens",
+                  "log_file": "training.log"}
+
+
 def check_run_inputs(cfg: TrainConfig, device: torch.device) -> None:
     """What can be checked before anything is built or written: the backend, the run's directories, the memory.
 
@@ -147,11 +217,18 @@ def check_run_inputs(cfg: TrainConfig, device: torch.device) -> None:
     from lmfast.data.registry import cache_dir
     from lmfast.model.ops import fused_unavailable_reason
 
+    for key, example in _PATH_EXAMPLES.items():
+        if getattr(cfg, key) is not None and not str(getattr(cfg, key)).strip():
+            null = {"log_file": ", or null for console only", "cache_dir": ", or null for the user cache"}.get(key, "")
+            raise SetupError(f"{key} is empty, which would put the run's files in the current directory; give a "
+                             f"path such as {example}, or '.' to mean the current directory{null}")
     reason = fused_unavailable_reason(device)
     if cfg.backend == "fused" and reason is not None:
         raise SetupError(f"backend: fused cannot run here: {reason}; use backend: reference, or auto (fused where "
                          "it can run)")
     _check_writable_dir(Path(cfg.checkpoint_dir), "checkpoint_dir")
+    if cfg.log_file is not None:  # opened here to be checked before anything else is made; setup_logging keeps it
+        _log_file_handler(log_file_path(cfg)).close()
     _check_writable_dir(Path(cfg.cache_dir) if cfg.cache_dir is not None else cache_dir() / "tokens", "cache_dir")
     _check_memory(cfg, device)
 
@@ -230,12 +307,14 @@ def _trained_for(cfg: TrainConfig, train_path: Path) -> dict:
 
 
 def _save_trained(tokenizer, saved: Path, trained_for: dict) -> None:
-    """Write the tokenizer and its trained_for.json into a temp folder, then rename it into place: all or nothing."""
+    """Write the tokenizer and its trained_for.json (with the sha256 of each file it wrote) into a temp folder, then
+    rename it into place: all or nothing."""
     saved.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", suffix=".tmp", dir=saved.parent))
     try:
         tokenizer.save(tmp)
-        (tmp / _TRAINED_FOR).write_text(json.dumps(trained_for), encoding="utf-8")
+        files = {p.name: _file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / _TRAINED_FOR).write_text(json.dumps({**trained_for, "files": files}), encoding="utf-8")
         os.replace(tmp, saved)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -244,9 +323,11 @@ def _save_trained(tokenizer, saved: Path, trained_for: dict) -> None:
 
 
 def _check_saved_tokenizer_is_for(saved: Path, wanted: dict, resuming: bool) -> None:
-    """A tokenizer an earlier run left in checkpoint_dir is reused only if it was made with these settings and text."""
-    marker = saved / _TRAINED_FOR
-    earlier = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+    """A tokenizer an earlier run left in checkpoint_dir is reused only if its files are unchanged since it was saved
+    (by content) and it was made with these settings and text."""
+    earlier = read_trained_for(saved)
+    if earlier is not None:
+        earlier = {k: v for k, v in earlier.items() if k != "files"}
     if earlier == wanted or (resuming and earlier is None):
         return
     fix = f"choose another checkpoint_dir, or move {saved} away to train a new one"
@@ -265,6 +346,39 @@ def _check_saved_tokenizer_is_for(saved: Path, wanted: dict, resuming: bool) -> 
     raise SetupError(f"{saved} holds the BPE tokenizer of an earlier run in this checkpoint_dir, trained on other "
                      f"text (sha256 {str(earlier.get('text_sha256'))[:16]}..., this train_data_path has "
                      f"{str(wanted['text_sha256'])[:16]}...); {fix}")
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+_TRAINED_FOR_TYPES = {"vocab_size": int, "special_tokens": list, "text_sha256": (str, type(None)), "files": dict}
+
+
+def read_trained_for(saved: Path) -> dict | None:
+    """The record of a run's trained tokenizer in ``saved`` (None if it has none), after checking that the files it
+    lists still hold the bytes they were saved with; SetupError naming the file that changed."""
+    marker = saved / _TRAINED_FOR
+    if not marker.is_file():
+        return None
+    fix = f"move {saved} away to train a new one (a resumed run needs the one it was trained with: restore it)"
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise SetupError(f"{marker} cannot be read ({e}); {fix}") from None
+    wrong = [k for k, kind in _TRAINED_FOR_TYPES.items() if k in record and not isinstance(record[k], kind)] \
+        if isinstance(record, dict) else ["the whole file"]
+    if wrong or isinstance(record.get("vocab_size"), bool):
+        raise SetupError(f"{marker} is not the record lmfast writes ({(wrong or ['vocab_size'])[0]} has the wrong "
+                         f"type); {fix}")
+    for name, digest in record.get("files", {}).items():
+        path = saved / str(name)
+        if Path(str(name)).name != name or not path.is_file():
+            raise SetupError(f"{path} was saved with this run's tokenizer but is missing; {fix}")
+        if _file_sha256(path) != digest:
+            raise SetupError(f"{path} changed since this run's tokenizer was saved (sha256 {str(digest)[:16]}..., now "
+                             f"{_file_sha256(path)[:16]}...): it is damaged or was edited; {fix}")
+    return record
 
 
 def resolve_eot(cfg: TrainConfig, tokenizer) -> int | None:
@@ -294,7 +408,9 @@ def load_run_tokenizer(spec: str | None, run_dir: Path):
     if spec == "gpt2":
         return Tokenizer.gpt2()
     path = Path(spec)
-    return Tokenizer.load(path if path.is_absolute() else run_dir / path)
+    path = path if path.is_absolute() else run_dir / path
+    read_trained_for(path)  # a run's trained tokenizer: its files unchanged since they were saved
+    return Tokenizer.load(path)
 
 
 class ByteTokenizer:
@@ -333,7 +449,7 @@ def _resolve_paths(cfg: TrainConfig) -> tuple[Path | list, Path | list | None]:
 def _archive_earlier_run(run_dir: Path) -> None:
     """A fresh run into a directory holding an earlier run's checkpoints moves them aside, never over them."""
     old = [p for p in run_dir.glob("*") if (p.suffix in (".pt", ".dcp") and not p.name.startswith(".")) or  # .dcp: fsdp
-           p.name == "metrics.jsonl"]
+           p.name in ("metrics.jsonl", "config.yaml")]
     if not old:
         return
     stamp = time.strftime("previous-%Y%m%d-%H%M%S")

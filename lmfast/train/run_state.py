@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from lmfast import __version__
-from lmfast.data import BatchSampler
+from lmfast.data import BatchSampler, tokenizer_fingerprint
 from lmfast.model import TransformerLM
 from lmfast.model.ops import resolve_backend
 from lmfast.model.transformer import uninitialized
@@ -40,12 +40,13 @@ from lmfast.train.sharded import (
     is_sharded_checkpoint,
     load_full,
     load_sharded,
-    read_run_state,
+    load_sharded_model,
+    read_sharded,
     save_sharded,
 )
 from lmfast.train.streams import resume_sampler, saved_streams
 
-__all__ = ["find_resume", "save_run", "save_interrupted", "load_run", "load_model"]
+__all__ = ["find_resume", "save_run", "save_interrupted", "read_resume", "load_run", "load_model", "Resumed"]
 
 log = logging.getLogger("train")
 
@@ -80,7 +81,13 @@ class _Progress:
 
 
 def find_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint ``--resume`` names: a path as given, or for ``auto`` the newest run checkpoint in run_dir."""
+    """The checkpoint ``--resume`` names: a path as given, or for ``auto`` the run checkpoint in run_dir at the
+    latest step.
+
+    ``auto`` goes by the step each checkpoint records, never by modification time (``touch``, or a ``cp`` without
+    ``-p``, changes that): among equal steps a final model wins, then ``interrupted``, then the newest file. A
+    checkpoint whose step cannot be read comes last, so it is taken (and its error shown) only when nothing else is.
+    """
     if resume is None:
         return None
     if resume != "auto":  # checked here, before the tokenizer and the model are built
@@ -88,7 +95,7 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
         if not (path.is_file() or is_sharded_checkpoint(path)):
             what = "is a directory; pass a .pt file in it" if path.is_dir() else "does not exist; pass a .pt file"
             raise FileNotFoundError(f"--resume {resume!r} {what} (or a .dcp directory) that a run wrote, or --resume "
-                                    "auto to take the newest checkpoint in checkpoint_dir")
+                                    "auto to take the latest checkpoint in checkpoint_dir")
         return path
     candidates = [p for p in [*run_dir.glob("*.pt"), *run_dir.glob(f"*{SHARDED_SUFFIX}")]
                   if p.name.startswith(("checkpoint_", "final_model", "interrupted"))
@@ -96,7 +103,27 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
     if not candidates:
         log.info("--resume auto: no checkpoint in %s, starting fresh", run_dir)
         return None
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+    return max(candidates, key=_resume_order)
+
+
+_KIND_ORDER = {"final_model": 2, "interrupted": 1}
+
+
+def _resume_order(path: Path) -> tuple[int, int, int]:
+    step = _saved_step(path)
+    if step is None:
+        log.warning("--resume auto: cannot read the step of %s; it is taken only if no other checkpoint is", path)
+    return (-1 if step is None else step, _KIND_ORDER.get(path.stem, 0), path.stat().st_mtime_ns)
+
+
+def _saved_step(path: Path) -> int | None:
+    """The step a checkpoint records, read cheaply (tensors memory-mapped, not read); None if it cannot be read."""
+    try:
+        src = path / "run_state.pt" if path.is_dir() else path
+        step = torch.load(src, map_location="cpu", weights_only=True, mmap=True).get("step")
+    except Exception:  # noqa: BLE001 - any unreadable file is ranked last; loading it gives the real error
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
 # -- saving ---------------------------------------------------------------------------------------------------
@@ -130,8 +157,8 @@ def _run_extras(run, data, extra: dict) -> dict:
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     return dict(schedule={"step": run.progress.step, "total_steps": run.total_steps}, data=data, rng=rng,
                 config=run.cfg.to_dict(), progress=vars(run.progress).copy(),
-                meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": __version__,
-                      "hf_config": getattr(run, "hf_config", None)},
+                meta={"tokenizer": _tokenizer_spec(run), "tokenizer_fingerprint": run.tokenizer_fingerprint,
+                      "lmfast_version": __version__, "hf_config": getattr(run, "hf_config", None)},
                 scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None, **extra)
 
 
@@ -157,24 +184,98 @@ def _tokenizer_spec(run) -> str:
 # -- resuming -------------------------------------------------------------------------------------------------
 
 
-def load_run(run, path: Path) -> None:
-    """Restore model, optimizer, progress, this rank's sampler and the RNG from path; warn on changed config keys.
+@dataclass
+class Resumed:
+    """A checkpoint read and checked before the run is built: its state (model and optimizer too, for a plain file)
+    and, for a sharded one, the names of its checked files."""
+
+    path: Path
+    state: dict
+    checked: set[str] | None = None
+
+
+def read_resume(path: Path, map_location: str | torch.device, tokenizer_print: str, dist=None) -> Resumed:
+    """Read and check the checkpoint to resume from, before any data is tokenized with the run's tokenizer: its
+    checksums, the types of its fields, and that it was trained with this tokenizer (by content)."""
+    if is_sharded_checkpoint(path):
+        rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+        state, checked = read_sharded(path, rank, world)
+    else:
+        state, checked = read_checkpoint(path, map_location=map_location), None
+    check_run_fields(state, path)
+    _check_tokenizer(state, path, tokenizer_print)
+    return Resumed(path, state, checked)
+
+
+def _check_tokenizer(state: dict, path: Path, now: str) -> None:
+    saved = state.get("meta", {}).get("tokenizer_fingerprint")
+    if saved is not None and saved != now:
+        raise ValueError(f"{path} was trained with another tokenizer than the one this run loads (content fingerprint "
+                         f"{saved}, now {now}): its vocab.json, merges.txt or tokenizer.json changed since. Restore "
+                         "the files the run was trained with, or start a new run in another checkpoint_dir")
+
+
+_RUN_FIELDS = {"step": int, "schedule": dict, "data": (dict, list), "rng": dict, "config": dict, "progress": dict,
+               "meta": dict, "scaler": (dict, type(None)), "world_size": int}
+
+
+def check_run_fields(state: dict, path) -> None:
+    """ValueError naming the first field of a training checkpoint whose type is not what lmfast writes (a crafted or
+    hand-edited file; the checksums only cover what was saved)."""
+    def bad(field: str, value, expected: str) -> ValueError:
+        return ValueError(f"checkpoint {str(path)!r}: '{field}' is {type(value).__name__} {str(value)[:60]!r}, but "
+                          f"lmfast writes {expected} there; it was not written by lmfast.train or was edited, so use "
+                          "another checkpoint")
+
+    for field, kind in _RUN_FIELDS.items():
+        value = state.get(field)
+        if field in state and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise bad(field, value, kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind))
+    if state["step"] < 0:
+        raise bad("step", state["step"], "a step >= 0")
+    progress = {f: t for f, t in _Progress.__annotations__.items()}
+    for key, value in state.get("progress", {}).items():
+        if key not in progress or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(f"progress/{key}", value, "the numbers of " + ", ".join(progress))
+    rng = state.get("rng", {"torch": torch.ByteTensor()})
+    if not isinstance(rng.get("torch"), torch.ByteTensor):
+        raise bad("rng/torch", rng.get("torch"), "a uint8 tensor (torch.get_rng_state())")
+    for i, stream in enumerate([state["data"]] if isinstance(state.get("data"), dict) else state.get("data", [])):
+        if not isinstance(stream, dict) or not isinstance(stream.get("rng"), dict):
+            raise bad(f"data/{i}", stream, "a data-sampler state (a dict with rng and batches_drawn)")
+    for key in ("tokenizer", "tokenizer_fingerprint"):
+        value = state.get("meta", {}).get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad(f"meta/{key}", value, "a string")
+
+
+def load_run(run, resumed: Resumed) -> None:
+    """Restore model, optimizer, progress, this rank's sampler and the RNG from a checkpoint :func:`read_resume`
+    read; warn on changed config keys.
 
     No collectives: under torchrun a failure here stops every rank through ``DistContext.agree``.
     """
+    path, state = resumed.path, resumed.state
     if is_sharded_checkpoint(path):
-        state = read_run_state(path)
-        load_sharded(run.model, run.optimizer, path)
+        load_sharded(run.model, run.optimizer, path, resumed.checked)
     elif is_sharded(run.model):
-        state = read_checkpoint(path)  # to CPU: each rank moves only its shards to the device
         load_full(run.model, run.optimizer, state["model"], state.get("optimizer"), path)
     else:
-        state = read_checkpoint(path, map_location=run.device)
         load_model_state(run.model, state["model"], path)
         if state.get("optimizer") is not None:
             run.optimizer.load_state_dict(state["optimizer"])
-    saved_cfg = state.get("config") or {}
     run.hf_config = (state.get("meta") or {}).get("hf_config") or getattr(run, "hf_config", None)
+    try:
+        _restore_progress(run, state)
+    except (TypeError, KeyError, AttributeError, IndexError) as e:  # check_run_fields covers the usual ways
+        raise ValueError(f"checkpoint {str(path)!r} holds a run state lmfast cannot restore ({type(e).__name__}: "
+                         f"{e}); it was not written by lmfast.train or was edited, so use another checkpoint") from None
+    if run.dist.is_main:
+        _warn_changed_config(state.get("config") or {}, run.cfg)
+    log.info("Resumed from %s at step %d", path, run.progress.step)
+
+
+def _restore_progress(run, state: dict) -> None:
     if "progress" in state:
         run.progress = _Progress(**state["progress"])
     run.progress.step = int(state["step"])
@@ -186,9 +287,6 @@ def load_run(run, path: Path) -> None:
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    if run.dist.is_main:
-        _warn_changed_config(saved_cfg, run.cfg)
-    log.info("Resumed from %s at step %d", path, run.progress.step)
 
 
 def _load_sampler(run, data: dict | list) -> None:
@@ -231,8 +329,10 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", backe
                ) -> tuple[TransformerLM, object, dict]:
     """Rebuild the model of a training checkpoint (its saved config) with its tokenizer; returns (model, tok, state).
 
-    ``device`` takes ``auto`` (cuda, then mps, then cpu); ``backend`` as in training (``auto`` = the fused
-    Triton ops on CUDA). A device or backend this machine lacks raises :class:`~lmfast.train.run_setup.SetupError`.
+    ``checkpoint``: a ``.pt`` file or a ``.dcp`` directory (only its model is read). ``device`` takes ``auto``
+    (cuda, then mps, then cpu); ``backend`` as in training (``auto`` = the fused Triton ops on CUDA). A device or
+    backend this machine lacks raises :class:`~lmfast.train.run_setup.SetupError`. The tokenizer must be the one the
+    checkpoint was trained with, by content.
     """
     try:
         device = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -242,7 +342,12 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", backe
         backend = resolve_backend(backend, device)
     except RuntimeError as e:  # backend 'fused' where it cannot run
         raise SetupError(str(e)) from None
-    state = read_checkpoint(checkpoint, map_location=device)
+    path = Path(checkpoint)
+    sharded = is_sharded_checkpoint(path)
+    if not sharded and not path.is_file():
+        raise FileNotFoundError(_no_checkpoint(path))
+    state, checked = read_sharded(path) if sharded else (read_checkpoint(path, map_location=device), None)
+    check_run_fields(state, path)
     if not isinstance(state.get("config"), dict):
         raise ValueError(f"{checkpoint} holds no training config; it was not written by lmfast.train")
     try:
@@ -251,7 +356,23 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", backe
         raise ValueError(f"{checkpoint} holds a config this lmfast cannot read: {e}") from None
     with uninitialized():  # the checkpoint holds every weight
         model = TransformerLM(**cfg.model_kwargs(), backend=backend, device=device)
-    load_model_state(model, state["model"], checkpoint)
+    if sharded:
+        load_sharded_model(model, path, checked)
+    else:
+        load_model_state(model, state["model"], checkpoint)
     model.eval()
-    tokenizer = load_run_tokenizer(state.get("meta", {}).get("tokenizer"), Path(checkpoint).parent)
+    spec = state.get("meta", {}).get("tokenizer")
+    tokenizer = load_run_tokenizer(spec, path.parent)
+    _check_tokenizer(state, path, tokenizer_fingerprint(None if spec in (None, "bytes") else tokenizer))
     return model, tokenizer, state
+
+
+def _no_checkpoint(path: Path) -> str:
+    """A missing checkpoint: what there is in its folder to take instead."""
+    folder = path.parent
+    found = sorted(p.name for p in folder.iterdir() if p.suffix == ".pt" or is_sharded_checkpoint(p)) \
+        if folder.is_dir() else []
+    there = f"{folder} holds {', '.join(found[:6])}{' ...' if len(found) > 6 else ''}" if found else \
+        f"{folder} holds no checkpoint" if folder.is_dir() else f"{folder} does not exist either"
+    return (f"checkpoint {str(path)!r} does not exist ({there}); pass a .pt file or a .dcp directory that "
+            "python -m lmfast.train wrote, e.g. its final_model.pt")

@@ -12,8 +12,10 @@ A training checkpoint of an fsdp run (``checkpoint_step_{s}``, ``checkpoint_epoc
 directory ``NAME.dcp`` written with ``torch.distributed.checkpoint``: every rank writes its shards of the model and
 optimizer (from ``get_state_dict``, keyed by parameter name, so a run of any world size reads them back), then rank
 0 adds ``run_state.pt`` with the rest of the run (step, schedule, sampler streams, RNG, config, progress, meta, all
-as a plain checkpoint holds them). It is written under a temporary name and renamed into place, so a directory with
-``run_state.pt`` is complete. Loading reads only this rank's pieces and needs no collective. ``best_model.pt`` and
+as a plain checkpoint holds them, with lmfast's checksums, and the size and CRC-32 of every file of the directory). It
+is written under a temporary name and renamed into place, so a directory with ``run_state.pt`` is complete. Loading
+first checks the files against those sums and reads them without running code from them
+(:mod:`lmfast.train.dcp_files`), then reads only this rank's pieces and needs no collective. ``best_model.pt`` and
 ``final_model.pt`` stay plain files: the full state dicts gathered to rank 0's CPU, in the layout one process
 saves, so generate and export take them and any run resumes from them. A checkpoint directory must be on storage
 every rank can reach (a shared filesystem across nodes).
@@ -22,6 +24,7 @@ every rank can reach (a shared filesystem across nodes).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -31,14 +34,17 @@ from typing import Any
 
 import torch
 
-from lmfast.train.checkpoint import atomic_torch_save, check_model_shapes, unwrap_model
+from lmfast.train.checkpoint import atomic_torch_save, check_model_shapes, checksummed, load_checked, unwrap_model
+from lmfast.train.dcp_files import FILES_KEY, file_sums, safe_planner, safe_reader, verify_files
 from lmfast.train.distributed import DistContext
 
 __all__ = ["SHARDED_SUFFIX", "shard_model", "is_sharded", "accumulating", "gather_full", "load_full",
-           "is_sharded_checkpoint", "save_sharded", "read_run_state", "load_sharded"]
+           "is_sharded_checkpoint", "save_sharded", "read_run_state", "read_sharded", "load_sharded",
+           "load_sharded_model"]
 
 SHARDED_SUFFIX = ".dcp"
 _RUN_STATE = "run_state.pt"
+log = logging.getLogger("train")
 
 
 # -- the sharded model ----------------------------------------------------------------------------------------
@@ -143,8 +149,13 @@ def save_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path:
     model_state, optim_state = get_state_dict(model, optimizer)
     with _single_process_is_meant():
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp, no_dist=not dist.enabled)
-    if dist.is_main:  # dcp.save returns once every rank's shards and the metadata are written
-        atomic_torch_save(run_state, tmp / _RUN_STATE)
+    # dcp.save returns once every rank's shards and the metadata are written; each rank sums its own shards
+    sums = dist.gather_object(file_sums(tmp, sorted(p.name for p in tmp.glob(f"__{dist.rank}_*"))))
+    if dist.is_main:
+        files = {name: sum_ for rank_sums in sums for name, sum_ in rank_sums.items()}
+        rest = sorted(p.name for p in tmp.iterdir() if p.name not in files and p.name != _RUN_STATE)
+        files |= file_sums(tmp, rest)  # .metadata, and any file no rank claimed
+        atomic_torch_save(checksummed({**run_state, FILES_KEY: files}), tmp / _RUN_STATE)
         _replace_dir(tmp, path)
     return path
 
@@ -159,34 +170,67 @@ def _replace_dir(tmp: Path, path: Path) -> None:
 
 
 def read_run_state(path: Path) -> dict:
-    """The run state (everything but model and optimizer) of a sharded checkpoint."""
-    try:
-        state = torch.load(path / _RUN_STATE, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors differ across torch versions
-        raise ValueError(f"sharded checkpoint {str(path)!r}: {_RUN_STATE} cannot be read ({type(e).__name__}: "
-                         f"{str(e)[:200]}); it is truncated or corrupt, resume from another checkpoint") from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise ValueError(f"sharded checkpoint {str(path)!r}: {_RUN_STATE} is not an lmfast run state")
+    """The run state (everything but model and optimizer) of a sharded checkpoint, its checksums verified; it still
+    holds the file sums under ``files``."""
+    state = load_checked(path / _RUN_STATE, what=f"sharded checkpoint {str(path)!r}: {_RUN_STATE}")
+    if "step" not in state:
+        raise ValueError(f"sharded checkpoint {str(path)!r}: {_RUN_STATE} is not an lmfast run state (it has no "
+                         "step); resume from another checkpoint")
     return state
 
 
-def load_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """A sharded checkpoint into ``model`` and ``optimizer``, sharded over any number of ranks or not at all.
+def read_sharded(path: Path, rank: int = 0, world_size: int = 1) -> tuple[dict, set[str] | None]:
+    """A sharded checkpoint's run state, after checking its files by content (this rank's share of the shards);
+    returns (run state, the names of the checked files: None for a checkpoint from before file checksums)."""
+    state = read_run_state(path)
+    if FILES_KEY not in state:
+        log.warning("%s was written by an older lmfast and holds no file checksums: its shards are read without "
+                    "being verified", path)
+        return state, None
+    return state, verify_files(path, state.pop(FILES_KEY), rank, world_size)
+
+
+def load_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path,
+                 checked: set[str] | None) -> None:
+    """A sharded checkpoint (checked by :func:`read_sharded`) into ``model`` and ``optimizer``, sharded over any
+    number of ranks or not at all.
 
     Each rank reads only the pieces of its own shards (``no_dist``), so no rank waits on another.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    reader = dcp.FileSystemReader(path)
-    saved = {k.removeprefix("model."): m.size for k, m in reader.read_metadata().state_dict_metadata.items()
-             if k.startswith("model.")}
+    reader = safe_reader(path, checked)
     model = unwrap_model(model)  # a DDP run may resume from an fsdp one
-    check_model_shapes(model, saved, path)
+    check_model_shapes(model, _saved_model_shapes(reader), path)
     model_state, optim_state = get_state_dict(model, optimizer)
     with _single_process_is_meant():
-        dcp.load({"model": model_state, "optimizer": optim_state}, storage_reader=reader, no_dist=True)
+        dcp.load({"model": model_state, "optimizer": optim_state}, storage_reader=reader, planner=safe_planner(),
+                 no_dist=True)
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+
+
+def load_sharded_model(model: torch.nn.Module, path: Path, checked: set[str] | None) -> None:
+    """Only the model of a sharded checkpoint (checked by :func:`read_sharded`), into a plain model: what
+    ``generate`` and ``export`` need."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = safe_reader(path, checked)
+    check_model_shapes(model, _saved_model_shapes(reader), path)
+    state = model.state_dict()
+    with _single_process_is_meant():
+        dcp.load({"model": state}, storage_reader=reader, planner=safe_planner(), no_dist=True)
+    model.load_state_dict(state)
+
+
+def _saved_model_shapes(reader) -> dict:
+    shapes = {k.removeprefix("model."): getattr(m, "size", None) for k, m in
+              reader.read_metadata().state_dict_metadata.items() if k.startswith("model.")}
+    bad = [k for k, size in shapes.items() if not isinstance(size, torch.Size)]
+    if bad:
+        raise ValueError(f"sharded checkpoint {str(reader.path)!r}: its .metadata records {bad[0]} as something other "
+                         "than a tensor; resume from another checkpoint")
+    return shapes
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import inspect
 import logging
 import math
@@ -43,7 +44,9 @@ from pathlib import Path
 
 import torch
 
-from lmfast.data import BatchSampler, load_data
+from lmfast import command_name
+from lmfast.data import BatchSampler, load_data, tokenizer_fingerprint
+from lmfast.data.registry import DownloadError
 from lmfast.model import TransformerLM
 from lmfast.model.functional import document_ids
 from lmfast.model.generation import generate_text
@@ -73,12 +76,17 @@ from lmfast.train.run_setup import (
     _resolve_paths,
     build_tokenizer,
     check_run_inputs,
+    config_notes,
+    config_yaml,
     load_run_tokenizer,
+    log_failure,
+    log_file_path,
     resolve_device,
     resolve_eot,
     setup_logging,
+    write_run_config,
 )
-from lmfast.train.run_state import _Progress, find_resume, load_run, save_interrupted, save_run
+from lmfast.train.run_state import _Progress, find_resume, load_run, read_resume, save_interrupted, save_run
 from lmfast.train.sharded import accumulating, shard_model
 
 __all__ = ["main", "build", "Trainer", "SetupError", "TrainingDiverged", "ByteTokenizer", "build_tokenizer",
@@ -141,6 +149,11 @@ class Trainer:
         self._check_tokenizer_fits()
         self.eot_id = resolve_eot(cfg, self.tokenizer)
         self.hf_config = read_llama_config(self.init_from).source if self.init_from else None
+        self.tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
+        # The checkpoint is read and checked (checksums, field types, its tokenizer's content) before any text is
+        # tokenized with this run's tokenizer; a plain one to CPU when sharded: each rank moves only its shards.
+        resumed = None if self.resume_from is None else read_resume(
+            self.resume_from, "cpu" if self.sharded else device, self.tokenizer_fingerprint, self.dist)
         common = dict(tokenizer=self.tokenizer, vocab_size=cfg.vocab_size, cache_dir=cfg.cache_dir,
                       context_length=cfg.context_length, text_field=cfg.text_field, eot_id=self.eot_id)
         if cfg.val_split_fraction > 0:
@@ -170,8 +183,9 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else _NoMetrics()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
         self.last_saved: tuple[Path, int] | None = None  # (checkpoint, step): where a diverged run can go back to
-        if self.resume_from is not None:
-            load_run(self, self.resume_from)
+        if resumed is not None:
+            load_run(self, resumed)
+            del resumed  # its tensors are in the model and optimizer now
             self.last_saved = (self.resume_from, self.progress.step)
             if self.dist.is_main and (dropped := self.metrics.drop_after(self.progress.step)):
                 log.info("Dropped %d metrics.jsonl records past step %d (this run repeats those steps)", dropped,
@@ -451,6 +465,8 @@ class Trainer:
                                    window_tokens / max(now - window_start, 1e-9))
                     window_start, window_tokens = now, 0
                 self._after_step(epoch)
+                if (failed := log_failure()) is not None:  # a full disk under log_file: stop, do not log blind
+                    raise failed
                 stop = agree_on_stop(signals.signum, self.dist)  # every rank stops after the same step
                 if stop is not None and p.step < self.total_steps:
                     save_interrupted(self, signal.Signals(stop).name)
@@ -475,6 +491,9 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 # Entry point
 
 
+_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line naming the problem, no usage dump; _run turns it into exit code 2
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
@@ -482,11 +501,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(
-        prog="python -m lmfast.train", description="Train a Llama-style LM.",
+        prog=command_name("train"), description="Train a Llama-style LM.",
         epilog="SIGINT (Ctrl-C) or SIGTERM finishes the current step, saves interrupted.pt in checkpoint_dir and "
                "exits; continue with --resume auto. Exit codes: 0 trained (or nothing left to do), 1 the loss "
                "became NaN or infinite, 2 bad input (one line says what and how to fix it; also: checkpoint_dir in "
-               "use by another run), 130 stopped by SIGINT, 143 stopped by SIGTERM.")
+               "use by another run), 130 stopped by SIGINT, 143 stopped by SIGTERM. Config keys (--print-config "
+               f"shows their values; the README's config reference explains them): {', '.join(_KEYS)}.")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML (the file "
+                        "and --set applied, every default filled in) and exit; a run writes the same to "
+                        "checkpoint_dir/config.yaml")
     parser.add_argument("--config", help="YAML config (see configs/); omitted = all defaults")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the config's device)")
     parser.add_argument("--resume", help="a checkpoint .pt to continue from, or 'auto' for the newest in "
@@ -500,6 +523,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The resolved config: the file, ``--set`` and ``--device``, and the model keys ``--init-from``'s folder fixes."""
+    overrides = parse_overrides(args.overrides)
+    if args.device:
+        overrides["device"] = args.device
+    source = read_llama_config(args.init_from) if args.init_from else None
+    return load_config(args.config, overrides, fixed=source.train_keys() if source else None,
+                       fixed_by=f"--init-from {args.init_from}")
+
+
 def build(argv: list[str] | None = None) -> Trainer:
     """Parse arguments and build the trainer; raises ConfigError / SetupError / ValueError on bad input.
 
@@ -507,18 +540,15 @@ def build(argv: list[str] | None = None) -> Trainer:
     """
     args = _parse_args(argv)
     ctx = from_env()
-    overrides = parse_overrides(args.overrides)
-    if args.device:
-        overrides["device"] = args.device
-    source = read_llama_config(args.init_from) if args.init_from else None
-    cfg = load_config(args.config, overrides, fixed=source.train_keys() if source else None,
-                      fixed_by=f"--init-from {args.init_from}")
+    cfg = _config(args)
+    device = ctx.resolve_device(resolve_device(cfg.device))
+    check_run_inputs(cfg, device)  # before the log file, which lives in checkpoint_dir
     if ctx.is_main:
-        setup_logging(cfg.log_level, cfg.log_file)
+        setup_logging(cfg.log_level, log_file_path(cfg))
+        for note in config_notes(cfg):
+            log.warning(note)
     else:
         setup_logging("WARNING")
-    device = ctx.resolve_device(resolve_device(cfg.device))
-    check_run_inputs(cfg, device)
     ctx.init(device)
     # Rank 0 locks the run directory for every rank (they share it) before anything is written there.
     lock = ctx.agree(claim_run_dir if ctx.is_main else lambda _: None, Path(cfg.checkpoint_dir))
@@ -528,6 +558,7 @@ def build(argv: list[str] | None = None) -> Trainer:
         def settle_run_dir() -> None:  # rank 0 only: the other ranks never write to the run directory
             if trainer.resume_from is None:
                 _archive_earlier_run(trainer.run_dir)
+            write_run_config(cfg, trainer.run_dir)
             if cfg.tensorboard or cfg.wandb_project:
                 trainer.metrics = MetricsLogger(trainer.run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb_project)
 
@@ -543,19 +574,21 @@ def build(argv: list[str] | None = None) -> Trainer:
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (see ``--help``)."""
     signals = StopSignals()
-    try:
-        with signals:
+    signals.ignore_after = argv is None  # the console script or python -m: this process ends with main
+    with signals:  # until the process group is shut down: a repeated Ctrl-C there is acknowledged, not a traceback
+        try:
             return _run(argv, signals)
-    except Interrupted as e:  # outside the training loop: while building, or while sampling after it
-        print(f"{e}: stopped outside the training loop; nothing was lost that had been saved", file=sys.stderr)
-        return e.exit_code
-    finally:
-        shutdown()  # the torchrun process group, on success and on error alike
+        except Interrupted as e:  # outside the training loop: while building, or while sampling after it
+            print(f"{e}: stopped outside the training loop; nothing was lost that had been saved", file=sys.stderr)
+            return e.exit_code
+        finally:
+            shutdown()  # the torchrun process group, on success and on error alike
 
 
 # Bad input and a hostile environment (a read-only or full disk, a directory where a file belongs) end in one line
 # on stderr and exit code 2. Anything else is a bug in lmfast and keeps its traceback.
-_BAD_INPUT = (ConfigError, SetupError, MissingPackageError, ValueError, OSError, MemoryError, torch.OutOfMemoryError)
+_BAD_INPUT = (ConfigError, SetupError, MissingPackageError, DownloadError, ValueError, OSError, MemoryError,
+              torch.OutOfMemoryError)
 
 
 def _fail(e: BaseException) -> int:
@@ -563,13 +596,41 @@ def _fail(e: BaseException) -> int:
     return 2
 
 
+def _allocation_failed(e: RuntimeError) -> MemoryError | None:
+    """torch's CPU allocator reports a failed allocation (RAM, ``ulimit -v``) as a plain RuntimeError."""
+    text = str(e)
+    if "DefaultCPUAllocator" not in text and "can't allocate memory" not in text:
+        return None
+    why = text[text.find("DefaultCPUAllocator"):].split(". ")[0] if "DefaultCPUAllocator" in text else text[:200]
+    return MemoryError(f"out of memory ({why}); lower batch_size, context_length or the model size, or raise the "
+                       "memory limit (ulimit -v, the container's)")
+
+
+def _print_config(argv: list[str] | None) -> int:
+    """``--print-config``: the resolved config as YAML on stdout, its notes on stderr; nothing is built."""
+    try:
+        cfg = _config(_parse_args(argv))
+    except _BAD_INPUT as e:
+        return _fail(e)
+    print(config_yaml(cfg), end="")
+    for note in config_notes(cfg):
+        print(f"warning: {note}", file=sys.stderr)
+    return 0
+
+
 def _run(argv: list[str] | None, signals: StopSignals) -> int:
+    if "--print-config" in (sys.argv[1:] if argv is None else argv):
+        return _print_config(argv)
     try:
         trainer = build(argv)
     except PeerFailedError:
         return 2  # the rank that failed printed the error
     except _BAD_INPUT as e:
         return _fail(e)
+    except RuntimeError as e:
+        if (oom := _allocation_failed(e)) is None:
+            raise
+        return _fail(oom)
     signals.announce = trainer.dist.is_main
     try:
         summary = trainer.fit(signals)
@@ -579,9 +640,15 @@ def _run(argv: list[str] | None, signals: StopSignals) -> int:
         return 1
     except (OSError, torch.OutOfMemoryError) as e:  # e.g. the disk filled up while a checkpoint was written
         return _fail(e)
+    except RuntimeError as e:
+        if (oom := _allocation_failed(e)) is None:
+            raise
+        return _fail(oom)
     finally:
         if trainer.run_lock is not None:
             trainer.run_lock.release()
+    if (failed := log_failure()) is not None:
+        return _fail(failed)
     if summary["stopped_by"] is not None:
         return 128 + summary["stopped_by"]
     if not trainer.dist.is_main or summary["final"] is None:

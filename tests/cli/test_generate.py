@@ -404,8 +404,8 @@ def test_a_stop_string_ends_the_sample_before_it(checkpoint, capsys):
     (["--device", "cuda"], "CUDA is not available"),
     (["--device", "cuda:abc"], "cuda:abc"),
     (["--backend", "fused"], "backend 'fused' cannot run here"),
-    ("directory", "is a directory; pass a checkpoint file in it (e.g. --checkpoint"),
-    ("missing", "does not exist"),
+    ("directory", "is a directory, not a checkpoint; pass a .pt file or .dcp directory in it (e.g. --checkpoint"),
+    ("missing", "does not exist ("),
 ])
 def test_bad_input_gets_one_clear_line_and_exit_code_2(checkpoint, capsys, monkeypatch, args, message):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
@@ -417,6 +417,27 @@ def test_bad_input_gets_one_clear_line_and_exit_code_2(checkpoint, capsys, monke
     last = err.strip().splitlines()[-1]  # earlier lines can only be log records, when a test set up logging
     assert code == 2 and out == "" and "Traceback" not in err
     assert last.startswith("error: ") and message in last, err
+    assert "--resume" not in last  # generate has no --resume: a hint must name what works here
+
+
+def test_a_num_samples_that_cannot_fit_is_refused_up_front_with_the_numbers(checkpoint, capsys):
+    code, out, err = _cli(capsys, "--checkpoint", checkpoint, "--num-samples", "100000000", "--max-new-tokens", "2")
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and out == "" and "--num-samples 100000000 needs about" in line and "fit)" in line, line
+
+
+def test_ctrl_c_during_generation_is_one_line_and_exit_130(checkpoint, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "generate_samples", interrupted)
+    code, _, err = _cli(capsys, "--checkpoint", checkpoint, "--max-new-tokens", "2")
+    assert code == 130 and "Traceback" not in err and err.strip().splitlines()[-1] == "stopped by Ctrl-C"
+
+
+def test_a_missing_checkpoint_names_the_checkpoints_its_folder_holds(checkpoint, capsys):
+    code, _, err = _cli(capsys, "--checkpoint", checkpoint.replace("final_model.pt", "checkpoint_step_9.pt"))
+    assert code == 2 and "holds final_model.pt" in err.strip().splitlines()[-1]
 
 
 def test_a_reader_that_closes_the_pipe_early_stops_generation_quietly_with_exit_0(checkpoint):

@@ -17,6 +17,21 @@ def _seed():
     torch.manual_seed(0)
 
 
+# rmsnorm, apply_rope and rope have two copies of their formula: the eager one (an autograd Function, a complex
+# multiply) and the one taken while torch.compile traces (written out for inductor). Their tests run on both: "compiled"
+# calls the op through torch.compile(backend="eager", fullgraph=True), dynamo's capture with the compile-time branch.
+BRANCHES = ["eager", "compiled"]
+_COMPILED: dict[str, object] = {}
+
+
+def _op(name: str, branch: str):
+    if branch == "eager":
+        return getattr(functional, name)
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(getattr(functional, name), backend="eager", fullgraph=True)
+    return _COMPILED[name]
+
+
 # ---------------------------------------------------------------------------------------------- softmax, silu
 
 
@@ -99,15 +114,17 @@ def test_cross_entropy_gradient_passes_gradcheck_in_float64():
 # ---------------------------------------------------------------------------------------------- RMSNorm
 
 
-def test_rmsnorm_matches_float64_formula():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_rmsnorm_matches_float64_formula(branch):
     x, w = torch.randn(3, 5, 48) * 3, torch.randn(48)
     x64, w64 = x.double(), w.double()
     ref = x64 / torch.sqrt((x64 * x64).mean(-1, keepdim=True) + 1e-5) * w64
-    assert_verbose_allclose(functional.rmsnorm(x, w, 1e-5), ref, 1e-5, 1e-5, "rmsnorm")
+    assert_verbose_allclose(_op("rmsnorm", branch)(x, w, 1e-5), ref, 1e-5, 1e-5, "rmsnorm")
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-6])
-def test_rmsnorm_adds_eps_inside_the_square_root_on_small_inputs(eps):
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_rmsnorm_adds_eps_inside_the_square_root_on_small_inputs(eps, branch):
     # At |x| ~ 1e-3, mean(x^2) ~ 1e-6 is comparable to eps, so eps inside the root (the spec: Llama, CS336) and
     # eps added to the root differ by up to ~3x; on randn * 3 they agree to 1e-6 and no test could tell.
     x, w = torch.randn(4, 7, 64) * 1e-3, torch.rand(64) + 0.5
@@ -116,22 +133,24 @@ def test_rmsnorm_adds_eps_inside_the_square_root_on_small_inputs(eps):
     ref = x64 / torch.sqrt(ms + eps) * w64
     outside = x64 / (torch.sqrt(ms) + eps) * w64
     assert (ref - outside).abs().max() > 100 * 1e-5 * ref.abs().max()  # the two conventions are far apart here
-    assert_verbose_allclose(functional.rmsnorm(x, w, eps), ref, 1e-5 * ref.abs().max().item(), 1e-5, "rmsnorm")
+    assert_verbose_allclose(_op("rmsnorm", branch)(x, w, eps), ref, 1e-5 * ref.abs().max().item(), 1e-5, "rmsnorm")
 
 
-def test_rmsnorm_keeps_bfloat16_dtype_and_computes_in_float32():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_rmsnorm_keeps_bfloat16_dtype_and_computes_in_float32(branch):
     x, w = torch.randn(4, 64).bfloat16(), torch.ones(64).bfloat16()
-    out = functional.rmsnorm(x, w)
+    out = _op("rmsnorm", branch)(x, w)
     x64 = x.double()
     ref = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5)
     assert out.dtype == torch.bfloat16
     assert_verbose_allclose(out, ref, 1e-2, 1e-2, "rmsnorm bf16")
 
 
-def test_rmsnorm_gradients_pass_gradcheck_in_float64():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_rmsnorm_gradients_pass_gradcheck_in_float64(branch):
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: functional.rmsnorm(a, b, 1e-5), (x, w))
+    assert torch.autograd.gradcheck(lambda a, b: _op("rmsnorm", branch)(a, b, 1e-5), (x, w))
 
 
 # ---------------------------------------------------------------------------------------------- RoPE
@@ -156,39 +175,43 @@ def test_rope_cos_sin_tables_match_the_frequency_formula():
     assert cos.dtype == sin.dtype == torch.float32
 
 
-def test_apply_rope_matches_complex_rotation_in_float64():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_apply_rope_matches_complex_rotation_in_float64(branch):
     x = torch.randn(2, 3, 11, 16)
     positions = torch.arange(11)
     cos, sin = functional.rope_cos_sin(10000.0, 16, positions)
-    assert_verbose_allclose(functional.apply_rope(x, cos, sin), _rope_complex_oracle(x, positions, 10000.0),
+    assert_verbose_allclose(_op("apply_rope", branch)(x, cos, sin), _rope_complex_oracle(x, positions, 10000.0),
                             1e-5, 1e-5, "apply_rope")
 
 
-def test_apply_rope_with_arbitrary_positions_matches_complex_rotation():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_apply_rope_with_arbitrary_positions_matches_complex_rotation(branch):
     x = torch.randn(4, 7, 8)
     positions = torch.randint(0, 5000, (4, 7))
     cos, sin = functional.rope_cos_sin(10000.0, 8, positions)
-    assert_verbose_allclose(functional.apply_rope(x, cos, sin), _rope_complex_oracle(x, positions, 10000.0),
+    assert_verbose_allclose(_op("apply_rope", branch)(x, cos, sin), _rope_complex_oracle(x, positions, 10000.0),
                             1e-4, 1e-5, "apply_rope at random positions")
 
 
-def test_apply_rope_keeps_dtype_and_preserves_pair_norms():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_apply_rope_keeps_dtype_and_preserves_pair_norms(branch):
     x = torch.randn(5, 12, dtype=torch.float64)
     cos, sin = functional.rope_cos_sin(10000.0, 12, torch.arange(5))
-    out = functional.apply_rope(x, cos, sin)
+    out = _op("apply_rope", branch)(x, cos, sin)
     assert out.dtype == torch.float64
     norms = lambda t: t.reshape(5, 6, 2).norm(dim=-1)  # noqa: E731
     assert_verbose_allclose(norms(out), norms(x), 1e-6, 1e-6, "pair norms")
 
 
-def test_rope_inner_product_depends_only_on_relative_position():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_rope_inner_product_depends_only_on_relative_position(branch):
     d, theta = 16, 10000.0
     q, k = torch.randn(d), torch.randn(d)
 
     def score(m: int, n: int) -> float:
         cos, sin = functional.rope_cos_sin(theta, d, torch.tensor([m, n]))
-        q_m = functional.apply_rope(q[None], cos[:1], sin[:1])
-        k_n = functional.apply_rope(k[None], cos[1:], sin[1:])
+        q_m = _op("apply_rope", branch)(q[None], cos[:1], sin[:1])
+        k_n = _op("apply_rope", branch)(k[None], cos[1:], sin[1:])
         return (q_m * k_n).sum().item()
 
     for offset in (0, 1, 5, 40):
@@ -198,21 +221,23 @@ def test_rope_inner_product_depends_only_on_relative_position():
     assert score(5, 0) != pytest.approx(score(0, 0), abs=1e-3)
 
 
-def test_rope_applies_the_same_rotation_to_queries_and_keys_and_broadcasts_batched_tables():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_rope_applies_the_same_rotation_to_queries_and_keys_and_broadcasts_batched_tables(branch):
     q, k = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
     positions = torch.stack((torch.arange(6), torch.arange(10, 16)))
     cos, sin = functional.rope_cos_sin(10000.0, 8, positions)
-    q_rot, k_rot = functional.rope(q, k, cos, sin)
+    q_rot, k_rot = _op("rope", branch)(q, k, cos, sin)
     ref_q = _rope_complex_oracle(q, positions[:, None, :], 10000.0)
     ref_k = _rope_complex_oracle(k, positions[:, None, :], 10000.0)
     assert_verbose_allclose(q_rot, ref_q, 1e-5, 1e-5, "q")
     assert_verbose_allclose(k_rot, ref_k, 1e-5, 1e-5, "k")
 
 
-def test_apply_rope_gradient_passes_gradcheck_in_float64():
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_apply_rope_gradient_passes_gradcheck_in_float64(branch):
     x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
     cos, sin = functional.rope_cos_sin(10000.0, 8, torch.arange(5))
-    assert torch.autograd.gradcheck(lambda t: functional.apply_rope(t, cos.double(), sin.double()), (x,))
+    assert torch.autograd.gradcheck(lambda t: _op("apply_rope", branch)(t, cos.double(), sin.double()), (x,))
 
 
 def test_rope_cos_sin_rejects_an_odd_head_dim():
@@ -259,6 +284,25 @@ def test_causal_attention_honours_an_explicit_scale():
     mask = torch.ones(5, 5, dtype=torch.bool).tril()
     ref = functional.scaled_dot_product_attention(q * 0.3 * math.sqrt(8), k, v, mask)
     assert_verbose_allclose(functional.causal_attention(q, k, v, scale=0.3), ref, 1e-5, 1e-5, "scale=0.3")
+
+
+def test_the_compiled_branch_of_rmsnorm_and_rope_is_the_written_out_formula(monkeypatch):
+    class Refuse:
+        @staticmethod
+        def apply(*args):
+            raise AssertionError("the eager autograd Function ran under torch.compile")
+
+    monkeypatch.setattr(functional, "_RMSNorm", Refuse)
+    monkeypatch.setattr(functional, "_apply_rope_complex", Refuse.apply)
+    torch._dynamo.reset()
+    x, w = torch.randn(2, 3, 8), torch.rand(8)
+    cos, sin = functional.rope_cos_sin(10000.0, 8, torch.arange(3))
+    compiled = {name: torch.compile(getattr(functional, name), backend="eager", fullgraph=True)
+                for name in ("rmsnorm", "apply_rope", "rope")}
+    compiled["rmsnorm"](x, w), compiled["apply_rope"](x, cos, sin), compiled["rope"](x[None], x[None], cos, sin)
+    with pytest.raises(AssertionError, match="eager autograd Function"):
+        functional.rmsnorm(x, w)
+    torch._dynamo.reset()
 
 
 # ------------------------------------------------------------------------- grouped-query heads, document masks

@@ -90,6 +90,23 @@ def test_encode_ordinary_treats_special_text_as_plain_text_like_tiktoken(gpt2):
     assert EOT_ID not in want
 
 
+def test_encode_takes_special_text_where_tiktokens_default_refuses_it_as_the_readme_says(gpt2):
+    text = "a story.<|endoftext|>another"
+    with pytest.raises(ValueError, match="disallowed special token"):
+        gpt2_tiktoken().encode(text)  # tiktoken's default
+    assert gpt2.encode(text) == gpt2_tiktoken().encode(text, allowed_special="all") and EOT_ID in gpt2.encode(text)
+
+
+def test_encode_file_makes_special_text_its_id_by_default_and_ordinary_text_when_asked(gpt2, tmp_path):
+    text = "one story.<|endoftext|>another one\n" * 3
+    (tmp_path / "t.txt").write_text(text)
+    as_ids = np.load(gpt2.encode_file(tmp_path / "t.txt", tmp_path / "ids.npy", progress=False)).tolist()
+    as_text = np.load(gpt2.encode_file(tmp_path / "t.txt", tmp_path / "text.npy", progress=False,
+                                       allowed_special=set())).tolist()
+    assert as_ids == gpt2_tiktoken().encode(text, allowed_special="all") and as_ids.count(EOT_ID) == 3
+    assert as_text == gpt2_tiktoken().encode_ordinary(text) and EOT_ID not in as_text
+
+
 def test_gpt2_tokenizer_from_the_wheel_has_gpt2s_vocab_and_end_of_text_id():
     tok = Tokenizer.gpt2(backend="python")
     vocab, merges = gpt2_vocab_merges()

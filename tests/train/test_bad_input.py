@@ -7,10 +7,7 @@ filesystem (EROFS from every write under it) where they do not (root); a full di
 mounted, else writes that fail with ENOSPC.
 """
 
-import builtins
-import errno
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from lmfast.checkpoint import CheckpointWriteError, read_checkpoint, save_checkpoint
+from lmfast.checkpoint import CheckpointWriteError, atomic_torch_save, checksummed, read_checkpoint, save_checkpoint
 from lmfast.model import TransformerLM
 from lmfast.train import run_setup as _run_setup
 from lmfast.train import trainer as trainer_module
@@ -81,48 +78,6 @@ def test_resolve_device_turns_torchs_invalid_device_string_into_a_setup_error():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Run and log paths
-
-
-def _simulate_read_only(monkeypatch, root: Path) -> None:
-    """Writes under ``root`` fail with EROFS, as on a read-only mount (permission bits do not stop root)."""
-    def refuse(path):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-
-    def under(path) -> bool:
-        return isinstance(path, (str, os.PathLike)) and Path(os.fspath(path)).resolve().is_relative_to(root)
-
-    real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
-
-    def fake_open(file, mode="r", *a, **k):
-        if under(file) and any(c in mode for c in "wax+"):
-            refuse(file)
-        return real_open(file, mode, *a, **k)
-
-    def fake_os_open(path, flags, *a, **k):
-        if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            refuse(path)
-        return real_os_open(path, flags, *a, **k)
-
-    def fake_mkdir(path, *a, **k):
-        if under(path):
-            refuse(path)
-        return real_mkdir(path, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", fake_open)
-    monkeypatch.setattr(os, "open", fake_os_open)
-    monkeypatch.setattr(os, "mkdir", fake_mkdir)
-
-
-@pytest.fixture
-def read_only_dir(tmp_path, monkeypatch):
-    """A directory this process cannot write into: really (chmod) for a normal user, simulated for root."""
-    d = tmp_path / "read-only"
-    d.mkdir()
-    d.chmod(0o555)
-    if os.access(d, os.W_OK):
-        _simulate_read_only(monkeypatch, d.resolve())
-    yield d
-    d.chmod(0o755)
 
 
 @pytest.mark.parametrize("key, fragment", [
@@ -188,6 +143,38 @@ def test_a_resume_path_that_is_no_checkpoint_is_refused_before_tokenizing(run, m
 
     monkeypatch.setattr(trainer_module, "build_tokenizer", never)
     _expect_refusal(run, fragment, "--resume", str(tmp_path / target))
+
+
+def test_the_memory_check_counts_an_address_space_limit_like_ulimit_v(tmp_path):
+    import resource
+
+    def limit():  # 4 GiB of address space: the interpreter and torch take ~1-2 GiB of it before training
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    args = ["--set", "d_model=2048", "num_layers=16", "batch_size=1", "train_data_path=shakespeare", "--device", "cpu"]
+    proc = subprocess.run([sys.executable, "-m", "lmfast.train", *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300, preexec_fn=limit)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "the model alone does not fit" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_an_allocation_that_fails_inside_training_is_one_line_not_torchs_enforce_dump(run, monkeypatch):
+    def train_step(self, step):  # what torch's CPU allocator raises under ulimit -v or without RAM
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 17179869184 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", train_step)
+    last = _expect_refusal(run, "out of memory (DefaultCPUAllocator: can't allocate memory")
+    assert "lower batch_size" in last and "enforce" not in last
+
+
+def test_a_corpus_that_cannot_be_fetched_is_one_line_and_exit_2(run, monkeypatch, tmp_path):
+    from lmfast.data import corpus
+
+    monkeypatch.setenv("LMFAST_CACHE", str(tmp_path / "lmfast-cache"))
+    monkeypatch.setattr(corpus, "TINYSTORIES_URLS", {"train": "http://127.0.0.1:9/train.txt",
+                                                     "val": "http://127.0.0.1:9/val.txt"})  # no network there
+    _expect_refusal(run, "could not reach http://127.0.0.1:9/train.txt", train_data_path="tinystories")
 
 
 def test_the_parameter_count_matches_the_model():
@@ -293,42 +280,6 @@ def test_a_code_carrying_checkpoint_is_refused_with_torchs_warning_in_full(run):
     assert "arbitrary code execution" in last and last.endswith("trusted source.\"")
 
 
-@pytest.fixture
-def full_disk(tmp_path, monkeypatch):
-    """A directory on a disk with no room: a 64 KiB tmpfs where this process may mount one, else ENOSPC writes."""
-    d = tmp_path / "full"
-    d.mkdir()
-    mounted = os.geteuid() == 0 and shutil.which("mount") and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], capture_output=True).returncode == 0
-    if not mounted:
-        real_fdopen, root = os.fdopen, d.resolve()
-
-        class _NoRoom:
-            def __init__(self, f):
-                self._f = f
-
-            def write(self, data):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-            def __getattr__(self, name):
-                return getattr(self._f, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self._f.close()
-
-        def fdopen(fd, mode="r", *a, **k):
-            f = real_fdopen(fd, mode, *a, **k)
-            return _NoRoom(f) if "w" in mode and Path(f"/proc/self/fd/{fd}").resolve().is_relative_to(root) else f
-
-        monkeypatch.setattr(os, "fdopen", fdopen)
-    yield d
-    if mounted:
-        subprocess.run(["umount", str(d)], check=True)
-
-
 def test_a_full_disk_during_a_checkpoint_save_says_so_and_keeps_the_old_file(full_disk):
     model = TransformerLM(256, 16, 64, 2, 2, 128, 10000.0, backend="reference")  # ~0.6 MB: more than 64 KiB
     path = full_disk / "c.pt"
@@ -341,6 +292,30 @@ def test_a_full_disk_during_a_checkpoint_save_says_so_and_keeps_the_old_file(ful
 
 def test_a_full_disk_during_training_is_one_line_and_exit_2(run, full_disk):
     _expect_refusal(run, "cannot write checkpoint", checkpoint_dir=str(full_disk / "ck"), d_model=64)
+
+
+def test_a_token_cache_on_a_disk_without_room_says_so_not_bad_address(run, full_disk):
+    if os.statvfs(full_disk).f_blocks * os.statvfs(full_disk).f_frsize > 1 << 20:
+        pytest.skip("needs a real tiny filesystem (a tmpfs mounted as root): a memory map ignores simulated writes")
+    (run.dir / "big.txt").write_bytes(b"to be or not to be " * 8000)  # 152 KB of byte tokens into 64 KiB
+    last = _expect_refusal(run, f"cannot write the token cache in '{full_disk}' (No space left on device",
+                           train_data_path=str(run.dir / "big.txt"), cache_dir=str(full_disk))
+    assert "Bad address" not in last and "free some space or point cache_dir at a disk with room" in last
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("step", "2", "'step' is str"), ("progress", {"step": "x"}, "'progress/step' is str"),
+    ("rng", {"torch": [1, 2]}, "'rng/torch' is list"), ("data", "abc", "'data' is str"),
+    ("meta", {"tokenizer": 5}, "'meta/tokenizer' is int"), ("progress", {"bogus": 1.0}, "'progress/bogus'"),
+])
+def test_a_checkpoint_whose_fields_have_the_wrong_types_is_one_line_naming_the_field(run, field, value, named):
+    assert run(checkpoint_steps=1)[0] == 0
+    path = run.dir / "ck" / "checkpoint_step_1.pt"
+    state = read_checkpoint(path)
+    state[field] = value if not isinstance(value, dict) else {**(state.get(field) or {}), **value}
+    atomic_torch_save(checksummed(state), path)  # its checksums match: only the types are wrong
+    last = _expect_refusal(run, named, "--resume", str(path), checkpoint_steps=1)
+    assert "lmfast writes" in last
 
 
 def test_a_garbage_checkpoint_is_called_unreadable_not_malicious(tmp_path):

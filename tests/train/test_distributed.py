@@ -34,7 +34,8 @@ def ddp_run(tmp_path_factory):
 def test_two_ranks_train_and_rank_zero_alone_writes_one_set_of_files(ddp_run):
     ck = ddp_run / "ck"
     expected = {f"checkpoint_step_{s}.pt" for s in range(1, STEPS + 1)}
-    expected |= {"checkpoint_epoch_1.pt", "best_model.pt", "final_model.pt", "metrics.jsonl", "train.log", LOCK_NAME}
+    expected |= {"checkpoint_epoch_1.pt", "best_model.pt", "final_model.pt", "metrics.jsonl", "config.yaml",
+                 "train.log", LOCK_NAME}
     assert {p.name for p in ck.iterdir()} == expected
     losses = _losses(ck)
     assert sorted(losses) == list(range(1, STEPS + 1))

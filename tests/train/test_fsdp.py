@@ -66,7 +66,7 @@ def test_two_fsdp_ranks_continue_a_one_process_run_with_the_same_losses(fsdp_run
 def test_an_fsdp_run_writes_sharded_training_checkpoints_and_one_plain_final_model(fsdp_runs):
     two = fsdp_runs / "two"
     sharded = {f"checkpoint_step_{s}.dcp" for s in range(RESUME_AT, STEPS + 1, 3)} | {"checkpoint_epoch_1.dcp"}
-    plain = {"best_model.pt", "final_model.pt", "metrics.jsonl", "train.log", LOCK_NAME}
+    plain = {"best_model.pt", "final_model.pt", "metrics.jsonl", "config.yaml", "train.log", LOCK_NAME}
     assert {p.name for p in two.iterdir()} == sharded | plain  # no temporary directory left behind
     assert {p.name for p in (two / "checkpoint_step_9.dcp").iterdir()} == {".metadata", "__0_0.distcp",
                                                                            "__1_0.distcp", "run_state.pt"}
@@ -108,12 +108,12 @@ def test_resume_auto_takes_the_newest_complete_sharded_checkpoint(tmp_path):
     assert find_resume("auto", tmp_path) == newer
 
 
-def test_a_sharded_checkpoint_is_named_to_generate_and_moved_aside_by_a_fresh_run(tmp_path):
+def test_a_sharded_checkpoint_is_not_read_as_a_file_and_is_moved_aside_by_a_fresh_run(tmp_path):
     sharded = tmp_path / "checkpoint_step_1.dcp"
     sharded.mkdir()
     (sharded / ".metadata").write_bytes(b"")
-    with pytest.raises(ValueError, match="is a sharded checkpoint .* pass the run's final_model.pt"):
-        read_checkpoint(sharded)  # what generate and export call
+    with pytest.raises(ValueError, match="is a sharded checkpoint .*load_model and --resume read it"):
+        read_checkpoint(sharded)
     _archive_earlier_run(tmp_path)
     assert not sharded.exists() and len(list(tmp_path.glob("previous-*/checkpoint_step_1.dcp/.metadata"))) == 1
 

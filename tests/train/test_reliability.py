@@ -25,6 +25,7 @@ from lmfast.data import cache as _cache
 from lmfast.plot import read_metrics
 from lmfast.train import trainer as trainer_module
 from lmfast.train.lifecycle import LOCK_NAME, lock_run_dir
+from lmfast.train.run_state import find_resume
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("kill_resume", ROOT / "scripts" / "kill_resume.py")
@@ -83,7 +84,28 @@ def test_a_second_run_on_a_checkpoint_dir_in_use_is_refused_at_once_naming_the_h
     assert _train(data, "locked") == 0  # the lock file left behind blocks no one
 
 
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_the_run_lock_never_writes_through_a_link_or_into_a_non_file_planted_at_its_name(tmp_path, kind):
+    run_dir, target = tmp_path / "run", tmp_path / "precious.txt"
+    run_dir.mkdir()
+    target.write_text("the user's file")
+    {"symlink": lambda p: p.symlink_to(target), "hardlink": lambda p: os.link(target, p),
+     "fifo": os.mkfifo}[kind](run_dir / LOCK_NAME)
+    with pytest.raises(trainer_module.SetupError, match=f"{LOCK_NAME}' is .*not the run lock .*remove it"):
+        lock_run_dir(run_dir)
+    assert target.read_text() == "the user's file"
+
+
 # -- stopping and resuming -----------------------------------------------------------------------------------
+
+
+def test_resume_auto_takes_the_latest_step_not_the_latest_modification_time(data, reference):
+    run_dir = data / "touched"
+    shutil.copytree(reference, run_dir)
+    for name in ("final_model.pt", "checkpoint_epoch_3.pt"):
+        (run_dir / name).unlink()
+    os.utime(run_dir / "checkpoint_step_20.pt")  # `touch`, or a copy without -p: the older checkpoint looks newest
+    assert find_resume("auto", run_dir) == run_dir / "checkpoint_step_24.pt"
 
 
 def _signal_inside_step(monkeypatch, signum: int, step: int) -> None:
@@ -135,6 +157,23 @@ def test_a_stop_signal_finishes_the_step_saves_and_resumes_to_the_uninterrupted_
     assert kill_resume.compare_runs(reference, data / name) == []  # weights, optimizer and losses, bitwise
 
 
+def test_a_second_ctrl_c_while_the_stopped_run_shuts_down_is_acknowledged_not_a_traceback(data, monkeypatch, capfd):
+    _signal_inside_step(monkeypatch, signal.SIGINT, step=2)
+    real_shutdown = trainer_module.shutdown
+
+    def shutdown():  # torchrun passes the terminal's Ctrl-C on: the repeat can come while the process group closes
+        os.kill(os.getpid(), signal.SIGINT)
+        real_shutdown()
+
+    monkeypatch.setattr(trainer_module, "shutdown", shutdown)
+    previous = signal.signal(signal.SIGINT, _unhandled)
+    try:
+        assert _train(data, "late-ctrl-c") == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "SIGINT again: already stopping" in capfd.readouterr().err  # written with os.write(2, ...)
+
+
 def test_resuming_a_finished_run_exits_0_and_says_there_is_nothing_left_to_do(data, reference, caplog):
     run_dir = data / "finished"
     shutil.copytree(reference, run_dir)
@@ -166,6 +205,19 @@ def test_metrics_after_a_resume_hold_each_step_once(data, reference):
     assert kill_resume._series(run_dir, "val_loss") == kill_resume._series(reference, "val_loss")
 
 
+def test_a_metrics_line_that_is_not_utf8_does_not_block_a_resume_and_is_named(data, reference, caplog):
+    run_dir = data / "metrics-bytes"
+    shutil.copytree(reference, run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    metrics.write_bytes(b"".join(lines[:3]) + b'{"step": 3, "loss": \xff\xfe}\n' + b"".join(lines[3:]))
+    with pytest.raises(ValueError, match=f"{metrics}:4 is not UTF-8 text"):
+        read_metrics(run_dir)
+    assert _train(data, "metrics-bytes", "--resume", str(run_dir / "checkpoint_step_20.pt")) == 0
+    assert f"{metrics}: dropped 1 line(s) that are not UTF-8 text" in caplog.text
+    assert _losses(run_dir) == _losses(reference)
+
+
 def test_plot_reads_each_step_once_and_skips_a_line_cut_short(tmp_path):
     records = [dict(step=s, loss=float(s), lr=1e-3, tokens_per_s=1.0) for s in (1, 2, 3, 2, 3, 4)]
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "lo'
@@ -186,11 +238,12 @@ def test_keep_last_keeps_the_newest_step_checkpoints_and_every_other_kind(refere
 def test_temp_files_a_kill_left_in_the_run_dir_are_removed_at_the_next_start_and_only_ours(data):
     run_dir = data / "leftovers"
     run_dir.mkdir()
-    ours = [".checkpoint_step_4.pt.k2j4x9a1.tmp", ".metrics.jsonl.ab12cd34.tmp", ".tokenizer.zz9y8x7w.tmp"]
-    for name in ours[:2]:
+    ours = [".checkpoint_step_4.pt.k2j4x9a1.tmp", ".metrics.jsonl.ab12cd34.tmp", ".config.yaml.q1w2e3r4.tmp",
+            ".tokenizer.zz9y8x7w.tmp"]
+    for name in ours[:3]:
         (run_dir / name).write_bytes(b"half a checkpoint")
-    (run_dir / ours[2]).mkdir()
-    (run_dir / ours[2] / "vocab.json").write_text("{")
+    (run_dir / ours[3]).mkdir()
+    (run_dir / ours[3] / "vocab.json").write_text("{")
     theirs = [".notes.tmp", "scratch.tmp", ".checkpoint_step_4.pt"]
     for name in theirs:
         (run_dir / name).write_text("the user's")
@@ -282,6 +335,20 @@ def test_kill_9_sigterm_and_sigint_at_chosen_moments_then_resume_auto_equal_the_
         assert result.problems == []
         assert [o.returncode for o in result.outcomes] == [{"SIGKILL": -9, "SIGTERM": 143, "SIGINT": 130}[k.signal]
                                                            for k in kills]
+
+
+@pytest.mark.slow
+def test_kills_of_an_fsdp_run_and_of_an_export_leave_sharded_checkpoints_and_the_export_folder_whole(data, reference):
+    """kill -9 while a .dcp checkpoint is half written, then SIGTERM inside a step, of a run under distributed: fsdp
+    (one process: sharded training checkpoints); kill -9 while an export writes its weights and Ctrl-C just before
+    its folder replaces the earlier export."""
+    fsdp = [kill_resume.Kill("SIGKILL", "save", 2, 0.1), kill_resume.Kill("SIGTERM", "step", 5, 0.1)]
+    result = kill_resume.run_trial(data, "harness-fsdp", kill_resume.uninterrupted(data, "fsdp"), fsdp, "fsdp")
+    assert result.problems == [] and [o.returncode for o in result.outcomes] == [-9, 143]
+    assert (data / "harness-fsdp" / "checkpoint_step_24.dcp" / "run_state.pt").is_file()  # compared tensor by tensor
+    export = [kill_resume.Kill("SIGKILL", "weights", 1, 0.1), kill_resume.Kill("SIGINT", "swap", 1, 0.1)]
+    result = kill_resume.run_trial(data, "harness-export", reference, export, "export")
+    assert result.problems == [] and [o.returncode for o in result.outcomes] == [-9, 130]
 
 
 _STOP_RANK_1 = """

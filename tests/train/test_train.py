@@ -186,8 +186,11 @@ def test_tensorboard_and_wandb_receive_the_same_numbers_as_metrics_jsonl(run, tm
 def test_missing_tensorboard_package_is_an_error_before_training(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)
     assert run(tensorboard=True) == 2
-    assert "pip install tensorboard" in capsys.readouterr().err
+    assert 'pip install "lmfast[tensorboard]"' in capsys.readouterr().err
     assert not (tmp_path / "ck" / "final_model.pt").exists()
+    tomllib = pytest.importorskip("tomllib")  # the extra the message names exists
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert any(d.startswith("tensorboard") for d in pyproject["project"]["optional-dependencies"]["tensorboard"])
 
 
 def test_a_trained_tokenizer_is_reused_only_for_the_same_settings(run, tmp_path, capsys):

@@ -191,3 +191,18 @@ def test_validation_is_the_mean_loss_over_the_same_eval_iters_batches_every_time
         losses = [F.cross_entropy(trainer.model(x).flatten(0, 1), y.flatten()).item()
                   for x, y in (sampler() for _ in range(3))]
     assert first == pytest.approx(np.mean(losses), rel=1e-6)
+
+
+def test_validation_reads_the_validation_split_never_the_training_data(tokens, tmp_path):
+    val = tmp_path / "val.npy"
+    np.save(val, np.random.default_rng(1).integers(0, VOCAB // 2, 3000, dtype=np.uint16))  # other tokens than train's
+    trainer = _trainer(tokens, tmp_path / "ck", val_data_path=str(val), eval_iters=2)
+
+    def mean_loss(path) -> float:  # the file as it is on disk, not through the trainer's own handles
+        sampler = BatchSampler(np.load(path), TINY["batch_size"], TINY["context_length"], seed=[trainer.cfg.seed, 1])
+        with torch.no_grad():
+            return float(np.mean([F.cross_entropy(trainer.model(x).flatten(0, 1), y.flatten()).item()
+                                  for x, y in (sampler() for _ in range(2))]))
+
+    got = trainer.evaluate()
+    assert got == pytest.approx(mean_loss(val), rel=1e-6) and got != pytest.approx(mean_loss(tokens), rel=1e-3)
