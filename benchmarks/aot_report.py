@@ -89,7 +89,7 @@ def _compile_one(job: tuple[int, int]) -> dict:
         # Every tensor a launcher passes is 16-byte aligned, which the runtime specializes on (and which lets
         # Triton vectorize); integer arguments stay generic since their divisibility varies by shape.
         aligned = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(spec.fn.arg_names)
-                   if str(spec.signature.get(arg, "")).startswith("*")}
+                   if str(spec.signature.get(arg, "")).startswith("*") or arg in spec.divisible}
         src = triton.compiler.ASTSource(spec.fn, spec.signature, spec.constexprs, aligned)
         options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
         with warnings.catch_warnings():

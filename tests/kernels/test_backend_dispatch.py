@@ -36,7 +36,7 @@ def kernel_calls(monkeypatch):
     force_fused_ops_on_cpu(monkeypatch)
     calls = []
 
-    def record(q, k, v, scale):
+    def record(q, k, v, scale, *rope_and_documents):
         calls.append(q.dtype)
         out = functional.causal_attention(q.float(), k.float(), v.float(), scale).to(q.dtype)
         return out, q.new_zeros(q.shape[:3], dtype=torch.float32)
