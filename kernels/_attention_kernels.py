@@ -268,6 +268,8 @@ def _attn_bwd_dq_kernel(Q, stride_qb, stride_qh, stride_qt, K, stride_kb, stride
     dqa, dqb = _attn_bwd_dq_inner(dqa, dqb, qa, qb, do, lse, delta, starts, K, V, COS, SIN, stride_kt, stride_vt,
                                   stride_ct, offs_m, lo, diag, seq_len, qk_scale, False, DOC, ROPE, HEAD_DIM, HALF,
                                   BLOCK_N)
+    if ROPE:  # loaded again rather than held through the loop: registers are what bind this pass
+        cos, sin = _angles(COS, SIN, offs_m, row_ok, stride_ct, HEAD_DIM, HALF)
     _store_halves(DQ, offs_m, row_ok, stride_dqt, dqa * sm_scale, dqb * sm_scale, cos, sin, HEAD_DIM, HALF, ROPE)
 
 
@@ -348,6 +350,8 @@ def _attn_bwd_dkdv_kernel(Q, stride_qb, stride_qh, stride_qt, K, stride_kb, stri
         dka, dkb, dv = _attn_bwd_dkdv_inner(dka, dkb, dv, ka, kb, v, Qh, DOh, LSE + rows, DELTA + rows, COS, SIN,
                                             DOC_START, stride_qt, stride_dot, stride_ct, offs_n, diag + BLOCK_N, hi,
                                             seq_len, qk_scale, False, DOC, ROPE, HEAD_DIM, HALF, BLOCK_M)
+    if ROPE:  # loaded again rather than held through the loops
+        cos, sin = _angles(COS, SIN, offs_n, key_ok, stride_ct, HEAD_DIM, HALF)
     _store_halves(DK, offs_n, key_ok, stride_dkt, dka * sm_scale, dkb * sm_scale, cos, sin, HEAD_DIM, HALF, ROPE)
     cols = tl.arange(0, BLOCK_D)
     tl.store(DV + offs_n[:, None] * stride_dvt + cols[None, :], dv.to(DV.dtype.element_ty),
