@@ -275,20 +275,27 @@ def _attn_bwd_dq_kernel(Q, stride_qb, stride_qh, stride_qt, K, stride_kb, stride
 
 @triton.jit
 def _attn_bwd_dkdv_inner(dka, dkb, dv, ka, kb, v,  # fp32 accumulators; this key block's tiles
-                         Q, DO, LSE, DELTA, COS, SIN, DOC_START,  # one query head's rows; angles; starts
-                         stride_qt, stride_dot, stride_ct,
-                         offs_n, lo, hi, seq_len, qk_scale,  # key rows, query range [lo, hi)
+                         Q, DO, LSE, DELTA,  # the group's first query head: its rows, lse and delta rows
+                         stride_qh, stride_qt, stride_doh, stride_dot, seq_len,  # head and row strides
+                         COS, SIN, stride_ct, DOC_START,  # angles; document starts of this batch row
+                         offs_n, lo, hi, group, qk_scale,  # key rows, query range [lo, hi), heads in the group
                          CAUSAL: tl.constexpr, DOC: tl.constexpr, ROPE: tl.constexpr,
                          HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr):
-    for start_m in range(lo, hi, BLOCK_M):
-        start_m = tl.multiple_of(start_m, BLOCK_M)
+    # One flat loop over (head of the group, query block): a loop over the heads around the block loop took ~70
+    # more registers a thread (sm_90, Triton 3.9), the accumulators being carried through two loop levels.
+    tiles = tl.cdiv(hi - lo, BLOCK_M)
+    for it in range(0, group * tiles):
+        i = it // tiles
+        start_m = tl.multiple_of(lo + (it - i * tiles) * BLOCK_M, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < seq_len
         cos, sin = None, None
         if ROPE:
             cos, sin = _angles(COS, SIN, offs_m, row_ok, stride_ct, HEAD_DIM, HALF)
-        qa, qb = _load_halves(Q, offs_m, row_ok, stride_qt, cos, sin, HEAD_DIM, HALF, ROPE, True)
-        lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
+        qa, qb = _load_halves(Q + i.to(tl.int64) * stride_qh, offs_m, row_ok, stride_qt, cos, sin, HEAD_DIM, HALF,
+                              ROPE, True)
+        rows = i.to(tl.int64) * seq_len + offs_m
+        lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
         s_t = tl.dot(kb, tl.trans(qb), tl.dot(ka, tl.trans(qa))) * qk_scale - lse[None, :]  # keys x queries
         if CAUSAL or DOC:
             starts = None
@@ -296,9 +303,9 @@ def _attn_bwd_dkdv_inner(dka, dkb, dv, ka, kb, v,  # fp32 accumulators; this key
                 starts = tl.load(DOC_START + offs_m, mask=row_ok, other=0)
             s_t = tl.where(tl.trans(_visible(offs_m, offs_n, starts, CAUSAL, DOC)), s_t, float("-inf"))
         p_t = tl.math.exp2(s_t)
-        do = _load_rows(DO, offs_m, row_ok, stride_dot, HEAD_DIM, 2 * HALF, True)
+        do = _load_rows(DO + i.to(tl.int64) * stride_doh, offs_m, row_ok, stride_dot, HEAD_DIM, 2 * HALF, True)
         dv = tl.dot(p_t.to(do.dtype), do, dv)
-        delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
         ds_t = p_t * (tl.dot(v, tl.trans(do)) - delta[None, :])
         dka = tl.dot(ds_t.to(qa.dtype), qa, dka)
         dkb = tl.dot(ds_t.to(qb.dtype), qb, dkb)
@@ -339,17 +346,17 @@ def _attn_bwd_dkdv_kernel(Q, stride_qb, stride_qh, stride_qt, K, stride_kb, stri
     dka = tl.zeros([BLOCK_N, HALF], tl.float32)
     dkb = tl.zeros([BLOCK_N, HALF], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    for i in range(0, group):  # the group's query heads, in order: a deterministic sum
-        h = g * group + i
-        Qh, DOh = _rows(Q, b, h, stride_qb, stride_qh), _rows(DO, b, h, stride_dob, stride_doh)
-        rows = (b * q_heads + h).to(tl.int64) * seq_len
-        dka, dkb, dv = _attn_bwd_dkdv_inner(dka, dkb, dv, ka, kb, v, Qh, DOh, LSE + rows, DELTA + rows, COS, SIN,
-                                            DOC_START, stride_qt, stride_dot, stride_ct, offs_n, diag,
-                                            tl.minimum(diag + BLOCK_N, seq_len), seq_len, qk_scale, True, DOC, ROPE,
-                                            HEAD_DIM, HALF, BLOCK_M)
-        dka, dkb, dv = _attn_bwd_dkdv_inner(dka, dkb, dv, ka, kb, v, Qh, DOh, LSE + rows, DELTA + rows, COS, SIN,
-                                            DOC_START, stride_qt, stride_dot, stride_ct, offs_n, diag + BLOCK_N, hi,
-                                            seq_len, qk_scale, False, DOC, ROPE, HEAD_DIM, HALF, BLOCK_M)
+    h = g * group  # the group's first query head; the walks take its heads in order: a deterministic sum
+    Q, DO = _rows(Q, b, h, stride_qb, stride_qh), _rows(DO, b, h, stride_dob, stride_doh)
+    rows = (b * q_heads + h).to(tl.int64) * seq_len
+    LSE, DELTA = LSE + rows, DELTA + rows
+    dka, dkb, dv = _attn_bwd_dkdv_inner(dka, dkb, dv, ka, kb, v, Q, DO, LSE, DELTA, stride_qh, stride_qt, stride_doh,
+                                        stride_dot, seq_len, COS, SIN, stride_ct, DOC_START, offs_n, diag,
+                                        tl.minimum(diag + BLOCK_N, seq_len), group, qk_scale, True, DOC, ROPE,
+                                        HEAD_DIM, HALF, BLOCK_M)
+    dka, dkb, dv = _attn_bwd_dkdv_inner(dka, dkb, dv, ka, kb, v, Q, DO, LSE, DELTA, stride_qh, stride_qt, stride_doh,
+                                        stride_dot, seq_len, COS, SIN, stride_ct, DOC_START, offs_n, diag + BLOCK_N,
+                                        hi, group, qk_scale, False, DOC, ROPE, HEAD_DIM, HALF, BLOCK_M)
     if ROPE:  # loaded again rather than held through the loops
         cos, sin = _angles(COS, SIN, offs_n, key_ok, stride_ct, HEAD_DIM, HALF)
     _store_halves(DK, offs_n, key_ok, stride_dkt, dka * sm_scale, dkb * sm_scale, cos, sin, HEAD_DIM, HALF, ROPE)
