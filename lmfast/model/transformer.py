@@ -78,6 +78,15 @@ class RMSNorm(nn.Module):
             return y.to(torch.get_autocast_dtype(y.device.type))
         return y
 
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, self(h))`` for ``h = residual + x``: the residual add and this norm as one op (``ops.add_rmsnorm``,
+        one pass on the fused backend), y already in the autocast dtype its linears take."""
+        device = x.device.type
+        h_dtype = torch.promote_types(x.dtype, residual.dtype)
+        out_dtype = torch.get_autocast_dtype(device) if h_dtype == torch.float32 and torch.is_autocast_enabled(
+            device) else None
+        return self.ops.add_rmsnorm(x, residual, self.weight, self.eps, out_dtype)
+
 
 class SwiGLU(nn.Module):
     """``w2(silu(w1 x) * w3 x)``: w1, w3: d_model → d_ff, w2: d_ff → d_model."""
@@ -185,6 +194,8 @@ class MultiHeadSelfAttention(nn.Module):
                 cos, sin = self.rope.cos[start:start + s], self.rope.sin[start:start + s]
             else:
                 cos, sin = self.rope.cos_sin(token_positions)
+            if cache is None:  # RoPE inside attention (one kernel on the fused backend: no rotated copy written)
+                return self.output_proj(self.ops.rope_attention(q, k, v, cos, sin).transpose(1, 2).reshape(b, s, -1))
             q, k = self.ops.rope(q, k, cos, sin)
         if cache is None or (cache.length == 0 and s > 0):
             if cache is not None:  # prefill from an empty cache: plain causal attention, the fused kernel on CUDA
@@ -217,8 +228,8 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
-        h = x + self.attn(self.ln1(x), token_positions, cache)
-        return h + self.ffn(self.ln2(h))
+        h, y = self.ln2.add_norm(self.attn(self.ln1(x), token_positions, cache), x)  # h = x + attn(ln1(x))
+        return h + self.ffn(y)
 
 
 class TransformerLM(nn.Module):
