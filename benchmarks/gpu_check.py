@@ -41,6 +41,11 @@ TARGETS = {  # (benchmark group prefix, provider, peer, minimum ratio): fused / 
     "rope": ("rope fwd+bwd", "fused", "compiled", 1.2),
     "attention": ("attention fwd+bwd", "fused", "flash", 0.9),
     "adamw": ("adamw step", "fused", "torch-fused", 1.2),
+    "document_attention_flex": ("document attention fwd+bwd", "fused", "flex", 1.0),
+    "document_attention_dense": ("document attention fwd+bwd", "fused", "sdpa-dense", 2.0),
+    "rope_attention": ("rope attention fwd+bwd", "fused", "rope-flash", 0.9),
+    "add_rmsnorm": ("add_rmsnorm fwd+bwd", "fused", "compiled", 1.1),
+    "clip_adamw": ("clip + adamw step", "fused-clip", "torch-fused", 1.15),
 }
 MFU_TARGET = 0.45
 
@@ -171,7 +176,8 @@ def stage_train_step(check: Check, limit: float) -> dict:
     return {"exit_code": rc, "seconds": round(secs, 1), "rows": rows}
 
 
-KERNEL_BENCHES = ("bench_attention.py", "bench_rmsnorm.py", "bench_rope.py", "bench_adamw.py",
+KERNEL_BENCHES = ("bench_document_attention.py", "bench_rope_attention.py", "bench_add_rmsnorm.py",
+                  "bench_clip_adamw.py", "bench_attention.py", "bench_rmsnorm.py", "bench_rope.py", "bench_adamw.py",
                   "bench_linear_cross_entropy.py")
 
 

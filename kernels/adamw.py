@@ -340,7 +340,7 @@ def adamw_step(
     lr = lr.detach() if isinstance(lr, torch.Tensor) else float(lr)
     if torch.compiler.is_compiling():
         if clip is not None:
-            raise NotImplementedError("adamw_step with clip= runs eagerly (the trainer's optimizer step is not compiled)")
+            raise NotImplementedError("adamw_step with clip= runs eagerly (the trainer does not compile its step)")
         lr_tensor, lr_value = (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
         _adamw_step_op(params, grads, exp_avgs, exp_avg_sqs, lr_tensor, lr_value, step, beta1, beta2, eps,
                        weight_decay)
