@@ -41,7 +41,7 @@ from pathlib import Path
 
 from _machine import commit
 
-MODULES = ("rmsnorm", "rope", "attention", "adamw", "linear_cross_entropy")
+MODULES = ("rmsnorm", "add_rmsnorm", "rope", "attention", "adamw", "linear_cross_entropy")
 TARGETS = (80, 90)
 KIB = 1024
 # Dynamic shared memory a block may use, per GPU, and the GPUs each compile target's build runs on.

@@ -43,18 +43,40 @@ class Configs(NamedTuple):
     dq: Config  # BLOCK_N divides BLOCK_M
 
 
-# Keyed by (padded head dim, RoPE inside).
+# Keyed by (padded head dim, RoPE inside). "sm80": Ampere and Ada (sized for the 99 KiB of shared memory of
+# sm_86/sm_89 too; registers up to 255 a thread where nothing spills). The notes give Triton 3.9's registers for bf16
+# with documents on (benchmarks/results/aot_registers_triton-*.md has every build).
+_C = Config
 _SM80: dict[tuple[int, bool], Configs] = {
-    (32, False): Configs(Config(128, 64, 4, 3), Config(32, 128, 8, 3), Config(128, 32, 4, 3)),
-    (64, False): Configs(Config(128, 64, 8, 3), Config(32, 128, 8, 3), Config(128, 32, 8, 3)),
-    (128, False): Configs(Config(128, 64, 8, 2), Config(32, 64, 8, 2), Config(64, 32, 4, 2)),
-    (256, False): Configs(Config(64, 32, 8, 2), Config(16, 32, 8, 2), Config(32, 16, 8, 2)),
-    (32, True): Configs(Config(128, 64, 4, 3), Config(32, 128, 8, 3), Config(128, 32, 4, 3)),
-    (64, True): Configs(Config(128, 64, 8, 3), Config(32, 128, 8, 3), Config(128, 32, 8, 3)),
-    (128, True): Configs(Config(128, 64, 8, 2), Config(32, 64, 8, 2), Config(64, 32, 4, 2)),
-    (256, True): Configs(Config(64, 32, 8, 2), Config(16, 32, 8, 2), Config(32, 16, 8, 2)),
+    (32, False): Configs(_C(128, 64, 4, 3), _C(32, 128, 8, 3), _C(128, 32, 4, 3)),
+    # 64: 189 / 255 / 186 registers; dK/dV 64 x 128 fits without spills.
+    (64, False): Configs(_C(128, 64, 8, 3), _C(64, 128, 8, 2), _C(128, 64, 8, 3)),
+    # 128: dQ 128 x 64 took all 255 registers and spilled at two stages; 128 x 32 takes 238.
+    (128, False): Configs(_C(128, 64, 8, 3), _C(32, 128, 8, 3), _C(128, 32, 8, 3)),
+    (256, False): Configs(_C(64, 32, 8, 2), _C(16, 32, 8, 2), _C(32, 16, 8, 2)),
+    (32, True): Configs(_C(128, 64, 4, 3), _C(32, 128, 8, 3), _C(128, 32, 4, 3)),
+    # RoPE holds each tile's angles too: dK/dV 64 x 128 spilled 112 bytes, dQ 128 x 32 spilled 40.
+    (64, True): Configs(_C(128, 64, 8, 3), _C(32, 128, 8, 3), _C(64, 32, 4, 2)),
+    (128, True): Configs(_C(128, 32, 8, 2), _C(32, 64, 8, 2), _C(64, 32, 4, 2)),
+    (256, True): Configs(_C(64, 32, 8, 2), _C(16, 32, 8, 2), _C(32, 16, 8, 2)),
 }
-_SM90: dict[tuple[int, bool], Configs] = dict(_SM80)
+# "sm90": 228 KiB of shared memory, but registers bind first: at most 168 a thread (two blocks of eight warps a
+# multiprocessor) unless attention's AOT_REGISTERS_ALLOWED says why not.
+_SM90: dict[tuple[int, bool], Configs] = {
+    (32, False): Configs(_C(128, 64, 4, 3), _C(32, 64, 8, 3), _C(128, 32, 4, 3)),
+    # 64: forward 128 x 64 took 179 registers at three stages, 158 at two; dK/dV 32 x 128 took 188, 32 x 64 126;
+    # dQ 128 x 64 took 203, 128 x 32 126.
+    (64, False): Configs(_C(128, 64, 8, 2), _C(32, 64, 8, 3), _C(128, 32, 8, 3)),
+    # 128: forward 128 x 64 took 216, 128 x 32 164; dK/dV 32 x 64 took 211, 16 x 64 176 (allowed: 16 x 16 is the
+    # largest under 168); dQ 128 x 32 took 174, 64 x 32 163.
+    (128, False): Configs(_C(128, 32, 8, 2), _C(16, 64, 8, 2), _C(64, 32, 4, 3)),
+    (256, False): Configs(_C(64, 16, 8, 2), _C(16, 16, 8, 2), _C(32, 16, 8, 2)),
+    (32, True): Configs(_C(128, 64, 4, 3), _C(32, 64, 8, 3), _C(128, 32, 4, 3)),
+    # RoPE: forward 128 x 64 took 237, 128 x 32 140; dK/dV 32 x 64 168.
+    (64, True): Configs(_C(128, 32, 8, 3), _C(32, 64, 8, 2), _C(64, 32, 4, 2)),
+    (128, True): Configs(_C(64, 32, 4, 2), _C(16, 32, 4, 2), _C(64, 16, 4, 2)),
+    (256, True): Configs(_C(64, 16, 8, 2), _C(16, 16, 8, 2), _C(32, 16, 8, 2)),
+}
 GPU_CONFIGS: dict[str, dict[tuple[int, bool], Configs]] = {"sm80": _SM80, "sm90": _SM90}
 # What a GPU lease times against the shipped entries, per generation and (head dim, RoPE): each is built ahead of
 # time (attention's aot_specs()) so the report keeps it within the target.

@@ -44,7 +44,7 @@ def aot_report(tmp_path_factory) -> dict:
 def test_every_kernel_module_lists_its_configurations(aot_report):
     assert aot_report["module_errors"] == {}
     modules = {r["module"] for r in aot_report["results"]}
-    assert {"rmsnorm", "rope", "attention", "adamw", "linear_cross_entropy"} <= modules
+    assert {"rmsnorm", "add_rmsnorm", "rope", "attention", "adamw", "linear_cross_entropy"} <= modules
 
 
 def test_every_configuration_compiles_for_each_target_that_launches_it(aot_report):
@@ -62,8 +62,9 @@ def test_attention_builds_every_padded_head_dim_exact_and_masked(aot_report):
     from lmfast.kernels import attention
 
     names = {r["name"] for r in aot_report["results"] if r["module"] == "attention"}
-    for head_dim in (16, 32, 64, 128, 256, *attention.AOT_MASKED_HEAD_DIMS):
-        assert any(f" HEAD_DIM={head_dim} " in n for n in names), head_dim
+    for head_dim in (32, 64, 128, 256, *attention.AOT_MASKED_HEAD_DIMS):
+        for rope in (0, 1):
+            assert any(f" HEAD_DIM={head_dim} " in n and f" ROPE={rope} " in n for n in names), (head_dim, rope)
 
 
 def test_no_configuration_spills_overflows_shared_memory_or_passes_168_registers_on_sm90_unexplained(aot_report):
