@@ -309,6 +309,20 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _propose_fused_table(check: Check, out: Path) -> None:
+    """$OUT/fused_table.json: the backend table with this GPU generation's rows from the kernel stage (see
+    fused_table_update.py), when the kernel stage measured anything."""
+    kernels = next((s for s in STAGES if s.name == "kernels"), None)
+    if kernels is None or not kernels.record.get("rows"):
+        return
+    import torch
+    from fused_table_update import write_proposal
+
+    generation = {8: "sm80", 9: "sm90"}.get(torch.cuda.get_device_capability()[0], "default")
+    summary = {"machine": check.machine, "stages": [{"name": s.name, **s.record} for s in STAGES if s.record]}
+    write_proposal(summary, generation, out / "fused_table.json")
+
+
 def main() -> int:
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results" / "gpu_check")
     out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +356,7 @@ def main() -> int:
         stage.record = record
         check.write()
         print(f"gpu_check: {stage.name} {record['status']}; {record['budget_left_s']} s of budget left", flush=True)
+    _propose_fused_table(check, out)
     shutil.rmtree(check.logs, ignore_errors=True)
     print(f"gpu_check: wrote {out / 'gpu_check.md'}, gpu_check.json, gpu_check_logs.tar.gz", flush=True)
     return 0
