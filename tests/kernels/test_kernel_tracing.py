@@ -61,6 +61,27 @@ def test_rmsnorm_forward_and_backward_ops_trace_whole_and_match_reference():
     _close(backward(dy, x, w, rstd), _grads(functional.rmsnorm, (x, w), dy)[1:], ("dx", "dw"))
 
 
+def test_add_rmsnorm_forward_and_backward_ops_trace_whole_and_match_reference():
+    from lmfast.kernels.add_rmsnorm import add_rmsnorm
+
+    x, r = torch.randn(3, 5, 40, generator=_gen(0)), torch.randn(3, 5, 40, generator=_gen(1))
+    w, dy = 1 + 0.1 * torch.randn(40, generator=_gen(2)), torch.randn(3, 5, 40, generator=_gen(3))
+
+    def step(fn):
+        return lambda x, r, w: sum(t * 2.0 for t in fn(x, r, w))  # uses h and y both
+
+    compiled = _traced_once(step(add_rmsnorm), x, r, w)
+    _close(_grads(compiled, (x, r, w), dy), _grads(step(functional.add_rmsnorm), (x, r, w), dy),
+           ("h + y", "dx", "dresidual", "dw"))
+
+    h, _, rstd = torch.ops.lmfast.add_rmsnorm(x, r, w, 1e-5, None)
+    backward = _traced_once(lambda dh, dy, h, rstd: torch.ops.lmfast.add_rmsnorm_bwd(
+        dh, dy, h, w, rstd, torch.float32, torch.float32), dy, dy, h, rstd)
+    dx, _, dw = backward(dy, dy, h, rstd)
+    expected = _grads(step(functional.add_rmsnorm), (x, r, w), dy / 2.0)
+    _close((dx, dw), (expected[1], expected[3]), ("dx", "dw"))
+
+
 def test_rope_forward_and_backward_ops_trace_whole_and_match_reference():
     from lmfast.kernels.rope import rope
 
