@@ -16,6 +16,7 @@ configurations its launchers can pick in ``aot_specs()``. Each result is checked
 The report prints each accepted exception's reason; tests/kernels/test_kernels_aot.py fails on any other.
 
     python benchmarks/aot_report.py [--out benchmarks/results] [--jobs 2] [--modules rmsnorm rope] [--dtype bf16]
+        [--quick]
     PYTHONPATH=/tmp/triton36 python benchmarks/aot_report.py   # another triton, e.g. the GPU image's 3.6
 
 Writes ``aot_registers_triton-<version>.md`` and ``.json`` under ``--out``. Must run without TRITON_INTERPRET
@@ -108,10 +109,12 @@ def _compile_one(job: tuple[int, int]) -> dict:
     return row
 
 
-def collect_specs(modules: list[str], dtype: str | None = None) -> tuple[list, dict[str, str], dict[str, dict]]:
+def collect_specs(modules: list[str], dtype: str | None = None, quick: bool = False
+                  ) -> tuple[list, dict[str, str], dict[str, dict]]:
     """(module, spec) for every spec of every importable kernel module (only names mentioning ``dtype`` when
-    given), an error per module that failed, and the exceptions the modules accept: {"spills": {spec name:
-    reason}, "registers": {spec name: reason}}."""
+    given; with ``quick``, attention's builds with documents on only, the variant with the most live values), an
+    error per module that failed, and the exceptions the modules accept: {"spills": {spec name: reason},
+    "registers": {spec name: reason}}."""
     specs, errors, allowed = [], {}, {"spills": {}, "registers": {}}
     for name in modules:
         try:
@@ -129,6 +132,8 @@ def collect_specs(modules: list[str], dtype: str | None = None) -> tuple[list, d
             errors[name] = "aot_specs() returned duplicate names"
         if dtype is not None:
             mod_specs = [s for s in mod_specs if dtype in s.name.split()]
+        if quick:
+            mod_specs = [s for s in mod_specs if "DOC=0" not in s.name.split()]
         specs += [(name, s) for s in mod_specs]
     return specs, errors, allowed
 
@@ -203,13 +208,14 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(modules: list[str], jobs: int, dtype: str | None = None, command: str = "") -> dict:
+def build_report(modules: list[str], jobs: int, dtype: str | None = None, command: str = "",
+                 quick: bool = False) -> dict:
     """Compile every spec of ``modules`` for every target; returns the report dict written to JSON."""
     import torch
     import triton
 
     global _specs
-    _specs, errors, allowed = collect_specs(modules, dtype)
+    _specs, errors, allowed = collect_specs(modules, dtype, quick)
     work = [(i, cc) for i, (_, spec) in enumerate(_specs) for cc in TARGETS if cc in spec.targets]
     if jobs > 1 and len(work) > 1:
         with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -234,12 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compile processes")
     parser.add_argument("--modules", nargs="+", default=list(MODULES), choices=MODULES, help="kernel modules")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="only the configurations of this dtype")
+    parser.add_argument("--quick", action="store_true", help="attention with documents on only (the test's build)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("aot_report: unset TRITON_INTERPRET; the interpreter cannot compile for a GPU", file=sys.stderr)
         return 2
-    command = "python benchmarks/aot_report.py" + (f" --dtype {args.dtype}" if args.dtype else "")
-    report = build_report(args.modules, args.jobs, args.dtype, command)
+    command = "python benchmarks/aot_report.py" + (f" --dtype {args.dtype}" if args.dtype else "") + (
+        " --quick" if args.quick else "")
+    report = build_report(args.modules, args.jobs, args.dtype, command, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = report_name(report["triton"])
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")

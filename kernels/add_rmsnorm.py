@@ -40,12 +40,13 @@ from torch.library import triton_op, wrap_triton
 __all__ = ["add_rmsnorm", "add_rmsnorm_fwd", "add_rmsnorm_bwd", "aot_specs", "AOT_SPILLS_ALLOWED"]
 
 # Backward keeps h, dy, dh, w and the dw partial of a whole row: at the longest rows ptxas spills, as rmsnorm_bwd.
+_COMBO_LABELS = ("bf16 x, fp32 residual, bf16 y", "fp16 x, fp32 residual, fp16 y", "bf16 x, bf16 residual, bf16 y",
+                 "fp32 x, fp32 residual, fp32 y")
 AOT_SPILLS_ALLOWED = {
-    **{f"add_rmsnorm_bwd {combo} BLOCK_N=16384": "hidden 8193-16384 only: 5 fp32 rows of 16384 in 1024 threads exceed "
-       "the 64 registers a thread may use" for combo in ("x=bf16 r=fp32 y=bf16", "x=fp16 r=fp32 y=fp16",
-                                                          "x=bf16 r=bf16 y=bf16", "x=fp32 r=fp32 y=fp32")},
-    **{f"add_rmsnorm_bwd {combo} BLOCK_N=8192": "hidden 4097-8192 only: a few bytes at 128 registers"
-       for combo in ("x=bf16 r=fp32 y=bf16", "x=fp16 r=fp32 y=fp16", "x=bf16 r=bf16 y=bf16", "x=fp32 r=fp32 y=fp32")},
+    **{f"add_rmsnorm_bwd {combo}, BLOCK_N=16384": "hidden 8193-16384 only: 5 fp32 rows of 16384 in 1024 threads "
+       "exceed the 64 registers a thread may use" for combo in _COMBO_LABELS},
+    **{f"add_rmsnorm_bwd {combo}, BLOCK_N=8192": "hidden 4097-8192 only: a few bytes at 128 registers"
+       for combo in _COMBO_LABELS},
 }
 _MIN_BLOCK = 256
 
@@ -266,7 +267,7 @@ def aot_specs() -> list[AotSpec]:
                        "DX": x, "stride_dx": "i32", "DR": r, "stride_dr": "i32", "W": "*fp32", "RSTD": "*fp32",
                        "DW_PARTIAL": "*fp32", "M": "i32", "N": "i32", "rows_per_program": "i32",
                        "HAS_DH": "constexpr", "TWO_GRADS": "constexpr", "BLOCK_N": "constexpr"}
-            label = f"x={TRITON_DTYPE[xd]} r={TRITON_DTYPE[rd]} y={TRITON_DTYPE[yd]} BLOCK_N={block}"
+            label = f"{TRITON_DTYPE[xd]} x, {TRITON_DTYPE[rd]} residual, {TRITON_DTYPE[yd]} y, BLOCK_N={block}"
             specs.append(AotSpec(f"add_rmsnorm_fwd {label}", _add_rmsnorm_fwd_kernel, fwd_sig, {"BLOCK_N": block},
                                  row_warps(block), 1))
             specs.append(AotSpec(f"add_rmsnorm_bwd {label}", _add_rmsnorm_bwd_kernel, bwd_sig,
