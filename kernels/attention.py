@@ -15,6 +15,7 @@ import torch
 from lmfast.kernels._attention_configs import (
     GENERATION_TARGET,
     GPU_CONFIGS,
+    OVER_REGISTER_BUDGET,
     TUNING_CANDIDATES,
     Configs,
     configs_for,
@@ -25,7 +26,7 @@ from lmfast.kernels._launch import TRITON_DTYPE, AotSpec, cdiv, check_dtype, che
 from torch.library import triton_op, wrap_triton
 
 __all__ = ["attention", "rope_attention", "attention_fwd", "attention_bwd", "document_bounds", "aot_specs",
-           "MAX_HEAD_DIM", "AOT_MASKED_HEAD_DIMS", "supports_head_dim"]
+           "MAX_HEAD_DIM", "AOT_MASKED_HEAD_DIMS", "AOT_REGISTERS_ALLOWED", "supports_head_dim"]
 
 MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634  # exp(x) == exp2(x * log2(e))
@@ -279,6 +280,26 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch
 AOT_MASKED_HEAD_DIMS = (24, 48, 80, 96, 192)
 
 
+def _over_budget_builds() -> dict[str, str]:
+    """Every build of an entry in ``OVER_REGISTER_BUDGET`` (and of each tuning candidate), by name, with its reason."""
+    allowed = {}
+    passes = ("fwd", "dkdv", "dq")
+    for (gen, (padded, rope), pass_), reason in OVER_REGISTER_BUDGET.items():
+        cfgs = GPU_CONFIGS[gen][(padded, rope)]
+        for head_dim in (padded, *(d for d in AOT_MASKED_HEAD_DIMS if padded_head_dim(d) == padded)):
+            for doc in (False, True):
+                allowed[_aot_specs_for(head_dim, torch.bfloat16, cfgs, rope, doc)[passes.index(pass_)].name] = reason
+    for gen, by_key in TUNING_CANDIDATES.items():
+        for (padded, rope), by_pass in by_key.items():
+            for pass_, candidates in by_pass.items():
+                for config in candidates:
+                    cfgs = GPU_CONFIGS[gen][(padded, rope)]._replace(**{pass_: config})
+                    for doc in (False, True):
+                        name = _aot_specs_for(padded, torch.bfloat16, cfgs, rope, doc)[passes.index(pass_)].name
+                        allowed[name] = "a tuning candidate a GPU lease times against the shipped entry"
+    return allowed
+
+
 def aot_specs() -> list[AotSpec]:
     """Every GPU configuration the launchers can pick: generation x padded head dim x RoPE x documents x pass at the
     power-of-two head dims, the masked head dims of ``AOT_MASKED_HEAD_DIMS`` (documents on: the variant with the
@@ -341,3 +362,6 @@ def _aot_specs_for(head_dim: int, dtype: torch.dtype, cfgs: Configs, rope: bool,
 
     return [spec(_attn_fwd_kernel, cfgs.fwd), spec(_attn_bwd_dkdv_kernel, cfgs.dkdv), spec(_attn_bwd_dq_kernel,
                                                                                             cfgs.dq)]
+
+
+AOT_REGISTERS_ALLOWED = _over_budget_builds()
