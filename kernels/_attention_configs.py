@@ -88,8 +88,8 @@ TUNING_CANDIDATES: dict[str, dict[tuple[int, bool], dict[str, tuple[Config, ...]
 # runs one block of eight warps a multiprocessor instead of two. attention's AOT_REGISTERS_ALLOWED names their builds.
 _ONE_BLOCK = "one block of eight warps a multiprocessor; "
 OVER_REGISTER_BUDGET: dict[tuple[str, tuple[int, bool], str], str] = {
-    ("sm90", (128, False), "dkdv"): _ONE_BLOCK + "16 x 64 takes 168-180 (documents, masked head dims), and only 16 x 16 "
-                                    "fits 168 everywhere, too thin a tile for wgmma",
+    ("sm90", (128, False), "dkdv"): _ONE_BLOCK + "16 x 64 takes 168-180 (documents, masked head dims), and only "
+                                    "16 x 16 fits 168 everywhere, too thin a tile for wgmma",
     ("sm90", (256, False), "dkdv"): _ONE_BLOCK + "at head dim 192 only (172); 16 x 16 is the smallest tile",
     ("sm90", (128, True), "dkdv"): _ONE_BLOCK + "RoPE at head dim 128: 16 x 16 takes 170, no smaller tile exists",
     ("sm90", (128, True), "dq"): _ONE_BLOCK + "RoPE at head dim 128: every dQ tile from 64 x 32 to 32 x 16 took "

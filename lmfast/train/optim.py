@@ -145,8 +145,7 @@ class AdamW(torch.optim.Optimizer):
             params, grads, exp_avgs, exp_avg_sqs, steps = self._group_tensors(group)
             if not params:
                 continue
-            beta1, beta2 = group["betas"]
-            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            hyper = self._hyper(group)
             # Parameters of one group are created together, so they share a step count; a group whose
             # parameters gained gradients at different times is split by step.
             for step in sorted(set(steps)):
@@ -155,6 +154,11 @@ class AdamW(torch.optim.Optimizer):
                            [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx])
                 self._update(group["fused"], tensors, step, hyper)
         return loss
+
+    @staticmethod
+    def _hyper(group: dict) -> dict:
+        beta1, beta2 = group["betas"]
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
 
     @staticmethod
     def _update(fused: bool | None, tensors: tuple, step: int, hyper: dict) -> None:
@@ -190,8 +194,7 @@ class AdamW(torch.optim.Optimizer):
         groups = []
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps = self._group_tensors(group)
-            beta1, beta2 = group["betas"]
-            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            hyper = self._hyper(group)
             for step in sorted(set(steps)):
                 idx = [i for i, s in enumerate(steps) if s == step]
                 groups.append(([params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
