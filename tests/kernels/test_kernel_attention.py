@@ -273,6 +273,7 @@ def test_document_bounds_give_each_rows_document_start_and_end():
     assert starts.dtype == ends.dtype == torch.int32
 
 
+@pytest.mark.slow
 def test_attention_runs_every_gpu_block_configuration_correctly_in_fp16(monkeypatch):
     # The GPU tables run here under the interpreter, in fp16 as on a GPU, so a block choice that breaks the kernels'
     # assumptions (BLOCK_N dividing BLOCK_M and the like) fails without a GPU. Each distinct entry runs with grouped
