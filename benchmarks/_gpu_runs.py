@@ -63,3 +63,19 @@ def config_keys() -> set[str]:
     from lmfast.train.config import TrainConfig
 
     return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+DRY_RUN_MODULES = ("lmfast.train.trainer", "lmfast.train.config", "lmfast.model", "lmfast.train.mfu",
+                   "lmfast.kernels.rmsnorm", "lmfast.kernels.rope", "lmfast.kernels.attention", "lmfast.kernels.adamw",
+                   "lmfast.kernels.linear_cross_entropy")
+
+
+def dry_run(script: str, *extra: str) -> int:
+    """``--dry-run`` of a stage script (``GPU_CHECK_DRY_RUN=1``): import what its run would, run nothing; 0 if all
+    import. The stage's lmfast imports happen inside functions, so without this a CPU could not see them break."""
+    import importlib
+
+    for name in (*DRY_RUN_MODULES, *extra):
+        importlib.import_module(name)
+    print(f"{script}: dry run: {len(DRY_RUN_MODULES) + len(extra)} modules import; nothing run")
+    return 0

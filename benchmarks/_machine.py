@@ -7,6 +7,7 @@ this folder on ``sys.path``).
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import re
 import subprocess
@@ -24,7 +25,12 @@ def run(cmd: list[str]) -> str:
 
 
 def commit() -> str:
-    """The short commit, with ``-dirty`` when tracked files have uncommitted changes (numbers not of HEAD alone)."""
+    """The commit measured: ``$LMFAST_COMMIT`` when given (a copy of the repo without ``.git``, as the GPU machine
+    gets, cannot know it), else the short commit with ``-dirty`` when tracked files have uncommitted changes
+    (numbers not of HEAD alone), else ``"unknown"``."""
+    given = os.environ.get("LMFAST_COMMIT", "").strip()
+    if given or not (ROOT / ".git").exists():  # a copy inside some other repository must not name that one's commit
+        return given or "unknown"
     return run(["git", "describe", "--always", "--dirty"])
 
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _gpu_runs import build_trainer, markov_entropy, markov_tokens
+from _gpu_runs import build_trainer, dry_run, markov_entropy, markov_tokens
 
 EARLY, LATE = 20, 50
 EARLY_TOL, LATE_TOL, LATE_REL = 0.05, 0.05, 0.01
@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="tinystories_17m")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dry-run", action="store_true", help="import what the run uses, run nothing")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        return dry_run("loss_curves")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("loss_curves: no CUDA device; nothing run", file=sys.stderr)
         return 3

@@ -33,9 +33,10 @@ from lmfast.kernels._launch import (
     pointer,
     row_block,
     row_warps,
+    wrap_triton,
 )
 from lmfast.kernels.rmsnorm import MAX_HIDDEN, _bwd_programs, _bwd_warps, _weight_for
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 __all__ = ["add_rmsnorm", "add_rmsnorm_fwd", "add_rmsnorm_bwd", "aot_specs", "AOT_SPILLS_ALLOWED"]
 

@@ -22,8 +22,17 @@ from lmfast.kernels._attention_configs import (
     padded_head_dim,
 )
 from lmfast.kernels._attention_kernels import _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel, _attn_fwd_kernel
-from lmfast.kernels._launch import TRITON_DTYPE, AotSpec, cdiv, check_dtype, check_same_device, interpreting, pointer
-from torch.library import triton_op, wrap_triton
+from lmfast.kernels._launch import (
+    TRITON_DTYPE,
+    AotSpec,
+    cdiv,
+    check_dtype,
+    check_same_device,
+    interpreting,
+    pointer,
+    wrap_triton,
+)
+from torch.library import triton_op
 
 __all__ = ["attention", "rope_attention", "attention_fwd", "attention_bwd", "document_bounds", "aot_specs",
            "MAX_HEAD_DIM", "AOT_MASKED_HEAD_DIMS", "AOT_REGISTERS_ALLOWED", "supports_head_dim"]

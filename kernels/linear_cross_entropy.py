@@ -26,8 +26,9 @@ from lmfast.kernels._launch import (
     check_same_device,
     pointer,
     row_warps,
+    wrap_triton,
 )
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from lmfast.model.functional import _check_lce_inputs, lce_chunk_rows, lce_compute_dtype
 

@@ -25,8 +25,9 @@ from lmfast.kernels._launch import (
     pointer,
     row_block,
     row_warps,
+    wrap_triton,
 )
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 __all__ = ["rmsnorm", "rmsnorm_fwd", "rmsnorm_bwd", "aot_specs", "MAX_HIDDEN", "AOT_SPILLS_ALLOWED"]
 

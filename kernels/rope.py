@@ -24,8 +24,9 @@ from lmfast.kernels._launch import (
     check_float_dtype,
     check_same_device,
     pointer,
+    wrap_triton,
 )
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 __all__ = ["rope", "rope_fwd", "rope_bwd", "aot_specs", "MAX_HEAD_DIM"]
 

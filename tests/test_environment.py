@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 LINUX = sys.platform.startswith("linux")
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,3 +62,18 @@ def test_constraints_pin_every_dependency_ci_installs():
               if "==" in line and not line.startswith("#")}
     assert names, "no dependencies read from pyproject.toml"
     assert sorted(names - pinned) == [], "add these to constraints.txt (bash scripts/test_newest.sh --update)"
+
+
+def test_only_the_gpu_marker_skips_a_test_not_a_folder_named_gpu(tmp_path):
+    # tests/conftest.py skips gpu-marked tests without CUDA. It once asked item.keywords, which also holds the names
+    # of the folders above a test, so in a checkout folder named gpu every test was skipped.
+    tests = tmp_path / "gpu" / "tests"
+    tests.mkdir(parents=True)
+    (tests / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tests / "test_sample.py").write_text("import pytest\n\n\ndef test_plain():\n    pass\n\n\n"
+                                          "@pytest.mark.gpu\ndef test_marked():\n    pass\n")
+    (tmp_path / "gpu" / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: needs a CUDA GPU\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests"],
+                          cwd=tmp_path / "gpu", capture_output=True, text=True, timeout=300)
+    expected = "2 passed" if torch.cuda.is_available() else "1 passed, 1 skipped"
+    assert expected in proc.stdout, proc.stdout + proc.stderr

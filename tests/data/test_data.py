@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from lmfast.data import text_tokens as _text_tokens
-from lmfast.data import token_files as _token_files
 from lmfast.data import (
     BatchSampler,
     check_length,
@@ -20,6 +18,8 @@ from lmfast.data import (
     prepare_tokens,
     tokenizer_fingerprint,
 )
+from lmfast.data import text_tokens as _text_tokens
+from lmfast.data import token_files as _token_files
 from lmfast.tokenizer import Tokenizer
 
 TEXT = "the cat sat on the mat. the end.\n" * 40 + "Ünïcode ☃ too\n"
