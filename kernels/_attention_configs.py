@@ -56,10 +56,11 @@ _SM80: dict[tuple[int, bool], Configs] = {
     (256, False): Configs(_C(64, 32, 8, 2), _C(16, 32, 8, 2), _C(32, 16, 8, 2)),
     # RoPE holds each tile's angles and rotates it in fp32: smaller tiles, eight warps. 64: dK/dV 64 x 128 spilled
     # 112 bytes, dQ 128 x 32 spilled 48 and 64 x 32 8 (64 x 16 takes 182). 128: the forward at 128 x 32 spilled 256
-    # bytes (64 x 32 takes 255 without), dK/dV 16 x 64 24 (16 x 32 takes 174), dQ 64 x 16 56 (32 x 16 takes 255).
+    # bytes (64 x 32 takes all 255 registers: 64 x 16, for the masked head dims), dK/dV 16 x 64 24 (16 x 32 takes
+    # 174), dQ 64 x 16 56 (32 x 16 takes 255).
     (32, True): Configs(_C(128, 64, 8, 3), _C(32, 128, 8, 3), _C(128, 32, 8, 3)),
     (64, True): Configs(_C(128, 64, 8, 2), _C(32, 128, 8, 3), _C(64, 16, 8, 2)),
-    (128, True): Configs(_C(64, 32, 8, 2), _C(16, 32, 8, 2), _C(32, 16, 8, 2)),
+    (128, True): Configs(_C(64, 16, 8, 2), _C(16, 32, 8, 2), _C(32, 16, 8, 2)),
     (256, True): Configs(_C(32, 16, 8, 2), _C(16, 16, 8, 2), _C(16, 16, 8, 2)),
 }
 # "sm90": 228 KiB of shared memory, but registers bind first: at most 168 a thread (two blocks of eight warps a
@@ -102,6 +103,8 @@ OVER_REGISTER_BUDGET: dict[tuple[str, tuple[int, bool], str], str] = {
     ("sm90", (128, False), "dkdv"): _ONE_BLOCK + "16 x 64 takes 168-180 (documents, masked head dims), and only "
                                     "16 x 16 fits 168 everywhere, too thin a tile for wgmma",
     ("sm90", (256, False), "dkdv"): _ONE_BLOCK + "at head dim 192 only (172); 16 x 16 is the smallest tile",
+    ("sm90", (128, True), "fwd"): _ONE_BLOCK + "RoPE at the masked head dims 80 and 96 (168 at 128): 64 x 16 is the "
+                                   "smallest forward tile that keeps two warpgroups",
     ("sm90", (128, True), "dkdv"): _ONE_BLOCK + "RoPE at head dim 128: 16 x 16 takes 170, no smaller tile exists",
     ("sm90", (128, True), "dq"): _ONE_BLOCK + "RoPE at head dim 128: every dQ tile from 64 x 32 to 32 x 16 took "
                                   "226-255 (the key tile is rotated each step and feeds two dots)",
