@@ -319,9 +319,16 @@ def targets(stages: list[Stage]) -> list[dict]:
                               "met": ratio >= goal})
     steps = next((s.record.get("rows", []) for s in stages if s.name == "train_step"), [])
     for r in steps:
-        if r["config"] == "gpt2_124m" and r["provider"].startswith("lmfast fused") and r.get("mfu") is not None:
+        if r["config"] == "gpt2_124m" and r["provider"].startswith(("lmfast fused", "lmfast auto")) and r.get(
+                "mfu") is not None:
             found.append({"target": f"gpt2_124m {r['provider']}: MFU >= {MFU_TARGET:.0%}", "value": r["mfu"],
                           "met": r["mfu"] >= MFU_TARGET})
+    by_provider = {r["provider"]: r for r in steps if r["config"] == "gpt2_124m" and r.get("tokens_per_s")}
+    auto, reference = by_provider.get("lmfast auto+compiled"), by_provider.get("lmfast reference+compiled")
+    if auto and reference:  # backend auto must never be slower than the compiled reference
+        ratio = auto["tokens_per_s"] / reference["tokens_per_s"]
+        found.append({"target": "gpt2_124m tokens/s: auto / reference+compiled >= 1.0", "value": round(ratio, 3),
+                      "met": ratio >= 1.0})
     return found
 
 

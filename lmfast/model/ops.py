@@ -69,7 +69,10 @@ def fused_unavailable_reason(device: torch.device | str) -> str | None:
 
 
 def gpu_generation(device: torch.device | str) -> str:
-    """The table's key for a CUDA device: "sm80" (Ampere, Ada), "sm90" (Hopper), else "default"."""
+    """The table's key for a CUDA device: "sm80" (Ampere, Ada), "sm90" (Hopper), else (or with no CUDA to ask)
+    "default"."""
+    if not torch.cuda.is_available():
+        return "default"
     major, _ = torch.cuda.get_device_capability(torch.device(device))
     return {8: "sm80", 9: "sm90"}.get(major, "default")
 
