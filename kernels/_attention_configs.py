@@ -112,6 +112,7 @@ OVER_REGISTER_BUDGET: dict[tuple[str, tuple[int, bool], str], str] = {
     ("sm90", (256, True), "dkdv"): _ONE_BLOCK + "RoPE at head dim 256: 16 x 16, the smallest tile, takes about 182",
     ("sm90", (256, True), "dq"): _ONE_BLOCK + "RoPE at head dim 256: 16 x 16, the smallest tile",
     ("sm90", (64, True), "fwd"): _ONE_BLOCK + "at head dim 48 only (176, the padding's masks)",
+    ("sm90", (32, False), "fwd"): _ONE_BLOCK + "at head dim 24 only (169, the padding's masks)",
     ("sm90", (64, True), "dkdv"): _ONE_BLOCK + "at head dim 48 only (171, the padding's masks)",
 }
 # The compute capability each table is built for ahead of time (sm_86/sm_89 run the sm_80 build).
