@@ -3,6 +3,7 @@
 // Python objects are converted (and checked) here with the GIL held; every call that can run long releases
 // the GIL around the core. C++ exceptions map to Python ones: std::invalid_argument -> ValueError,
 // lmfast::FileNotFound -> FileNotFoundError, std::runtime_error -> RuntimeError.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -62,7 +63,7 @@ PyObject* const* id_objects(size_t count) {
     return ints.data();
 }
 
-py::list to_list(const std::vector<uint32_t>& ids, size_t vocab_size) {
+py::list to_list(const lmfast::IdVector& ids, size_t vocab_size) {
     constexpr size_t kMaxShared = size_t{1} << 22;
     PyObject* const* ints = vocab_size <= kMaxShared ? id_objects(vocab_size) : nullptr;
     PyObject* list = PyList_New(static_cast<Py_ssize_t>(ids.size()));
@@ -117,7 +118,7 @@ std::vector<int64_t> id_list(py::handle items, size_t vocab_size) {
 }
 
 // Ids as the bytes of a little-endian uint16 or uint32 array, made straight into a bytes object.
-py::bytes packed(const std::vector<uint32_t>& ids, int itemsize) {
+py::bytes packed(const lmfast::IdVector& ids, int itemsize) {
     PyObject* obj = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(ids.size() * itemsize));
     if (!obj) throw py::error_already_set();
     char* dst = PyBytes_AS_STRING(obj);
@@ -145,7 +146,7 @@ std::vector<std::string> str_list(py::handle items, const char* what) {
 }
 
 // The shared half of encode_batch and encode_batch_to_bytes: check and view the texts, encode without the GIL.
-std::vector<std::vector<uint32_t>> encode_texts(const lmfast::Engine& self, py::handle texts,
+std::vector<lmfast::IdVector> encode_texts(const lmfast::Engine& self, py::handle texts,
                                                 py::handle allowed_special, int num_threads) {
     if (PyUnicode_Check(texts.ptr()))
         throw py::type_error("texts must be a list of str, got a single str; wrap it: [text]");
@@ -162,8 +163,26 @@ std::vector<std::vector<uint32_t>> encode_texts(const lmfast::Engine& self, py::
     return self.encode_batch(views, allowed, num_threads);
 }
 
+lmfast::Pattern pattern_of(const std::string& name) {
+    lmfast::Pattern p;
+    if (lmfast::pattern_from_name(name, p)) return p;
+    std::string known;
+    for (int k = 0; k < lmfast::kNumPatterns; ++k)
+        known += std::string(k ? ", " : "") + "'" + lmfast::pattern_name(static_cast<lmfast::Pattern>(k)) + "'";
+    throw py::value_error("pattern '" + name + "' is not one of the pre-tokenizers " + known);
+}
+
+void check_itemsize(const lmfast::Engine& self, int itemsize) {
+    if (itemsize != 2 && itemsize != 4) throw py::value_error("itemsize must be 2 or 4");
+    if (itemsize == 2 && self.vocab_size() > (size_t{1} << 16))
+        throw py::value_error("itemsize 2 holds ids below 65536, but the vocab has " +
+                              std::to_string(self.vocab_size()) + " ids; use 4");
+}
+
 std::unique_ptr<lmfast::Engine> make_engine(const py::dict& vocab, const py::iterable& merges,
-                                            const py::dict& special_tokens) {
+                                            const py::dict& special_tokens, const std::string& pattern,
+                                            bool ignore_merges) {
+    lmfast::Pattern pat = pattern_of(pattern);
     std::vector<std::pair<int64_t, std::string>> v;
     v.reserve(vocab.size());
     for (auto item : vocab) v.emplace_back(int_of(item.first, "vocab key"), bytes_of(item.second, "vocab value"));
@@ -181,7 +200,7 @@ std::unique_ptr<lmfast::Engine> make_engine(const py::dict& vocab, const py::ite
         s.emplace_back(item.first.cast<std::string>(), int_of(item.second, "special token id"));
     }
     py::gil_scoped_release release;
-    return std::make_unique<lmfast::Engine>(v, m, s);
+    return std::make_unique<lmfast::Engine>(v, m, s, pat, ignore_merges);
 }
 
 }  // namespace
@@ -211,13 +230,14 @@ PYBIND11_MODULE(_bpe, mod) {
         py::arg("codepoint"), "Class of a code point: 0 other, 1 letter (\\p{L}), 2 number (\\p{N}), 3 space (\\s).");
     mod.def(
         "pretokenize",
-        [](py::handle text) {
+        [](py::handle text, const std::string& pattern) {
+            lmfast::Pattern pat = pattern_of(pattern);
             py::object holder;
             std::string_view s = utf8_of(text, holder, "text");
             std::vector<std::pair<size_t, size_t>> spans;
             {
                 py::gil_scoped_release release;
-                lmfast::pretokenize(s, [&](size_t b, size_t e) { spans.emplace_back(b, e); });
+                lmfast::pretokenize(pat, s, [&](size_t b, size_t e) { spans.emplace_back(b, e); });
             }
             py::list out(spans.size());
             for (size_t i = 0; i < spans.size(); ++i) {
@@ -228,17 +248,33 @@ PYBIND11_MODULE(_bpe, mod) {
             }
             return out;
         },
-        py::arg("text"), "Split text with GPT-2's pre-tokenizer pattern (the `regex` module's semantics).");
+        py::arg("text"), py::arg("pattern") = "gpt2",
+        "Split text with a pre-tokenizer pattern: 'gpt2', 'cl100k', 'llama3', 'qwen2' or 'o200k' (the `regex` "
+        "module's semantics).");
+    mod.def(
+        "fine_class",
+        [](int64_t cp) {
+            if (cp < 0 || cp > 0x10FFFF)
+                throw py::value_error("code point " + std::to_string(cp) + " is outside 0..0x10FFFF");
+            return lmfast::fine_class(static_cast<uint32_t>(cp));
+        },
+        py::arg("codepoint"),
+        "Fine class of a code point: 0 other, 1 upper (Lu, Lt), 2 lower (Ll), 3 other letter (Lm, Lo), 4 mark (M), "
+        "5 number (N), 6 space (\\s).");
+    py::list patterns;
+    for (int k = 0; k < lmfast::kNumPatterns; ++k) patterns.append(lmfast::pattern_name(static_cast<lmfast::Pattern>(k)));
+    mod.attr("PATTERNS") = py::tuple(patterns);
 
     // ----- Encoding / Decoding -----
     py::class_<lmfast::Engine>(mod, "Engine", "Byte-level BPE engine: encode/decode with a fixed vocab and merges.")
-        .def(py::init(&make_engine), py::arg("vocab"), py::arg("merges"), py::arg("special_tokens"))
+        .def(py::init(&make_engine), py::arg("vocab"), py::arg("merges"), py::arg("special_tokens"),
+             py::arg("pattern") = "gpt2", py::arg("ignore_merges") = false)
         .def(
             "encode_ordinary",
             [](const lmfast::Engine& self, py::handle text) {
                 py::object holder;
                 std::string_view s = utf8_of(text, holder, "text");
-                std::vector<uint32_t> ids;
+                lmfast::IdVector ids;
                 {
                     py::gil_scoped_release release;
                     ids = self.encode_ordinary(s);
@@ -252,7 +288,7 @@ PYBIND11_MODULE(_bpe, mod) {
                 py::object holder;
                 std::string_view s = utf8_of(text, holder, "text");
                 std::vector<std::string> allowed = str_list(allowed_special, "allowed_special");
-                std::vector<uint32_t> ids;
+                lmfast::IdVector ids;
                 {
                     py::gil_scoped_release release;
                     ids = self.encode(s, allowed);
@@ -264,7 +300,7 @@ PYBIND11_MODULE(_bpe, mod) {
         .def(
             "encode_batch",
             [](const lmfast::Engine& self, py::handle texts, py::handle allowed_special, int num_threads) {
-                std::vector<std::vector<uint32_t>> results = encode_texts(self, texts, allowed_special, num_threads);
+                std::vector<lmfast::IdVector> results = encode_texts(self, texts, allowed_special, num_threads);
                 py::list out(results.size());
                 for (size_t i = 0; i < results.size(); ++i) {
                     py::list ids = to_list(results[i], self.vocab_size());
@@ -278,21 +314,83 @@ PYBIND11_MODULE(_bpe, mod) {
             "encode_batch_to_bytes",
             [](const lmfast::Engine& self, py::handle texts, py::handle allowed_special, int num_threads,
                int itemsize) {
-                if (itemsize != 2 && itemsize != 4) throw py::value_error("itemsize must be 2 or 4");
-                if (itemsize == 2 && self.vocab_size() > (size_t{1} << 16))
-                    throw py::value_error("itemsize 2 holds ids below 65536, but the vocab has " +
-                                          std::to_string(self.vocab_size()) + " ids; use 4");
-                std::vector<std::vector<uint32_t>> results = encode_texts(self, texts, allowed_special, num_threads);
+                check_itemsize(self, itemsize);
+                std::vector<lmfast::IdVector> results = encode_texts(self, texts, allowed_special, num_threads);
                 py::list out(results.size());
                 for (size_t i = 0; i < results.size(); ++i) {
                     PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), packed(results[i], itemsize).release().ptr());
-                    std::vector<uint32_t>().swap(results[i]);  // free as we go: peak = the ids + one text's bytes
+                    lmfast::IdVector().swap(results[i]);  // free as we go: peak = the ids + one text's bytes
                 }
                 return out;
             },
             py::arg("texts"), py::arg("allowed_special"), py::arg("num_threads"), py::arg("itemsize"),
             "encode_batch() with each text's ids packed as little-endian uint16 (itemsize 2) or uint32 (4) bytes: "
             "what a token file holds, without a Python int per id.")
+        .def(
+            "encode_to_numpy",
+            [](const lmfast::Engine& self, py::handle texts, py::handle allowed_special, int64_t separator,
+               int num_threads, int itemsize, size_t chunk) {
+                check_itemsize(self, itemsize);
+                if (separator >= static_cast<int64_t>(self.vocab_size()))
+                    throw py::value_error("separator id " + std::to_string(separator) + " is not in the vocab");
+                std::vector<py::object> holders, keep;
+                std::vector<std::string_view> views;
+                if (PyUnicode_Check(texts.ptr())) {
+                    holders.emplace_back();
+                    views.push_back(utf8_of(texts, holders.back(), "text"));
+                } else {
+                    for (py::handle t : py::reinterpret_borrow<py::iterable>(texts)) {
+                        keep.push_back(py::reinterpret_borrow<py::object>(t));
+                        holders.emplace_back();
+                        views.push_back(utf8_of(t, holders.back(), "each document"));
+                    }
+                }
+                std::vector<std::string> allowed = str_list(allowed_special, "allowed_special");
+                py::object array;
+                char* dst = nullptr;
+                {
+                    py::gil_scoped_release release;
+                    self.encode_to_array(
+                        views, allowed, separator, itemsize, num_threads,
+                        [&](size_t n) {
+                            py::gil_scoped_acquire gil;
+                            array = itemsize == 2 ? py::object(py::array_t<uint16_t>(static_cast<py::ssize_t>(n)))
+                                                  : py::object(py::array_t<uint32_t>(static_cast<py::ssize_t>(n)));
+                            dst = static_cast<char*>(py::cast<py::array>(array).mutable_data());
+                        },
+                        [&](const void* ids, size_t n) {
+                            std::memcpy(dst, ids, n * itemsize);
+                            dst += n * itemsize;
+                        },
+                        chunk);
+                }
+                return array;
+            },
+            py::arg("texts"), py::arg("allowed_special"), py::arg("separator"), py::arg("num_threads"),
+            py::arg("itemsize"), py::arg("chunk") = size_t{1} << 20,
+            "The ids of encode() of a text, or of each document of an iterable concatenated with `separator` after "
+            "each (none when < 0), as one uint16 (itemsize 2) or uint32 (4) numpy array; long texts are cut at safe "
+            "points and encoded on num_threads threads.")
+        .def(
+            "encode_file",
+            [](const lmfast::Engine& self, py::object path, int out_fd, py::handle allowed_special, int itemsize,
+               int num_threads, py::object progress, size_t chunk) {
+                check_itemsize(self, itemsize);
+                std::string p = py::module_::import("os").attr("fsdecode")(path).cast<std::string>();
+                std::vector<std::string> allowed = str_list(allowed_special, "allowed_special");
+                auto report = [&progress](uint64_t done) {
+                    py::gil_scoped_acquire gil;
+                    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                    if (!progress.is_none()) progress(done);
+                };
+                py::gil_scoped_release release;
+                return self.encode_file(p, out_fd, allowed, itemsize, num_threads, report, chunk);
+            },
+            py::arg("path"), py::arg("out_fd"), py::arg("allowed_special"), py::arg("itemsize"),
+            py::arg("num_threads"), py::arg("progress") = py::none(), py::arg("chunk") = size_t{1} << 21,
+            "Encode a UTF-8 file and write its ids (little-endian uint16 or uint32) to the open file descriptor "
+            "out_fd; returns how many. Memory stays bounded whatever the file size; progress(bytes read) is called "
+            "after each round of chunks and Ctrl-C stops it.")
         .def(
             "decode_bytes",
             [](const lmfast::Engine& self, py::handle id_seq) {
@@ -305,13 +403,17 @@ PYBIND11_MODULE(_bpe, mod) {
                 return py::bytes(out);
             },
             py::arg("ids"), "Concatenated bytes of the ids; an id not in the vocab raises ValueError naming it.")
-        .def_property_readonly("vocab_size", &lmfast::Engine::vocab_size, "Largest id + 1.");
+        .def_property_readonly("vocab_size", &lmfast::Engine::vocab_size, "Largest id + 1.")
+        .def_property_readonly(
+            "pattern", [](const lmfast::Engine& self) { return lmfast::pattern_name(self.pattern()); },
+            "The pre-tokenizer's name.");
 
     // ----- Training -----
     mod.def(
         "train_bpe",
         [](py::object input_path, int64_t vocab_size, py::handle special_tokens, std::optional<int> num_workers,
-           py::object progress) {
+           py::object progress, const std::string& pattern) {
+            lmfast::Pattern pat = pattern_of(pattern);
             // fsdecode takes str, bytes and PathLike alike (a bytes path must not become the text "b'...'").
             std::string path = py::module_::import("os").attr("fsdecode")(input_path).cast<std::string>();
             if (vocab_size < 0) throw py::value_error("vocab_size=" + std::to_string(vocab_size) + " must be >= 256");
@@ -329,7 +431,8 @@ PYBIND11_MODULE(_bpe, mod) {
             lmfast::TrainResult r;
             {
                 py::gil_scoped_release release;
-                r = lmfast::train_bpe(path, static_cast<size_t>(vocab_size), specials, num_workers.value_or(0), report);
+                r = lmfast::train_bpe(path, static_cast<size_t>(vocab_size), specials, num_workers.value_or(0), report,
+                                      pat);
             }
             py::dict vocab;
             for (size_t i = 0; i < r.vocab.size(); ++i) vocab[py::int_(i)] = py::bytes(r.vocab[i]);
@@ -342,7 +445,7 @@ PYBIND11_MODULE(_bpe, mod) {
             return py::make_tuple(vocab, merges);
         },
         py::arg("input_path"), py::arg("vocab_size"), py::arg("special_tokens"), py::arg("num_workers") = py::none(),
-        py::arg("progress") = py::none(),
+        py::arg("progress") = py::none(), py::arg("pattern") = "gpt2",
         "Train byte-level BPE on a UTF-8 file: returns (vocab id -> bytes, merges in order); progress(done, total) "
         "is called with merge counts about ten times a second.");
 }

@@ -1,21 +1,54 @@
 // The BPE tokenizer core: encoding and decoding (training is in bpe_train.cpp). See bpe.h for the contract;
 // performance notes sit beside the code they explain.
 //
-// Where encode time went (Shakespeare, 5.06 MB, GPT-2's 50k vocab; CPU seconds of one encode_ordinary call,
-// best of 5 by getrusage, on a shared 2-core AMD EPYC; tiktoken 0.14 takes 0.49-0.52 s on the same text):
+// Where encode time went, first round (Shakespeare, 5.06 MB, GPT-2's 50k vocab; CPU seconds of one encode_ordinary
+// call, best of 5 by getrusage, on a shared 2-core AMD EPYC; tiktoken 0.14 takes 0.49-0.52 s on the same text):
 //   first version (BytesMap whole-piece lookup, bpe_short per miss, PyLong per id)   0.34-0.99 s wall, busy host
 //   + 16-byte inline keys for the whole-piece map, per-call piece cache (16k slots)  0.138 s
 //   + thread-local piece cache (32k slots, kept across calls)                         0.110 s
 //   + shared int objects when building the result list (bindings.cpp)                 0.085 s  (~60 MB/s)
-//   the piece cache alone: disabling it takes the last line back to 0.134 s.
-// What is left (perf): the whole-piece probe (one L2/L3 miss per pre-token, the 4 MiB table does not fit in
-// L2), the pre-tokenizer's class lookups, and Python list building.
+//
+// Second round: text -> id array on the mixed corpus (benchmarks/mixed_corpus.py: 21 MB of prose, Python source,
+// German and French man pages; 5.1M pre-tokens, 165k distinct, 136k of them several tokens), GPT-2's vocab, one
+// pinned thread of a 2-core AMD EPYC shared with other jobs (load 6-14 during this work, so steps are compared
+// back to back, and MB/s vary by ~20% between runs). Cold: a fresh engine; warm: the same text again.
+//                                                                                         cold     warm  MB/s
+//   start: pieces one at a time, 4 MiB whole-token map, 2 MiB direct-mapped BPE cache       45       55
+//   + BPE on dense internal ids, merges in one array of 8-byte slots (was 2 x 2 MiB)          64       68
+//   + 32-byte entries, 2-way sets (a set is one cache line)                                   77       88
+//   + one growable open-addressing cache per thread and engine (nothing evicted)            ~50      ~80
+//     (worse alone: a random probe into 16 MiB per piece; it pays with the next two)
+//   + pieces in batches of 32, each piece's cache slot prefetched before the batch is
+//     resolved (memory-level parallelism instead of one miss at a time)                     ~75     ~130
+//   + the pre-tokenizer as resumable batches (pretokenize_some) with an ASCII class table and
+//     8-byte letter runs: the split alone 330 -> 540 MB/s                                    ~105     ~155
+//   + merge slots at load 3/4 (512 KiB) instead of 4-byte tag slots + a check array          ~105     ~164
+//   + the cache-hit path inline in the batch loop; no prefetch of the whole-token map        same, 5% fewer instructions
+// Tried and dropped: a 128 KiB direct-mapped front cache of 2..7-byte pieces ahead of the big one (no gain once
+// lookups were batched); 4-byte merge slots (a 12-bit tag + rank, 256 KiB) checked against a rank -> pair array
+// (the check was a second miss: ~92 vs ~105 cold); prefetching the whole-token map too (64 prefetches in flight
+// per batch stalled on the miss buffers).
+// Also tried on 2 threads: a lock-free table of BPE results shared by the threads of one engine, so that each
+// distinct piece is merged once instead of once per thread; the process's CPU seconds did not move (72-78 vs
+// 73-76 MB/s of CPU), its probes into 16 MiB cost what the saved merges gave. Not kept.
+// Against gigatoken 0.10 (benchmarks/results/tokenizer_cpu.md, same host): text -> array cold 0.82x on 1 thread,
+// warm 0.70x; lists 1.40x. Its steady state per piece is faster (17 vs 25 ns); closing that needs a denser hot
+// path than one 32-byte entry in a 16 MiB table per piece (16-byte entries for pieces of <= 7 bytes, 81% of the
+// multi-byte ones, would halve the table) and a pre-tokenizer without a branch per piece (class bitmasks of 64
+// bytes at a time, piece ends by tzcnt).
+// Where the time is now (perf, cold runs): BPE of the 136k distinct multi-token pieces ~25% (its merge-table
+// probes are misses), the batch loop with its cache probes ~35%, the pre-tokenizer ~17%, page faults of fresh
+// output buffers ~4%. Warm, the cache probes and the pre-tokenizer are most of it.
 #include "bpe.h"
 #include "bpe_internal.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -197,10 +230,85 @@ void ShortTokenMap::build(const std::vector<std::pair<std::string_view, uint32_t
     }
 }
 
+// ----- PieceCache -----
+
+void PieceCache::Free::operator()(Entry* p) const { ::munmap(p, bytes); }
+
+PieceCache::PieceCache() { resize(kMinSlots); }
+
+void PieceCache::resize(size_t slots) {
+    // Fresh zero pages from mmap, nothing written until a slot is used; 2 MiB pages where the kernel has them, so
+    // that a probe anywhere in the table costs no TLB miss (the table is 2-32 MiB, far more than 4 KiB pages'
+    // TLB reach).
+    std::unique_ptr<Entry[], Free> old(std::move(slots_));
+    const size_t old_slots = old ? mask_ + 1 : 0;
+    const size_t bytes = slots * sizeof(Entry);
+    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    ::madvise(mem, bytes, MADV_HUGEPAGE);
+#endif
+    slots_ = std::unique_ptr<Entry[], Free>(static_cast<Entry*>(mem), Free(bytes));
+    mask_ = slots - 1;
+    for (size_t i = 0; i < old_slots; ++i) {
+        const Entry& e = old[i];
+        if (e.len == 0) continue;
+        ShortKey key;
+        key.k0 = e.k0;
+        key.k1 = e.k1;
+        key.len = e.len;
+        *find(key, key.hash()) = e;
+    }
+}
+
+PieceCache& PieceCache::of(uint32_t engine_id) {
+    // The caches of this thread's last kPerThread engines, most recent first. An engine's id is never reused,
+    // so a cache can never serve another engine's results; one left behind by a destroyed engine ages out.
+    thread_local std::pair<uint32_t, std::unique_ptr<PieceCache>> slots[kPerThread];
+    if (slots[0].first == engine_id && slots[0].second) return *slots[0].second;
+    int k = 1;
+    while (k < kPerThread && !(slots[k].first == engine_id && slots[k].second)) ++k;
+    if (k == kPerThread) {
+        k = kPerThread - 1;
+        slots[k].first = engine_id;
+        slots[k].second.reset(new PieceCache());
+    }
+    std::rotate(slots, slots + k, slots + k + 1);
+    return *slots[0].second;
+}
+
+void PieceCache::insert(Entry* slot, const ShortKey& key, uint64_t hash, const uint32_t* ids, size_t n) {
+    if ((count_ + 1) * 2 > mask_ + 1 || pool_.size() > (size_t{1} << 22)) {
+        if (mask_ + 1 < kMaxSlots && pool_.size() <= (size_t{1} << 22)) {
+            resize(2 * (mask_ + 1));
+        } else {  // full: start again (bounded memory on any text; the hot pieces come back at once)
+            std::memset(static_cast<void*>(slots_.get()), 0, (mask_ + 1) * sizeof(Entry));
+            count_ = 0;
+            pool_.clear();
+        }
+        slot = find(key, hash);
+    }
+    ++count_;
+    Entry& e = *slot;
+    e.k0 = key.k0;
+    e.k1 = key.k1;
+    e.len = static_cast<uint8_t>(key.len);
+    e.n = static_cast<uint8_t>(n);
+    if (n <= 3) {
+        std::memcpy(e.ids, ids, n * sizeof(uint32_t));
+        return;
+    }
+    e.ids[0] = static_cast<uint32_t>(pool_.size());
+    pool_.insert(pool_.end(), ids, ids + n);
+}
+
+// ----- Engine -----
+
 Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
                const std::vector<std::pair<std::string, std::string>>& merges,
-               const std::vector<std::pair<std::string, int64_t>>& special_tokens)
-    : id_(next_engine_id()), whole_long_(64) {
+               const std::vector<std::pair<std::string, int64_t>>& special_tokens, Pattern pattern,
+               bool ignore_merges)
+    : pattern_(pattern), id_(next_engine_id()), whole_long_(64) {
     int64_t max_id = -1;
     for (const auto& [id, bytes] : vocab) {
         if (id < 0 || id >= (int64_t{1} << 31))
@@ -219,6 +327,16 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
         tokens_[id] = bytes;
         present_[id] = true;
     }
+    std::vector<uint32_t> internal(tokens_.size(), 0);
+    for (size_t id = 0; id < tokens_.size(); ++id) {
+        if (!present_[id]) continue;
+        internal[id] = static_cast<uint32_t>(external_.size());
+        external_.push_back(static_cast<uint32_t>(id));
+    }
+    if (external_.size() >= (size_t{1} << 21) || merges.size() >= kNoRank)
+        throw std::invalid_argument("the vocab has " + std::to_string(external_.size()) + " tokens and " +
+                                    std::to_string(merges.size()) + " merges; the engine holds at most 2097151 "
+                                    "tokens and 4194302 merges");
     std::vector<bool> is_special(tokens_.size(), false);
     for (const auto& [text, id] : special_tokens) {
         if (text.empty()) throw std::invalid_argument("special token '' is empty; special tokens must be non-empty");
@@ -244,12 +362,13 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
             throw std::invalid_argument("the vocab has no token for the single byte " + hex_byte(b) +
                                         "; byte-level BPE needs all 256 single-byte tokens in the vocab");
         byte_id_[b] = *id;
+        byte_internal_[b] = internal[*id];
     }
     size_t capacity = 16;
-    while (capacity < merges.size() * 2 + 2) capacity *= 2;
-    merge_keys_.assign(capacity, UINT64_MAX);
-    merge_vals_.assign(capacity, Merge{kNoRank, 0});
+    while (capacity < merges.size() + merges.size() / 3 + 2) capacity *= 2;  // load <= 3/4
+    merge_table_.assign(capacity, UINT64_MAX);
     merge_mask_ = capacity - 1;
+    merged_.assign(merges.size(), 0);
     std::string joined;
     for (size_t r = 0; r < merges.size(); ++r) {
         const auto& [left, right] = merges[r];
@@ -264,69 +383,67 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
                                         ", which is not in the vocab; every merge's two parts "
                                         "and their concatenation must be in the vocab");
         }
-        uint64_t key = pair_key(*a, *b);
-        size_t i = pair_slot(key, merge_mask_);
-        while (merge_keys_[i] != UINT64_MAX && merge_keys_[i] != key) i = (i + 1) & merge_mask_;
-        if (merge_keys_[i] == key) continue;  // a repeated merge keeps its first (best) rank
-        merge_keys_[i] = key;
-        merge_vals_[i] = Merge{static_cast<uint32_t>(r), *m};
+        const uint64_t key = pair_of(internal[*a], internal[*b]);
+        size_t i = ((key * 0x9E3779B97F4A7C15ull) >> 20) & merge_mask_;
+        while (merge_table_[i] != UINT64_MAX && (merge_table_[i] >> 22) != key) i = (i + 1) & merge_mask_;
+        if (merge_table_[i] != UINT64_MAX) continue;  // a repeated merge keeps its first (best) rank
+        merge_table_[i] = (key << 22) | r;
+        merged_[r] = internal[*m];
     }
     // The whole-piece shortcut: most pre-tokens of natural text are one token, and one hash probe replaces the
-    // merge loop for them. Only tokens that BPE itself turns into that same single token are admitted, so the
-    // shortcut never changes a result.
+    // merge loop for them. Without ignore_merges only tokens that BPE itself turns into that same single token are
+    // admitted, so the shortcut never changes a result.
     std::vector<uint32_t> out;
     std::vector<std::pair<std::string_view, uint32_t>> short_entries;
     for (const auto& slot : ids.slots()) {
         if (!slot.used || slot.size < 2) continue;
         std::string_view piece(slot.data, slot.size);
-        out.clear();
-        bpe(piece, out);
-        if (out.size() != 1 || out[0] != slot.value) continue;
+        if (ignore_merges && is_special[slot.value]) continue;  // special tokens are never matched as text
+        if (!ignore_merges) {
+            out.clear();
+            bpe(piece, out);
+            if (out.size() != 1 || out[0] != slot.value) continue;
+        }
         if (piece.size() <= ShortKey::kMaxLen) short_entries.emplace_back(piece, slot.value);
         else whole_long_[piece] = slot.value;
     }
     whole_short_.build(short_entries);
 }
 
-Engine::Merge Engine::find_merge(uint32_t a, uint32_t b) const {
-    uint64_t key = pair_key(a, b);
-    size_t i = pair_slot(key, merge_mask_);
-    while (true) {
-        uint64_t k = merge_keys_[i];
-        if (k == key) return merge_vals_[i];
-        if (k == UINT64_MAX) return Merge{kNoRank, 0};
-        i = (i + 1) & merge_mask_;
-    }
-}
-
-// Short pieces: arrays of tokens and pair ranks, merge the leftmost lowest-rank pair, patch its two neighbours.
-// O(n^2) in the worst case but n <= 128 and everything stays in L1; tiktoken does the same.
-void Engine::bpe_short(std::string_view piece, std::vector<uint32_t>& out) const {
-    const size_t n0 = piece.size();
-    uint32_t tok[128];
-    Merge pr[128];  // pr[i]: merge of (tok[i], tok[i+1])
-    for (size_t i = 0; i < n0; ++i) tok[i] = byte_id_[static_cast<uint8_t>(piece[i])];
-    for (size_t i = 0; i + 1 < n0; ++i) pr[i] = find_merge(tok[i], tok[i + 1]);
+// BPE of a short piece on internal ids: arrays of tokens and pair ranks, merge the leftmost lowest-rank pair, patch
+// its two neighbours. O(n^2) in the worst case but n <= 128 and everything stays in L1; tiktoken does the same.
+// Returns the number of tokens left in tok.
+size_t Engine::bpe_small(const char* piece, size_t n0, uint32_t* tok) const {
+    uint32_t rank[128];  // rank[i]: rank of the merge of (tok[i], tok[i+1])
+    for (size_t i = 0; i < n0; ++i) tok[i] = byte_internal_[static_cast<uint8_t>(piece[i])];
+    for (size_t i = 0; i + 1 < n0; ++i) rank[i] = find_rank(tok[i], tok[i + 1]);
     size_t n = n0;
     while (n > 1) {
         size_t best = 0;
         uint32_t best_rank = kNoRank;
         for (size_t i = 0; i + 1 < n; ++i)
-            if (pr[i].rank < best_rank) { best_rank = pr[i].rank; best = i; }
+            if (rank[i] < best_rank) { best_rank = rank[i]; best = i; }
         if (best_rank == kNoRank) break;
-        tok[best] = pr[best].merged;
+        tok[best] = merged_[best_rank];
         std::memmove(tok + best + 1, tok + best + 2, (n - best - 2) * sizeof(uint32_t));
-        if (best + 2 < n) std::memmove(pr + best + 1, pr + best + 2, (n - best - 2) * sizeof(Merge));
+        if (best + 2 < n) std::memmove(rank + best + 1, rank + best + 2, (n - best - 2) * sizeof(uint32_t));
         --n;
-        if (best > 0) pr[best - 1] = find_merge(tok[best - 1], tok[best]);
-        if (best + 1 < n) pr[best] = find_merge(tok[best], tok[best + 1]);
+        if (best > 0) rank[best - 1] = find_rank(tok[best - 1], tok[best]);
+        if (best + 1 < n) rank[best] = find_rank(tok[best], tok[best + 1]);
     }
+    for (size_t i = 0; i < n; ++i) tok[i] = external_[tok[i]];
+    return n;
+}
+
+void Engine::bpe_short(std::string_view piece, std::vector<uint32_t>& out) const {
+    uint32_t tok[128];
+    size_t n = bpe_small(piece.data(), piece.size(), tok);
     out.insert(out.end(), tok, tok + n);
 }
 
 // Long pieces (a 1 MB line of letters, 100k spaces): a doubly linked list of tokens and a min-heap of
 // (rank, position) with lazy deletion, O(n log n) instead of O(n^2). Position breaks rank ties, so the
-// leftmost pair merges first, exactly as in bpe_short. 20 bytes per byte of the piece at the peak: token, links
+// leftmost pair merges first, exactly as in bpe_small. 20 bytes per byte of the piece at the peak: token, links
 // and one heap entry per position (an entry is checked by looking its rank up again, not by storing its pair:
 // ranks are unique per pair).
 void Engine::bpe_long(std::string_view piece, std::vector<uint32_t>& out) const {
@@ -334,7 +451,7 @@ void Engine::bpe_long(std::string_view piece, std::vector<uint32_t>& out) const 
     constexpr uint32_t kNone = UINT32_MAX;
     std::vector<uint32_t> tok(n), prev(n), next(n);
     for (uint32_t i = 0; i < n; ++i) {
-        tok[i] = byte_id_[static_cast<uint8_t>(piece[i])];
+        tok[i] = byte_internal_[static_cast<uint8_t>(piece[i])];
         prev[i] = i == 0 ? kNone : i - 1;
         next[i] = i + 1 == n ? kNone : i + 1;
     }
@@ -343,7 +460,7 @@ void Engine::bpe_long(std::string_view piece, std::vector<uint32_t>& out) const 
         bool operator>(const Entry& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
     };
     auto rank_at = [&](uint32_t pos) {
-        return next[pos] == kNone || tok[pos] == kNone ? kNoRank : find_merge(tok[pos], tok[next[pos]]).rank;
+        return next[pos] == kNone || tok[pos] == kNone ? kNoRank : find_rank(tok[pos], tok[next[pos]]);
     };
     std::vector<Entry> heap;
     for (uint32_t i = 0; i + 1 < n; ++i)
@@ -361,62 +478,112 @@ void Engine::bpe_long(std::string_view piece, std::vector<uint32_t>& out) const 
         heap.pop_back();
         if (rank_at(e.pos) != e.rank) continue;  // stale: a neighbour changed since the entry was pushed
         const uint32_t nx = next[e.pos];
-        tok[e.pos] = find_merge(tok[e.pos], tok[nx]).merged;
+        tok[e.pos] = merged_[e.rank];
         tok[nx] = kNone;
         next[e.pos] = next[nx];
         if (next[nx] != kNone) prev[next[nx]] = e.pos;
         if (prev[e.pos] != kNone) push(prev[e.pos]);
         push(e.pos);
     }
-    for (uint32_t i = 0; i != kNone; i = next[i]) out.push_back(tok[i]);
+    for (uint32_t i = 0; i != kNone; i = next[i]) out.push_back(external_[tok[i]]);
 }
 
 void Engine::bpe(std::string_view piece, std::vector<uint32_t>& out) const {
     if (piece.size() <= 128) bpe_short(piece, out); else bpe_long(piece, out);
 }
 
-void Engine::encode_piece(std::string_view piece, std::vector<uint32_t>& out, PieceCache& cache) const {
-    if (piece.size() == 1) { out.push_back(byte_id_[static_cast<uint8_t>(piece[0])]); return; }
-    if (piece.empty()) return;
-    if (piece.size() > ShortKey::kMaxLen) {
-        if (const uint32_t* id = whole_long_.find(piece)) out.push_back(*id);
-        else bpe(piece, out);
-        return;
+// One pre-token -> its ids at out (which has room for 3 ids past the piece's own length: hits copy 3 ids
+// unconditionally and advance by the true count).
+template <class T>
+T* Engine::encode_piece(const char* piece, size_t size, const char* text_end, T* out, PieceCache& cache) const {
+    if (size == 1) {
+        *out = static_cast<T>(byte_id_[static_cast<uint8_t>(*piece)]);
+        return out + 1;
     }
-    ShortKey key = ShortKey::of(piece);
-    uint64_t h = key.hash();
-    if (const uint32_t* id = whole_short_.find(key, h)) { out.push_back(*id); return; }
-    // ~10% of Shakespeare's pre-tokens are several tokens and took ~1/3 of encode time in bpe_short; the
-    // cache serves repeats of them (0.134 -> 0.085 s CPU on Shakespeare).
-    PieceCache::Entry& e = cache.slot(h);
-    if (e.holds(key, id_)) { out.insert(out.end(), e.ids, e.ids + e.n); return; }
-    size_t before = out.size();
-    bpe_short(piece, out);
-    size_t n = out.size() - before;
-    if (n <= PieceCache::kMaxIds) {
-        e.k0 = key.k0;
-        e.k1 = key.k1;
-        e.len = key.len;
-        e.owner = id_;
-        e.n = static_cast<uint32_t>(n);
-        std::copy(out.begin() + before, out.end(), e.ids);
+    if (size > ShortKey::kMaxLen) {
+        std::string_view s(piece, size);
+        thread_local std::vector<uint32_t> ids;
+        ids.clear();
+        if (const uint32_t* id = whole_long_.find(s)) ids.push_back(*id);
+        else bpe(s, ids);
+        for (uint32_t id : ids) *out++ = static_cast<T>(id);
+        return out;
     }
+    const ShortKey key = ShortKey::of(piece, size, text_end);
+    return encode_short(piece, size, key, key.hash(), out, cache);
 }
 
-void Engine::encode_ordinary_into(std::string_view text, std::vector<uint32_t>& out, PieceCache& cache) const {
-    pretokenize(text, [&](size_t b, size_t e) { encode_piece(text.substr(b, e - b), out, cache); });
+// A piece of 2..16 bytes that its thread's cache does not hold yet: a whole token, or its BPE; cached either way.
+template <class T>
+__attribute__((noinline)) T* Engine::encode_short(const char* piece, size_t size, const ShortKey& key, uint64_t h, T* out,
+                        PieceCache& cache) const {
+    PieceCache::Entry* slot = cache.find(key, h);
+    uint32_t ids[128];
+    size_t n;
+    if (const uint32_t* id = whole_short_.find(key, h)) {
+        ids[0] = *id;
+        n = 1;
+    } else {
+        n = bpe_small(piece, size, ids);
+    }
+    cache.insert(slot, key, h, ids, n);
+    for (size_t k = 0; k < n; ++k) out[k] = static_cast<T>(ids[k]);
+    return out + n;
 }
 
-std::vector<uint32_t> Engine::encode_ordinary(std::string_view text) const {
-    std::vector<uint32_t> out;
-    out.reserve(text.size() / 4 + 16);
-    encode_ordinary_into(text, out, PieceCache::for_this_thread());
+// Pieces go through in batches: the pre-tokenizer fills a batch, then every short piece's cache slot and
+// whole-token slot is prefetched, then the batch is resolved in order. A lookup is a random access into tables of
+// several MiB, and one at a time each waited out its own miss; a batch keeps ~kBatch of them in flight.
+template <class T>
+T* Engine::encode_ordinary_into(std::string_view text, T* out, PieceCache& cache) const {
+    constexpr size_t kBatch = 32;
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(text.data());
+    const char* base = text.data();
+    const char* end = base + text.size();
+    size_t ends[kBatch];
+    ShortKey keys[kBatch];
+    uint64_t hashes[kBatch];
+    for (size_t i = 0; i < text.size();) {
+        const size_t m = pretokenize_some(pattern_, p, text.size(), i, ends, kBatch);
+        size_t b = i;
+        for (size_t k = 0; k < m; b = ends[k++]) {
+            const size_t size = ends[k] - b;
+            if (size < 2 || size > ShortKey::kMaxLen) continue;
+            keys[k] = ShortKey::of(base + b, size, end);
+            hashes[k] = keys[k].hash();
+            __builtin_prefetch(cache.home(hashes[k]));
+        }
+        b = i;
+        for (size_t k = 0; k < m; b = ends[k++]) {
+            const size_t size = ends[k] - b;
+            if (size == 1) {
+                *out++ = static_cast<T>(byte_id_[static_cast<uint8_t>(base[b])]);
+            } else if (size <= ShortKey::kMaxLen) {
+                // The hit path, inline: the cached ids (3 copied whatever their count) and the count.
+                const PieceCache::Entry* e = cache.find(keys[k], hashes[k]);
+                if (e->len != 0 && e->n <= 3) {
+                    out[0] = static_cast<T>(e->ids[0]);
+                    out[1] = static_cast<T>(e->ids[1]);
+                    out[2] = static_cast<T>(e->ids[2]);
+                    out += e->n;
+                } else if (e->len != 0) {
+                    const uint32_t* ids = cache.ids(*e);
+                    for (size_t j = 0; j < e->n; ++j) out[j] = static_cast<T>(ids[j]);
+                    out += e->n;
+                } else {
+                    out = encode_short(base + b, size, keys[k], hashes[k], out, cache);
+                }
+            } else {
+                out = encode_piece(base + b, size, end, out, cache);
+            }
+        }
+        i = ends[m - 1];
+    }
     return out;
 }
 
-std::vector<std::pair<std::string_view, uint32_t>> Engine::resolve_allowed(
-    const std::vector<std::string>& names) const {
-    std::vector<std::pair<std::string_view, uint32_t>> allowed;
+Engine::Specials Engine::resolve_allowed(const std::vector<std::string>& names) const {
+    Specials allowed;
     for (const std::string& name : names) {
         auto it = std::find_if(specials_.begin(), specials_.end(), [&](const auto& s) { return s.first == name; });
         if (it == specials_.end()) {
@@ -431,48 +598,280 @@ std::vector<std::pair<std::string_view, uint32_t>> Engine::resolve_allowed(
     return allowed;
 }
 
-void Engine::encode_into(std::string_view text, const std::vector<std::pair<std::string_view, uint32_t>>& specials,
-                         std::vector<uint32_t>& out, PieceCache& cache) const {
-    if (specials.empty()) { encode_ordinary_into(text, out, cache); return; }
+template <class T>
+T* Engine::encode_into(std::string_view text, const Specials& specials, T* out, PieceCache& cache) const {
+    if (specials.empty()) return encode_ordinary_into(text, out, cache);
     std::vector<std::string_view> names;
     for (const auto& s : specials) names.push_back(s.first);
     split_on_specials(
-        text, names, [&](size_t b, size_t e) { encode_ordinary_into(text.substr(b, e - b), out, cache); },
-        [&](size_t k) { out.push_back(specials[k].second); });
-}
-
-std::vector<uint32_t> Engine::encode(std::string_view text, const std::vector<std::string>& allowed_special) const {
-    auto allowed = resolve_allowed(allowed_special);
-    std::vector<uint32_t> out;
-    out.reserve(text.size() / 4 + 16);
-    encode_into(text, allowed, out, PieceCache::for_this_thread());
+        text, names, [&](size_t b, size_t e) { out = encode_ordinary_into(text.substr(b, e - b), out, cache); },
+        [&](size_t k) { *out++ = static_cast<T>(specials[k].second); });
     return out;
 }
 
-std::vector<std::vector<uint32_t>> Engine::encode_batch(const std::vector<std::string_view>& texts,
-                                                        const std::vector<std::string>& allowed_special,
-                                                        int num_threads) const {
+// Encodes text into buf (resized to hold the worst case, one id per byte, plus the slack encode_piece writes past
+// the end, then down to the ids), returning the number of ids.
+template <class T>
+size_t Engine::encode_range(std::string_view text, const Specials& specials, std::vector<T, NoInit<T>>& buf,
+                            PieceCache& cache) const {
+    if (buf.size() < text.size() + 4) buf.resize(text.size() + 4);
+    return static_cast<size_t>(encode_into(text, specials, buf.data(), cache) - buf.data());
+}
+
+IdVector Engine::encode_ordinary(std::string_view text) const {
+    IdVector out;
+    out.resize(encode_range(text, {}, out, PieceCache::of(id_)));
+    return out;
+}
+
+IdVector Engine::encode(std::string_view text, const std::vector<std::string>& allowed_special) const {
+    IdVector out;
+    out.resize(encode_range(text, resolve_allowed(allowed_special), out, PieceCache::of(id_)));
+    return out;
+}
+
+std::vector<IdVector> Engine::encode_batch(const std::vector<std::string_view>& texts,
+                                           const std::vector<std::string>& allowed_special, int num_threads) const {
     if (num_threads < 1)
         throw std::invalid_argument("num_threads=" + std::to_string(num_threads) + " must be >= 1");
     auto allowed = resolve_allowed(allowed_special);
-    std::vector<std::vector<uint32_t>> results(texts.size());
+    std::vector<IdVector> results(texts.size());
     // Texts are handed out one at a time from an atomic counter, so uneven lengths still balance.
     std::atomic<size_t> next{0};
     int workers = static_cast<int>(std::min<size_t>(static_cast<size_t>(num_threads), texts.size()));
     run_workers(workers, [&](int) {
-        PieceCache& cache = PieceCache::for_this_thread();
+        PieceCache& cache = PieceCache::of(id_);
         for (size_t i; (i = next.fetch_add(1)) < texts.size();) {
-            // Encode into a vector of this thread's own and move it in at the end: push_back straight into
+            // Encode into a vector of this thread's own and move it in at the end: writing straight into
             // results[i] rewrites that vector's header, which shares a cache line with its neighbours' being
             // filled by the other threads (false sharing). That kept 2 threads at 1.03x of one on Shakespeare
             // in 100 kB texts, with both cores busy.
-            std::vector<uint32_t> ids;
-            ids.reserve(texts[i].size() / 4 + 16);
-            encode_into(texts[i], allowed, ids, cache);
+            IdVector ids;
+            ids.resize(encode_range(texts[i], allowed, ids, cache));
             results[i] = std::move(ids);
         }
     });
     return results;
+}
+
+// ----- Chunked encoding: to an array, and file to file -----
+
+std::vector<size_t> Engine::chunk_cuts(std::string_view text, const Specials& specials, size_t chunk) const {
+    size_t longest = 1;
+    for (const auto& s : specials) longest = std::max(longest, s.first.size());
+    // A cut inside an allowed special token would encode its two halves as text.
+    auto straddles = [&](size_t c) {
+        for (const auto& s : specials) {
+            const size_t len = s.first.size();
+            if (len < 2) continue;
+            const size_t from = c >= len - 1 ? c - (len - 1) : 0;
+            const size_t q = text.substr(from, c + len - 1 - from).find(s.first);
+            if (q != std::string_view::npos && from + q < c) return true;
+        }
+        return false;
+    };
+    std::vector<size_t> cuts;
+    size_t pos = 0;
+    while (text.size() - pos > chunk + chunk / 2) {
+        size_t hi = pos + chunk, c = 0;
+        while (true) {
+            c = find_cut(text, pos, std::min(hi, text.size() - longest));
+            while (c && straddles(c)) c = find_cut(text, pos, c - 1);
+            if (c || hi >= text.size()) break;
+            hi *= 2;  // no cut yet: look further (text without whitespace, a run of one class)
+        }
+        if (!c) break;
+        cuts.push_back(c);
+        pos = c;
+    }
+    return cuts;
+}
+
+namespace {
+
+template <class T>
+using Buffer = std::vector<T, NoInit<T>>;
+
+// One unit of chunked work: text[begin, end) of text `doc`, and whether the separator follows it.
+struct Piece {
+    std::string_view text;
+    bool separator;
+};
+
+}  // namespace
+
+size_t Engine::encode_to_array(const std::vector<std::string_view>& texts,
+                               const std::vector<std::string>& allowed_special, int64_t separator, int itemsize,
+                               int num_threads, const std::function<void(size_t)>& total,
+                               const std::function<void(const void*, size_t)>& sink, size_t chunk) const {
+    if (num_threads < 1)
+        throw std::invalid_argument("num_threads=" + std::to_string(num_threads) + " must be >= 1");
+    if (itemsize != 2 && itemsize != 4) throw std::invalid_argument("itemsize must be 2 or 4");
+    const Specials allowed = resolve_allowed(allowed_special);
+    if (chunk < 64) throw std::invalid_argument("chunk must be at least 64 bytes");
+    std::vector<Piece> pieces;
+    for (std::string_view t : texts) {
+        size_t begin = 0;
+        for (size_t c : chunk_cuts(t, allowed, chunk)) {
+            pieces.push_back(Piece{t.substr(begin, c - begin), false});
+            begin = c;
+        }
+        pieces.push_back(Piece{t.substr(begin), separator >= 0});
+    }
+    std::vector<Buffer<uint16_t>> out16(itemsize == 2 ? pieces.size() : 0);
+    std::vector<Buffer<uint32_t>> out32(itemsize == 4 ? pieces.size() : 0);
+    std::vector<size_t> counts(pieces.size());
+    std::atomic<size_t> next{0};
+    int workers = static_cast<int>(std::min<size_t>(static_cast<size_t>(num_threads), pieces.size()));
+    run_workers(workers, [&](int) {
+        PieceCache& cache = PieceCache::of(id_);
+        for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
+            auto one = [&](auto& buf) {
+                size_t n = encode_range(pieces[i].text, allowed, buf, cache);
+                if (pieces[i].separator) buf[n++] = static_cast<typename std::decay_t<decltype(buf)>::value_type>(separator);
+                counts[i] = n;
+            };
+            if (itemsize == 2) one(out16[i]); else one(out32[i]);
+        }
+    });
+    size_t n = 0;
+    for (size_t c : counts) n += c;
+    if (total) total(n);
+    for (size_t i = 0; i < pieces.size(); ++i) {
+        if (itemsize == 2) {
+            sink(out16[i].data(), counts[i]);
+            Buffer<uint16_t>().swap(out16[i]);
+        } else {
+            sink(out32[i].data(), counts[i]);
+            Buffer<uint32_t>().swap(out32[i]);
+        }
+    }
+    return n;
+}
+
+namespace {
+
+void write_all(int fd, const char* data, size_t size) {
+    while (size > 0) {
+        ssize_t w = ::write(fd, data, size);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            throw std::runtime_error(std::string("cannot write the token file: ") + std::strerror(errno));
+        }
+        data += w;
+        size -= static_cast<size_t>(w);
+    }
+}
+
+// A file opened for reading, closed on every way out.
+struct InputFile {
+    int fd = -1;
+    explicit InputFile(const std::string& path) {
+        fd = ::open(path.c_str(), O_RDONLY);
+        if (fd < 0) {
+            int err = errno;
+            std::string msg = "cannot open '" + path + "': " + std::strerror(err);
+            if (err == ENOENT) throw FileNotFound(msg + "; check the path");
+            throw std::runtime_error(msg);
+        }
+    }
+    ~InputFile() { ::close(fd); }
+    size_t read_some(char* dst, size_t size) {
+        while (true) {
+            ssize_t r = ::read(fd, dst, size);
+            if (r >= 0) return static_cast<size_t>(r);
+            if (errno != EINTR) throw std::runtime_error(std::string("cannot read the text: ") + std::strerror(errno));
+        }
+    }
+};
+
+}  // namespace
+
+uint64_t Engine::encode_file(const std::string& path, int out_fd, const std::vector<std::string>& allowed_special,
+                             int itemsize, int num_threads, const std::function<void(uint64_t)>& progress,
+                             size_t chunk) const {
+    if (num_threads < 1)
+        throw std::invalid_argument("num_threads=" + std::to_string(num_threads) + " must be >= 1");
+    if (itemsize != 2 && itemsize != 4) throw std::invalid_argument("itemsize must be 2 or 4");
+    if (chunk < 64) throw std::invalid_argument("chunk must be at least 64 bytes");
+    const Specials allowed = resolve_allowed(allowed_special);
+    size_t longest = 1;
+    for (const auto& s : allowed) longest = std::max(longest, s.first.size());
+    InputFile file(path);
+    std::string buf;        // the text not yet encoded; buf[0] is at file offset `base`
+    uint64_t base = 0, count = 0;
+    size_t valid = 0;       // buf[0, valid) is checked UTF-8
+    bool eof = false;
+    const size_t round = chunk * static_cast<size_t>(num_threads);
+    size_t want = round + longest;
+    std::vector<Buffer<uint16_t>> out16(itemsize == 2 ? num_threads : 0);
+    std::vector<Buffer<uint32_t>> out32(itemsize == 4 ? num_threads : 0);
+    while (true) {
+        while (!eof && buf.size() < want) {
+            size_t old = buf.size();
+            buf.resize(want);
+            size_t got = file.read_some(&buf[old], want - old);
+            buf.resize(old + got);
+            eof = got == 0;
+        }
+        size_t bad = valid + utf8_error_offset(buf.data() + valid, buf.size() - valid);
+        if (bad < buf.size() && (eof || buf.size() - bad >= 4))
+            throw std::invalid_argument("'" + path + "' is not valid UTF-8 at byte offset " +
+                                        std::to_string(base + bad) + " (byte " +
+                                        hex_byte(static_cast<uint8_t>(buf[bad])) +
+                                        "); re-encode the file as UTF-8 (e.g. iconv -t UTF-8)");
+        valid = bad;  // an incomplete code point at the end waits for the next read
+        // This round's chunks: up to num_threads of ~chunk bytes, each ending at a safe cut; the rest waits.
+        std::string_view text(buf.data(), valid);
+        std::vector<std::string_view> parts;
+        size_t pos = 0;
+        const bool last = eof && valid == buf.size();
+        while (static_cast<int>(parts.size()) < num_threads && pos < valid) {
+            if (last && valid - pos <= chunk + chunk / 2) {
+                parts.push_back(text.substr(pos));
+                pos = valid;
+                break;
+            }
+            std::vector<size_t> cuts = chunk_cuts(text.substr(pos), allowed, chunk);
+            if (cuts.empty()) {
+                if (last) {  // a tail without a safe cut: encode it whole
+                    parts.push_back(text.substr(pos));
+                    pos = valid;
+                }
+                break;
+            }
+            parts.push_back(text.substr(pos, cuts[0]));
+            pos += cuts[0];
+        }
+        if (parts.empty()) {
+            if (last) break;  // nothing left
+            if (eof) throw std::logic_error("encode_file: undecodable tail");  // unreachable: checked above
+            want = buf.size() * 2;  // no safe cut in what is buffered: read more (a long run without whitespace)
+            continue;
+        }
+        std::atomic<size_t> next{0};
+        std::vector<size_t> counts(parts.size());
+        run_workers(static_cast<int>(parts.size()), [&](int) {
+            PieceCache& cache = PieceCache::of(id_);
+            for (size_t i; (i = next.fetch_add(1)) < parts.size();) {
+                if (itemsize == 2) counts[i] = encode_range(parts[i], allowed, out16[i], cache);
+                else counts[i] = encode_range(parts[i], allowed, out32[i], cache);
+            }
+        });
+        for (size_t i = 0; i < parts.size(); ++i) {
+            const char* data = itemsize == 2 ? reinterpret_cast<const char*>(out16[i].data())
+                                             : reinterpret_cast<const char*>(out32[i].data());
+            write_all(out_fd, data, counts[i] * itemsize);  // little-endian hosts: the bytes are the .npy's
+            count += counts[i];
+        }
+        buf.erase(0, pos);
+        base += pos;
+        valid -= pos;
+        want = round + longest;
+        if (progress) progress(base);
+        if (eof && buf.empty()) break;
+    }
+    return count;
 }
 
 // =========================================================================================================

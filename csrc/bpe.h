@@ -1,4 +1,5 @@
-// The BPE tokenizer core: GPT-2 pre-tokenizer, byte-level BPE encoding and decoding, and BPE training.
+// The BPE tokenizer core: byte-level BPE encoding and decoding over one of the pre-tokenizers of pretokenize.h, and
+// BPE training.
 //
 // Plain C++17 with no Python types (bindings.cpp is the only pybind11 file). Bad input raises
 // std::invalid_argument (ValueError in Python); I/O problems raise FileNotFound or std::runtime_error.
@@ -7,13 +8,16 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "pretokenize.h"
 #include "unicode.h"
 
 namespace lmfast {
@@ -22,85 +26,23 @@ struct FileNotFound : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-// ---------------------------------------------------------------------------------------------------------
-// Pre-tokenizer
-// ---------------------------------------------------------------------------------------------------------
-
-// Splits valid UTF-8 the way the `regex` module splits it with GPT-2's pattern
-//     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// calling emit(begin, end) with byte offsets for each piece, in order; the pieces tile the input.
-// Hand-written instead of a regex engine: each alternative is one class run, so one forward pass with at
-// most one code point of lookahead decides every piece.
-template <class Emit>
-void pretokenize(std::string_view text, Emit&& emit) {
-    const uint8_t* p = reinterpret_cast<const uint8_t*>(text.data());
-    const size_t n = text.size();
-    // End of the run of class `cls` that starts at byte j.
-    auto run_end = [p, n](size_t j, int cls) {
-        while (j < n) {
-            if (p[j] < 0x80) {
-                if (char_class(p[j]) != cls) break;
-                ++j;
-            } else {
-                size_t len;
-                if (char_class(decode_utf8(p + j, len)) != cls) break;
-                j += len;
-            }
-        }
-        return j;
+// An allocator whose resize() leaves new elements uninitialised: id buffers are sized for the worst case (one id per
+// byte) and every id kept is written, so zero-filling them first would cost a pass over 4x the text's size.
+template <class T>
+struct NoInit : std::allocator<T> {
+    template <class U>
+    struct rebind {
+        using other = NoInit<U>;
     };
-    size_t i = 0;
-    while (i < n) {
-        // Contractions come first in the alternation and are lowercase ASCII only.
-        if (p[i] == '\'' && i + 1 < n) {
-            uint8_t d = p[i + 1];
-            if (d == 's' || d == 't' || d == 'm' || d == 'd') {
-                emit(i, i + 2);
-                i += 2;
-                continue;
-            }
-            if (i + 2 < n) {
-                uint8_t e = p[i + 2];
-                if ((d == 'r' && e == 'e') || (d == 'v' && e == 'e') || (d == 'l' && e == 'l')) {
-                    emit(i, i + 3);
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        size_t len;
-        uint32_t c = decode_utf8(p + i, len);
-        int cls = char_class(c);
-        if (c == ' ' && i + 1 < n) {  // ` ?X+` where X is the class of the next code point
-            size_t len2;
-            int cls2 = char_class(decode_utf8(p + i + 1, len2));
-            if (cls2 != kSpace) {
-                size_t j = run_end(i + 1 + len2, cls2);
-                emit(i, j);
-                i = j;
-                continue;
-            }
-        }
-        if (cls != kSpace) {
-            size_t j = run_end(i + len, cls);
-            emit(i, j);
-            i = j;
-            continue;
-        }
-        // Whitespace: `\s+(?!\S)` takes the whole run at the end of text, else all but its last code point
-        // (which then starts the next piece: ` word`, or a lone `\n`); a single one falls to `\s+`.
-        size_t last = i, j = i + len;
-        while (j < n) {
-            size_t l2;
-            if (char_class(decode_utf8(p + j, l2)) != kSpace) break;
-            last = j;
-            j += l2;
-        }
-        size_t end = (j == n || last == i) ? j : last;
-        emit(i, end);
-        i = end;
-    }
-}
+    NoInit() = default;
+    template <class U>
+    NoInit(const NoInit<U>&) {}
+    template <class U>
+    void construct(U* p) noexcept { ::new (static_cast<void*>(p)) U; }
+    template <class U, class... Args>
+    void construct(U* p, Args&&... args) { ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...); }
+};
+using IdVector = std::vector<uint32_t, NoInit<uint32_t>>;
 
 // ---------------------------------------------------------------------------------------------------------
 // Hash maps (open addressing; the std ones cost a pointer chase and a modulo per probe)
@@ -186,6 +128,21 @@ struct ShortKey {
 
     static constexpr size_t kMaxLen = 16;
     static ShortKey of(std::string_view s);  // s.size() <= kMaxLen
+    // The same from size <= kMaxLen bytes at p, reading 16 bytes at once when p + 16 <= end (no memcpy call).
+    static ShortKey of(const char* p, size_t size, const char* end) {
+        if (p + 16 > end) return of(std::string_view(p, size));
+        ShortKey k;
+        std::memcpy(&k.k0, p, 8);
+        std::memcpy(&k.k1, p + 8, 8);
+        if (size < 8) {
+            k.k0 &= (uint64_t{1} << (8 * size)) - 1;
+            k.k1 = 0;
+        } else if (size < 16) {
+            k.k1 &= (uint64_t{1} << (8 * (size - 8))) - 1;
+        }
+        k.len = static_cast<uint32_t>(size);
+        return k;
+    }
     uint64_t hash() const {
         uint64_t h = (k0 ^ (uint64_t{len} << 59)) * 0x9E3779B97F4A7C15ull + k1 * 0xC2B2AE3D27D4EB4Full;
         return h ^ (h >> 29);
@@ -197,6 +154,7 @@ struct ShortKey {
 class ShortTokenMap {
    public:
     void build(const std::vector<std::pair<std::string_view, uint32_t>>& entries);
+    const void* home(uint64_t hash) const { return slots_.data() + (hash & mask_); }
     const uint32_t* find(const ShortKey& key, uint64_t hash) const {
         for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
             const Slot& s = slots_[i];
@@ -214,33 +172,57 @@ class ShortTokenMap {
     size_t mask_ = 0;
 };
 
-// A direct-mapped cache of BPE results for short pieces that are not single tokens, one per thread (the Engine
-// stays immutable and shareable). Entries carry the id of the engine that wrote them, so engines never see
-// each other's results and nothing needs clearing. 64-byte entries, 2 MiB per thread.
+// A cache of pre-token -> ids, one per thread and engine (the Engine stays immutable and shareable): every piece
+// of up to 16 bytes that the thread has encoded, single tokens and BPE results alike, so that a repeat costs one
+// probe. Open addressing with 32-byte entries (key, up to 3 ids inline, longer results in a side pool), grown at
+// half load from 64k slots (2 MiB) to kMaxSlots (32 MiB), then cleared when full: memory stays bounded on any
+// text. A thread keeps the caches of its last kPerThread engines.
+//
+// Why one big table: a 2-way set-associative cache of 32k entries (1 MiB, meant to stay in L2) held too few of the
+// mixed corpus's 165k distinct pieces; misses went to the whole-token map or to BPE again, and even a warm encode
+// ran at 87 MB/s. With every piece kept, the hardware caches keep the hot entries' lines close by themselves.
 class PieceCache {
    public:
-    static constexpr size_t kMaxIds = 10;
-    struct Entry {
-        uint64_t k0 = 0, k1 = 0;
-        uint32_t len = 0, n = 0;
-        uint32_t owner = 0;  // engine id; 0: empty
-        uint32_t ids[kMaxIds];
-        bool holds(const ShortKey& key, uint32_t engine) const {
-            return owner == engine && k0 == key.k0 && k1 == key.k1 && len == key.len;
-        }
+    struct alignas(32) Entry {
+        uint64_t k0, k1;
+        uint32_t ids[3];  // the ids, or ids[0] = offset into pool_ when n > 3
+        uint8_t len, n;   // len 0: empty
+        uint16_t pad;
+        bool holds(const ShortKey& key) const { return k0 == key.k0 && k1 == key.k1 && len == key.len; }
     };
-    static PieceCache& for_this_thread() {
-        thread_local PieceCache cache;
-        return cache;
+    static constexpr size_t kMinSlots = size_t{1} << 16;
+    static constexpr size_t kMaxSlots = size_t{1} << 20;
+    static constexpr int kPerThread = 4;
+
+    // This thread's cache for the engine with this id (created empty on first use).
+    static PieceCache& of(uint32_t engine_id);
+
+    // The entry holding key, or the empty slot where it would go.
+    Entry* find(const ShortKey& key, uint64_t hash) {
+        for (size_t i = (hash >> 24) & mask_;; i = (i + 1) & mask_) {
+            Entry* e = slots_.get() + i;
+            if (e->len == 0 || e->holds(key)) return e;
+        }
     }
-    Entry& slot(uint64_t hash) {
-        if (entries_.empty()) entries_.resize(kSlots);
-        return entries_[(hash >> 20) & (kSlots - 1)];
-    }
+    const uint32_t* ids(const Entry& e) const { return e.n <= 3 ? e.ids : pool_.data() + e.ids[0]; }
+
+    // Where a probe for hash starts: prefetched a batch ahead (Engine::encode_ordinary_into).
+    const Entry* home(uint64_t hash) const { return slots_.get() + ((hash >> 24) & mask_); }
+    // Stores key -> ids in the empty slot find() returned (which a grow moves; the caller does not keep it).
+    void insert(Entry* slot, const ShortKey& key, uint64_t hash, const uint32_t* ids, size_t n);
 
    private:
-    static constexpr size_t kSlots = 1 << 15;
-    std::vector<Entry> entries_;
+    PieceCache();
+    void resize(size_t slots);
+    struct Free {
+        Free() noexcept : bytes(0) {}
+        explicit Free(size_t b) noexcept : bytes(b) {}
+        size_t bytes;
+        void operator()(Entry* p) const;
+    };
+    std::unique_ptr<Entry[], Free> slots_;
+    size_t mask_ = 0, count_ = 0;
+    std::vector<uint32_t> pool_;
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -250,52 +232,97 @@ class PieceCache {
 class Engine {
    public:
     // vocab: (id, token bytes); merges: in priority order; special_tokens: (text, id), each id in vocab.
+    // pattern: the pre-tokenizer. ignore_merges: a pre-token that is itself a vocab token becomes that token even
+    // where its merges would not make it (tiktoken's rule, and tokenizer.json's "ignore_merges": true).
     Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
            const std::vector<std::pair<std::string, std::string>>& merges,
-           const std::vector<std::pair<std::string, int64_t>>& special_tokens);
+           const std::vector<std::pair<std::string, int64_t>>& special_tokens, Pattern pattern = Pattern::kGpt2,
+           bool ignore_merges = false);
 
     // Pre-tokenizer + BPE; special-token text is encoded as ordinary text.
-    std::vector<uint32_t> encode_ordinary(std::string_view text) const;
+    IdVector encode_ordinary(std::string_view text) const;
     // Allowed special tokens are split out first (leftmost occurrence, longest at a position).
-    std::vector<uint32_t> encode(std::string_view text, const std::vector<std::string>& allowed_special) const;
+    IdVector encode(std::string_view text, const std::vector<std::string>& allowed_special) const;
     // encode() of each text on num_threads threads; results in input order.
-    std::vector<std::vector<uint32_t>> encode_batch(const std::vector<std::string_view>& texts,
+    std::vector<IdVector> encode_batch(const std::vector<std::string_view>& texts,
                                                     const std::vector<std::string>& allowed_special,
                                                     int num_threads) const;
-    // BPE of one pre-token (appends its ids to out).
-    void encode_piece(std::string_view piece, std::vector<uint32_t>& out, PieceCache& cache) const;
+    // The ids of encode() of each text, concatenated (with `separator` after each text when it is >= 0), handed
+    // to sink(ids, count) chunk by chunk in order, as ids of itemsize bytes (2 or 4) in native byte order. The texts
+    // are cut into ~1 MB chunks at safe points and encoded on num_threads threads; total() is told the number of
+    // ids before the first sink call. Returns the number of ids.
+    size_t encode_to_array(const std::vector<std::string_view>& texts, const std::vector<std::string>& allowed_special,
+                           int64_t separator, int itemsize, int num_threads,
+                           const std::function<void(size_t)>& total,
+                           const std::function<void(const void*, size_t)>& sink,
+                           size_t chunk = size_t{1} << 20) const;
+    // Encodes a UTF-8 file (allowed specials as in encode()) and writes the ids, little-endian of itemsize bytes,
+    // to the file descriptor out_fd. Reads, encodes and writes in rounds of num_threads chunks of ~chunk bytes, so
+    // memory stays near num_threads * chunk * (1 + itemsize) whatever the file size. progress(bytes read), when
+    // given, is called after each round; an exception it throws stops the encoding. Returns the number of ids.
+    uint64_t encode_file(const std::string& path, int out_fd, const std::vector<std::string>& allowed_special,
+                         int itemsize, int num_threads, const std::function<void(uint64_t)>& progress = {},
+                         size_t chunk = size_t{1} << 21) const;
 
     std::string decode_bytes(const std::vector<int64_t>& ids) const;
     size_t vocab_size() const { return tokens_.size(); }
+    Pattern pattern() const { return pattern_; }
 
    private:
-    struct Merge {
-        uint32_t rank;
-        uint32_t merged;
-    };
-    static constexpr uint32_t kNoRank = UINT32_MAX;
+    using Specials = std::vector<std::pair<std::string_view, uint32_t>>;
+    static constexpr uint32_t kNoRank = (1u << 22) - 1;
 
-    void encode_ordinary_into(std::string_view text, std::vector<uint32_t>& out, PieceCache& cache) const;
-    void encode_into(std::string_view text, const std::vector<std::pair<std::string_view, uint32_t>>& specials,
-                     std::vector<uint32_t>& out, PieceCache& cache) const;
+    template <class T>
+    T* encode_ordinary_into(std::string_view text, T* out, PieceCache& cache) const;
+    template <class T>
+    T* encode_into(std::string_view text, const Specials& specials, T* out, PieceCache& cache) const;
+    template <class T>
+    T* encode_piece(const char* piece, size_t size, const char* text_end, T* out, PieceCache& cache) const;
+    template <class T>
+    T* encode_short(const char* piece, size_t size, const ShortKey& key, uint64_t hash, T* out,
+                    PieceCache& cache) const;
+    // BPE of a piece: appends its (external) ids to out.
     void bpe(std::string_view piece, std::vector<uint32_t>& out) const;
-    std::vector<std::pair<std::string_view, uint32_t>> resolve_allowed(const std::vector<std::string>& names) const;
-    Merge find_merge(uint32_t a, uint32_t b) const;
     void bpe_short(std::string_view piece, std::vector<uint32_t>& out) const;
     void bpe_long(std::string_view piece, std::vector<uint32_t>& out) const;
+    size_t bpe_small(const char* piece, size_t size, uint32_t* out) const;  // size <= 16, internal ids -> external
+    Specials resolve_allowed(const std::vector<std::string>& names) const;
+    // Cut points of text into pieces of about `chunk` bytes that encode apart to the ids of the whole.
+    std::vector<size_t> chunk_cuts(std::string_view text, const Specials& specials, size_t chunk) const;
+    template <class T>
+    size_t encode_range(std::string_view text, const Specials& specials, std::vector<T, NoInit<T>>& buf,
+                        PieceCache& cache) const;
+    // Merge of internal ids (a, b): its rank (kNoRank: none) and, through merged_, its result.
+    static uint64_t pair_of(uint32_t a, uint32_t b) { return (static_cast<uint64_t>(a) << 21) | b; }
+    uint32_t find_rank(uint32_t a, uint32_t b) const {
+        const uint64_t key = pair_of(a, b);
+        for (size_t i = ((key * 0x9E3779B97F4A7C15ull) >> 20) & merge_mask_;; i = (i + 1) & merge_mask_) {
+            const uint64_t e = merge_table_[i];
+            if ((e >> 22) == key) return static_cast<uint32_t>(e & kNoRank);
+            if (e == UINT64_MAX) return kNoRank;
+        }
+    }
 
     std::vector<std::string> tokens_;  // id -> bytes
     std::vector<bool> present_;        // id -> is the id in the vocab
+    Pattern pattern_;
+    // BPE runs on dense internal ids (< 2**21) so that a merge is one 8-byte slot, (a:21 b:21 rank:22), filled to at
+    // most 3/4: 512 KiB for GPT-2's 50k merges. Cold pieces (the mixed corpus has 136k distinct multi-token ones)
+    // spend most of their BPE time waiting on this table. Tried: 16-byte (key | rank, merged) slots in two arrays
+    // at load 1/2 (2 + 2 MiB), ~900 ns a piece; 8-byte slots at load 3/8 (1 MiB), ~500 ns; 4-byte slots (a 12-bit
+    // tag + rank, 256 KiB) checked against a rank -> pair array, slower again: the check is a second miss.
+    std::vector<uint32_t> external_;   // internal id -> id
+    uint32_t byte_internal_[256];
     uint32_t byte_id_[256];
-    // Pair (a, b) -> (rank, merged id), open addressing on the packed 64-bit key.
-    std::vector<uint64_t> merge_keys_;
-    std::vector<Merge> merge_vals_;
+    std::vector<uint64_t> merge_table_;
+    std::vector<uint32_t> merged_;      // rank -> internal id of the merged token
     size_t merge_mask_ = 0;
-    // Whole pre-token -> id, only for tokens whose own BPE is that single token (so the shortcut never
-    // changes a result; GPT-2's "<|endoftext|>" for instance is in the vocab but BPE never produces it).
-    uint32_t id_;                   // tags this engine's PieceCache entries
-    ShortTokenMap whole_short_;   // keys of <= 16 bytes
-    BytesMap<uint32_t> whole_long_;  // longer keys
+    // Whole pre-token -> id, for tokens whose own BPE is that single token (so the shortcut never changes a
+    // result; GPT-2's "<|endoftext|>" for instance is in the vocab but BPE never produces it), or for every token
+    // with ignore_merges.
+    uint32_t id_;                      // names this engine's PieceCaches
+    ShortTokenMap whole_short_;        // keys of <= 16 bytes
+    BytesMap<uint32_t> whole_long_;    // longer keys
     std::vector<std::pair<std::string, uint32_t>> specials_;
 };
 
@@ -312,7 +339,9 @@ struct TrainResult {
 // pair is merged each step; ties go to the lexicographically greater (bytes, bytes) pair.
 // progress(merges done, merges wanted), when given, is called at the start, about every 100 ms, and at the end; an
 // exception it throws stops training (the bindings use it to let Ctrl-C through).
+// pattern: the pre-tokenizer that splits the text before counting.
 TrainResult train_bpe(const std::string& input_path, size_t vocab_size, const std::vector<std::string>& special_tokens,
-                      int num_workers, const std::function<void(size_t, size_t)>& progress = {});
+                      int num_workers, const std::function<void(size_t, size_t)>& progress = {},
+                      Pattern pattern = Pattern::kGpt2);
 
 }  // namespace lmfast

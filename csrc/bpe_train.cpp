@@ -75,22 +75,19 @@ class MappedFile {
     size_t size_ = 0;
 };
 
-// Cuts [b, e) into pieces of about `target` bytes at points no pre-token crosses: a '\n' right after an ASCII
-// non-whitespace byte (that byte ends its letter/number/other run, and the newline starts a whitespace piece
-// whatever precedes it). Text without such points stays one piece.
+// Cuts [b, e) into pieces of about `target` bytes at points where every pre-tokenizer ends a piece (find_cut in
+// pretokenize.h), looking further when a stretch has none. Text without such points stays one piece.
 void cut_chunks(std::string_view text, size_t b, size_t e, size_t target, std::vector<std::pair<size_t, size_t>>& out) {
-    while (e - b > target) {
-        size_t q = b + target;
-        while (q < e) {
-            q = text.find('\n', q);
-            if (q == std::string_view::npos || q >= e) { q = e; break; }
-            unsigned char before = static_cast<unsigned char>(text[q - 1]);
-            if (before < 0x80 && char_class(before) != kSpace) break;
-            ++q;
+    std::string_view segment = text.substr(0, e);  // a cut needs its next byte inside the segment
+    while (e - b > target + target / 2) {
+        size_t c = 0;
+        for (size_t hi = b + target; !c; hi = b + 2 * (hi - b)) {
+            c = find_cut(segment, b, std::min(hi, e - 1));
+            if (hi >= e - 1) break;
         }
-        if (q >= e) break;
-        out.emplace_back(b, q);
-        b = q;
+        if (!c) break;
+        out.emplace_back(b, c);
+        b = c;
     }
     out.emplace_back(b, e);
 }
@@ -173,7 +170,7 @@ struct LongWords {
 
 // Pre-token counts of the text (split on the special tokens first), short and long words apart.
 void count_words(std::string_view text, const std::vector<std::string_view>& specials, uint32_t first_byte_id,
-                 int num_workers, Words& words, LongWords& long_words) {
+                 int num_workers, Pattern pattern, Words& words, LongWords& long_words) {
     std::vector<std::pair<size_t, size_t>> chunks;
     // ~1 MiB chunks: enough of them to balance 2-16 threads, few enough that per-chunk overhead is nil.
     constexpr size_t kChunk = 1 << 20;
@@ -188,7 +185,7 @@ void count_words(std::string_view text, const std::vector<std::string_view>& spe
         BytesMap<int64_t>& counts = local[t];
         for (size_t c; (c = next.fetch_add(1)) < chunks.size();) {
             std::string_view chunk = text.substr(chunks[c].first, chunks[c].second - chunks[c].first);
-            pretokenize(chunk, [&](size_t b, size_t e) { ++counts[chunk.substr(b, e - b)]; });
+            pretokenize(pattern, chunk, [&](size_t b, size_t e) { ++counts[chunk.substr(b, e - b)]; });
         }
     });
     BytesMap<int64_t>& total = local[0];
@@ -389,7 +386,7 @@ class Merger {
 }  // namespace
 
 TrainResult train_bpe(const std::string& input_path, size_t vocab_size, const std::vector<std::string>& special_tokens,
-                      int num_workers, const std::function<void(size_t, size_t)>& progress) {
+                      int num_workers, const std::function<void(size_t, size_t)>& progress, Pattern pattern) {
     const size_t base = 256 + special_tokens.size();
     if (vocab_size < base)
         throw std::invalid_argument("vocab_size=" + std::to_string(vocab_size) +
@@ -423,7 +420,7 @@ TrainResult train_bpe(const std::string& input_path, size_t vocab_size, const st
     std::vector<std::string_view> specials(special_tokens.begin(), special_tokens.end());
     Words words;
     LongWords long_words;
-    count_words(text, specials, first_byte_id, num_workers, words, long_words);
+    count_words(text, specials, first_byte_id, num_workers, pattern, words, long_words);
 
     Merger merger(result.vocab, words, long_words);
     const size_t wanted = vocab_size - base;

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from lmfast.tokenizer import Tokenizer, train_bpe
+from lmfast.tokenizer import PATTERNS, Tokenizer, train_bpe
 
 __all__ = ["main"]
 
@@ -36,6 +36,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="directory to write the tokenizer into")
     t.add_argument("--workers", type=int, default=None, help="pre-tokenization workers (native backend)")
     t.add_argument("--backend", choices=["auto", "native", "python"], default="auto")
+    t.add_argument("--pattern", choices=PATTERNS, default="gpt2",
+                   help="the pre-tokenizer that splits the text (default gpt2; cl100k, llama3, qwen2, o200k)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     e = sub.add_parser("encode", help="encode a text file into a .npy of token ids")
     e.add_argument("--tokenizer", required=True, help="a directory written by `train`, or `gpt2`")
@@ -50,9 +52,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def _train(args) -> None:
     t0 = time.perf_counter()
     vocab, merges = train_bpe(args.input, args.vocab_size, args.special_token, args.workers, backend=args.backend,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, pattern=args.pattern)
     seconds = time.perf_counter() - t0
-    out = Tokenizer(vocab, merges, args.special_token, backend=args.backend).save(args.out)
+    out = Tokenizer(vocab, merges, args.special_token, backend=args.backend, pattern=args.pattern).save(args.out)
     print(f"trained {len(vocab)} tokens ({len(merges)} merges) on {args.input} in {seconds:.2f} s -> {out}")
 
 

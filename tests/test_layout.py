@@ -197,3 +197,14 @@ def test_no_source_file_of_the_package_is_ignored_by_git():
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     sources = [p for p in ignored if p.endswith((".py", ".pyi", ".cpp", ".h", ".yaml", ".sh")) and "/build/" not in p]
     assert sources == [], f"git ignores these sources, so no clone has them: {sources}"
+
+
+def test_the_tokenizer_and_the_data_registry_import_without_torch():
+    # A tokenizer-only user (python -m lmfast.tokenize, Tokenizer.gpt2() through lmfast.data.registry) should not pay
+    # torch's import time and ~200 MB of memory; the data room's package face loads its torch modules lazily.
+    code = ("import sys, lmfast.tokenizer, lmfast.data.registry, lmfast.data.cache, lmfast.tokenize\n"
+            "from lmfast.tokenizer import Tokenizer\n"
+            "print(sorted(m for m in ('torch', 'lmfast.data.sampling') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

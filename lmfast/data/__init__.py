@@ -5,12 +5,23 @@ cached token file keyed by content (``text_tokens.py``), the cache's locks, atom
 (``cache.py``), files fetched from PyPI and the cache folder (``registry.py``), Shakespeare and TinyStories by name
 (``corpus.py``), and :func:`get_batch` / :class:`BatchSampler` (``sampling.py``).
 
-Imports nothing of lmfast outside this room; a tokenizer is passed in, never imported.
+Imports nothing of lmfast outside this room; a tokenizer is passed in, never imported. The names below load on first
+use, so the light modules (``registry``, ``cache``) do not bring torch along: the tokenizer fetches GPT-2's files
+through ``registry`` and stays free of torch.
 """
 
-from lmfast.data.sampling import BatchSampler, get_batch
-from lmfast.data.text_tokens import load_dataset, prepare_tokens, tokenizer_fingerprint
-from lmfast.data.token_files import TEXT_SUFFIXES, TOKEN_SUFFIXES, check_length, check_vocab, open_tokens
+import importlib
 
-__all__ = ["TOKEN_SUFFIXES", "TEXT_SUFFIXES", "BatchSampler", "get_batch", "open_tokens", "check_length",
-           "check_vocab", "prepare_tokens", "tokenizer_fingerprint", "load_dataset"]
+_HOME = {  # public name -> the module of this room that defines it
+    "BatchSampler": "sampling", "get_batch": "sampling",
+    "load_dataset": "text_tokens", "prepare_tokens": "text_tokens", "tokenizer_fingerprint": "text_tokens",
+    "TEXT_SUFFIXES": "token_files", "TOKEN_SUFFIXES": "token_files", "check_length": "token_files",
+    "check_vocab": "token_files", "open_tokens": "token_files",
+}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"lmfast.data.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'lmfast.data' has no attribute {name!r}")

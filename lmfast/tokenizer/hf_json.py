@@ -1,9 +1,11 @@
 """lmfast's tokenizer as Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` (a byte-level BPE), and back.
 
 The HF pipeline that gives lmfast's ids: a ``BPE`` model over GPT-2's byte<->unicode strings with the merges in
-priority order, the ``ByteLevel`` pre-tokenizer (GPT-2's split pattern, the one lmfast uses, no prefix space), the
-``ByteLevel`` decoder, and each special token as an added token (matched in the raw text before the split, as
-lmfast's ``encode`` does by default). A byte-level model (``tokenizer: null``) is the same with 256 byte tokens
+priority order, the ``ByteLevel`` pre-tokenizer (GPT-2's split pattern, no prefix space) or, for the newer patterns
+(``cl100k``, ``llama3``, ``qwen2``, ``o200k``), a ``Split`` on the pattern's regex followed by ``ByteLevel`` without
+its own regex (as Llama-3's file has it), the ``ByteLevel`` decoder, and each special token as an added token
+(matched in the raw text before the split, as lmfast's ``encode`` does by default). ``model.ignore_merges`` carries
+the tokenizer's ``ignore_merges``. A byte-level model (``tokenizer: null``) is the same with 256 byte tokens
 and no merges, so its ids are the raw UTF-8 bytes. The file is built with the ``tokenizers`` library's own
 classes when it is installed; without it, the same document is written in the library's documented format.
 
@@ -18,6 +20,7 @@ import json
 from pathlib import Path
 
 from lmfast.tokenizer.gpt2_files import EOT, _to_bytes, _to_str
+from lmfast.tokenizer.patterns import HF_SOURCE, pattern_of_regex
 
 __all__ = ["tokenizer_json", "tokenizer_config", "read_tokenizer_json"]
 
@@ -27,6 +30,11 @@ def _parts(tokenizer) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], dict
     if getattr(tokenizer, "vocab", None) is None:
         return {i: bytes([i]) for i in range(256)}, [], {}
     return tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens
+
+
+def _options(tokenizer) -> tuple[str, bool]:
+    """(pattern, ignore_merges) of a tokenizer; GPT-2's pattern and BPE by the merges for anything else."""
+    return getattr(tokenizer, "pattern", "gpt2"), bool(getattr(tokenizer, "ignore_merges", False))
 
 
 def _hf_strings(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], specials: dict[str, int]
@@ -51,32 +59,43 @@ def _hf_strings(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], spec
 def tokenizer_json(tokenizer) -> str:
     """The ``tokenizer.json`` text of an lmfast tokenizer (None or a ByteTokenizer = byte level)."""
     vocab, merges, specials = _parts(tokenizer)
+    pattern, ignore_merges = _options(tokenizer)
     strings, pairs = _hf_strings(vocab, merges, specials)
     ordered = sorted(specials, key=specials.get)
     try:
         import tokenizers
     except ImportError:
-        return json.dumps(_document(strings, pairs, ordered, specials), ensure_ascii=False, indent=2)
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+        return json.dumps(_document(strings, pairs, ordered, specials, pattern, ignore_merges), ensure_ascii=False,
+                          indent=2)
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
-    tok = tokenizers.Tokenizer(models.BPE(strings, pairs))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok = tokenizers.Tokenizer(models.BPE(strings, pairs, ignore_merges=ignore_merges))
+    if pattern == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(HF_SOURCE[pattern]), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in ordered])
     return tok.to_str(pretty=True)
 
 
-def _document(strings: dict[str, int], pairs: list[tuple[str, str]], ordered: list[str], specials: dict[str, int]
-              ) -> dict:
+def _document(strings: dict[str, int], pairs: list[tuple[str, str]], ordered: list[str], specials: dict[str, int],
+              pattern: str = "gpt2", ignore_merges: bool = False) -> dict:
     """The same tokenizer in the ``tokenizers`` serialization format (version 1.0), for when it is not installed."""
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    pre = byte_level
+    if pattern != "gpt2":
+        split = {"type": "Split", "pattern": {"Regex": HF_SOURCE[pattern]}, "behavior": "Isolated", "invert": False}
+        pre = {"type": "Sequence", "pretokenizers": [split, {**byte_level, "trim_offsets": False, "use_regex": False}]}
     added = [{"id": specials[s], "content": s, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for s in ordered]
     model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": ignore_merges,
              "vocab": strings, "merges": [list(p) for p in pairs]}
     return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-            "pre_tokenizer": byte_level, "post_processor": None, "decoder": {**byte_level, "add_prefix_space": True},
+            "pre_tokenizer": pre, "post_processor": None, "decoder": {**byte_level, "add_prefix_space": True},
             "model": model}
 
 
@@ -93,8 +112,10 @@ def tokenizer_config(tokenizer, context_length: int) -> dict:
             "clean_up_tokenization_spaces": False}
 
 
-def read_tokenizer_json(path: Path, doc: dict) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str]]:
-    """(vocab, merges, special tokens) of ``doc``, the parsed Hugging Face ``tokenizer.json`` at ``path``.
+def read_tokenizer_json(path: Path, doc: dict
+                        ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str], dict]:
+    """(vocab, merges, special tokens, options) of ``doc``, the parsed Hugging Face ``tokenizer.json`` at ``path``;
+    options are the ``Tokenizer`` keywords ``pattern`` and ``ignore_merges``.
 
     Every added token becomes an lmfast special token: both are matched in the raw text before the split and never
     broken up. A bad or foreign file raises ValueError naming the field.
@@ -104,24 +125,21 @@ def read_tokenizer_json(path: Path, doc: dict) -> tuple[dict[int, bytes], list[t
         raise ValueError(f"{path}: no model.vocab object; not a Hugging Face tokenizer.json")
 
     def refuse(field: str, value, wanted: str) -> ValueError:
-        return ValueError(f"{path}: {field} is {value!r}, but lmfast reads only a GPT-2-style byte-level BPE "
+        return ValueError(f"{path}: {field} is {value!r}, but lmfast reads only a byte-level BPE "
                           f"({field} {wanted}), whose ids it reproduces exactly; use this tokenizer through "
                           "`tokenizers`, or train one with `python -m lmfast.tokenize train`")
 
     checks = [("model.type", model.get("type"), "BPE", "'BPE'"),
               ("model.dropout", model.get("dropout"), None, "null"),
               ("model.byte_fallback", bool(model.get("byte_fallback")), False, "false"),
-              ("model.ignore_merges", bool(model.get("ignore_merges")), False, "false"),
               ("model.continuing_subword_prefix", model.get("continuing_subword_prefix") or None, None, "null"),
               ("model.end_of_word_suffix", model.get("end_of_word_suffix") or None, None, "null"),
               ("normalizer", doc.get("normalizer"), None, "null")]
     for field, value, wanted, shown in checks:
         if value != wanted:
             raise refuse(field, value, shown)
-    pre = doc.get("pre_tokenizer")
-    if not (isinstance(pre, dict) and pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space", True)
-            and pre.get("use_regex", True)):
-        raise refuse("pre_tokenizer", pre, "ByteLevel with add_prefix_space false and use_regex true")
+    pattern = _pattern_of(path, doc.get("pre_tokenizer"), refuse)
+    options = {"pattern": pattern, "ignore_merges": bool(model.get("ignore_merges"))}
 
     added = doc.get("added_tokens") or []
     specials = {}
@@ -146,4 +164,29 @@ def read_tokenizer_json(path: Path, doc: dict) -> tuple[dict[int, bytes], list[t
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x for x in pair)):
             raise ValueError(f"{path}: model.merges[{k}] is {m!r}, not a pair of tokens")
         merges.append((_to_bytes(pair[0]), _to_bytes(pair[1])))
-    return vocab, merges, sorted(specials, key=specials.get)
+    return vocab, merges, sorted(specials, key=specials.get), options
+
+
+def _pattern_of(path: Path, pre, refuse) -> str:
+    """The lmfast pattern of a ``pre_tokenizer``: GPT-2's ``ByteLevel``, or ``Split`` on a known regex then
+    ``ByteLevel`` without its own regex (Llama-3, Qwen2, GPT-4o-style files)."""
+    if isinstance(pre, dict) and pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space", True) \
+            and pre.get("use_regex", True):
+        return "gpt2"
+    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else None
+    if isinstance(steps, list) and len(steps) == 2 and all(isinstance(x, dict) for x in steps):
+        split, byte_level = steps
+        regex = split.get("pattern", {}).get("Regex") if isinstance(split.get("pattern"), dict) else None
+        if (split.get("type") == "Split" and split.get("behavior") == "Isolated" and not split.get("invert")
+                and byte_level.get("type") == "ByteLevel" and not byte_level.get("add_prefix_space", True)
+                and not byte_level.get("use_regex", True)):
+            if not isinstance(regex, str):
+                raise refuse("pre_tokenizer.pretokenizers[0].pattern", split.get("pattern"), "a Regex")
+            name = pattern_of_regex(regex)
+            if name is None:
+                raise ValueError(f"{path}: pre_tokenizer splits on the regex {regex!r}, which is none of lmfast's "
+                                 "pre-tokenizers (GPT-2, cl100k/Llama-3, Qwen2, o200k: "
+                                 "lmfast.tokenizer.patterns.SOURCE); use this tokenizer through `tokenizers`")
+            return name
+    raise refuse("pre_tokenizer", pre, "ByteLevel with add_prefix_space false and use_regex true, or Split on a "
+                 "known pattern (Isolated) then ByteLevel with use_regex false")

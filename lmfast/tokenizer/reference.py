@@ -2,9 +2,11 @@
 
 Two pieces, with the same interface as the native module:
 
-- ``ReferenceEngine(vocab, merges, special_tokens)``: GPT-2 pre-tokenizer (``regex`` semantics are the truth),
-  then, inside each pre-token, repeatedly merge the adjacent pair of lowest merge rank (the rank of ``(a, b)`` is
-  its index in ``merges``; the merged token's id is the vocab id of ``a + b``).
+- ``ReferenceEngine(vocab, merges, special_tokens, pattern="gpt2", ignore_merges=False)``: a pre-tokenizer
+  pattern of ``lmfast.tokenizer.patterns`` (``regex`` semantics are the truth), then, inside each pre-token,
+  repeatedly merge the adjacent pair of lowest merge rank (the rank of ``(a, b)`` is its index in ``merges``; the
+  merged token's id is the vocab id of ``a + b``). With ``ignore_merges`` a pre-token that is a vocab token is that
+  token (tiktoken).
 - ``train_bpe_reference(input_path, vocab_size, special_tokens)``: the CS336 trainer. Ids are the special tokens
   first (given order), then the 256 single bytes, then one per merge. The text is split on the special tokens (no
   merge crosses one), pre-tokenized, pairs are counted inside pre-tokens weighted by pre-token frequency, and the
@@ -26,10 +28,17 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import regex
 
+from lmfast.tokenizer.patterns import REGEX, SOURCE, check_pattern
+
 __all__ = ["GPT2_PATTERN", "ReferenceEngine", "train_bpe_reference", "read_utf8", "special_token_regex"]
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-_PRETOKENIZE = regex.compile(GPT2_PATTERN)
+GPT2_PATTERN = SOURCE["gpt2"]  # one spelling of each pattern, in lmfast.tokenizer.patterns
+
+
+@functools.cache
+def pretokenizer(pattern: str) -> regex.Pattern:
+    """The compiled ``regex`` of a pattern name (``lmfast.tokenizer.patterns``)."""
+    return regex.compile(REGEX[check_pattern(pattern)])
 _CACHE_LIMIT = 1 << 16  # pieces kept in the per-engine encode cache before it is cleared
 MAX_VOCAB_SIZE = 1 << 31  # ids are C int32-sized in the C++ engine and in token files
 MAX_THREADS = 1024  # a worker or thread count above this is a typo, and the C++ pool would keep every thread parked
@@ -93,8 +102,12 @@ class ReferenceEngine:
     Where the same bytes have several ids, ordinary text uses the smallest id that is not a special token's.
     """
 
-    def __init__(self, vocab: Mapping[int, bytes], merges: Sequence[tuple[bytes, bytes]], special_tokens=None):
+    def __init__(self, vocab: Mapping[int, bytes], merges: Sequence[tuple[bytes, bytes]], special_tokens=None,
+                 pattern: str = "gpt2", ignore_merges: bool = False):
         special_tokens = dict(special_tokens or {})
+        self.pattern = pattern
+        self._split = pretokenizer(pattern)
+        self._ignore_merges = bool(ignore_merges)
         self._vocab = {int(i): bytes(b) for i, b in vocab.items()}
         special_ids = set(special_tokens.values())
         self._ids: dict[bytes, int] = {}
@@ -117,6 +130,7 @@ class ReferenceEngine:
                              "a byte-level BPE vocab needs every byte as a token")
         self._byte_ids = [self._ids[bytes([x])] for x in range(256)]
         self._special = special_tokens
+        self._special_ids = special_ids
         self._cache: dict[str, list[int]] = {}
         self.vocab_size = max(self._vocab) + 1 if self._vocab else 0
 
@@ -126,6 +140,8 @@ class ReferenceEngine:
             data = piece.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates become U+FFFD, as tiktoken does
             data = piece.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+        if self._ignore_merges and len(data) > 1 and data in self._ids and self._ids[data] not in self._special_ids:
+            return [self._ids[data]]
         ids = [self._byte_ids[x] for x in data]
         ranks = self._ranks
         while len(ids) > 1:
@@ -149,10 +165,10 @@ class ReferenceEngine:
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """GPT-2 pre-tokenizer + BPE; special-token text is encoded as ordinary text."""
+        """Pre-tokenizer + BPE; special-token text is encoded as ordinary text."""
         out: list[int] = []
         cache = self._cache
-        for piece in _PRETOKENIZE.findall(text):
+        for piece in self._split.findall(text):
             ids = cache.get(piece)
             if ids is None:
                 ids = self._bpe(piece)
@@ -243,12 +259,13 @@ def _check_train_args(vocab_size, special_tokens, num_workers) -> list[str]:
     return special_tokens
 
 
-def pretoken_counts(text: str, special_tokens: Sequence[str]) -> Counter:
-    """Count GPT-2 pre-tokens of ``text`` after removing the special tokens (so no pre-token spans one)."""
+def pretoken_counts(text: str, special_tokens: Sequence[str], pattern: str = "gpt2") -> Counter:
+    """Count the pre-tokens of ``text`` after removing the special tokens (so no pre-token spans one)."""
     counts: Counter = Counter()
+    split = pretokenizer(pattern)
     for piece, is_special in split_on_special(text, special_token_regex(special_tokens)):
         if not is_special:
-            counts.update(_PRETOKENIZE.findall(piece))
+            counts.update(split.findall(piece))
     return counts
 
 
@@ -269,10 +286,11 @@ def _merge_word(word: tuple, pair: tuple[bytes, bytes], new: bytes) -> tuple:
 
 
 def train_bpe_reference(input_path, vocab_size: int, special_tokens: Sequence[str], num_workers: int | None = None,
-                        progress=None):
+                        progress=None, pattern: str = "gpt2"):
     """Train a byte-level BPE on a UTF-8 text file; returns ``(vocab: dict[int, bytes], merges: list[(bytes, bytes)])``.
 
     ``num_workers`` is accepted for interface parity with the native trainer; the reference runs in one process.
+    ``pattern`` names the pre-tokenizer (``lmfast.tokenizer.patterns``).
     ``progress(merges_done, merges_wanted)``, when given, is called every 64 merges and at the end.
     """
     special_tokens = _check_train_args(vocab_size, special_tokens, num_workers)
@@ -283,7 +301,7 @@ def train_bpe_reference(input_path, vocab_size: int, special_tokens: Sequence[st
 
     words: list[tuple] = []
     freqs: list[int] = []
-    for piece, n in pretoken_counts(text, special_tokens).items():
+    for piece, n in pretoken_counts(text, special_tokens, pattern).items():
         b = piece.encode("utf-8")
         if len(b) > 1:
             words.append(tuple(bytes([x]) for x in b))

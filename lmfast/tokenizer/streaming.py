@@ -11,18 +11,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import regex
+
+from lmfast.tokenizer.patterns import safe_cut_regex
 
 _FILE_READ_BYTES = 1 << 20
-# The rightmost non-space -> space, letter -> non-letter or number -> non-number boundary (see _cut_point).
-_SAFE_CUT = regex.compile(r"(?r)\S\s|\p{L}\P{L}|\p{N}\P{N}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Safe cuts for streaming: where a text can be split so that encoding the parts gives the ids of the whole
 
 
-def _cut_point(buf: str, specials: Sequence[str]) -> int:
+def _cut_point(buf: str, specials: Sequence[str], pattern: str = "gpt2") -> int:
     """Rightmost index p > 0 where ``encode(buf[:p]) + encode(buf[p:]) == encode(buf)`` provably holds, or -1.
 
     p sits where the GPT-2 pattern always ends a pre-token: between a non-whitespace and a whitespace character
@@ -33,11 +32,17 @@ def _cut_point(buf: str, specials: Sequence[str]) -> int:
     same non-whitespace character at the end of the left part. No special token may cover p, and p stays far
     enough from the end of ``buf`` that a special token starting before it is fully visible. The letter and digit
     cuts keep text without whitespace (base64, a line with its spaces stripped) streaming in bounded chunks.
+
+    The newer patterns (``cl100k``, ``llama3``, ``qwen2``, ``o200k``; see ``lmfast.tokenizer.patterns``) let a
+    punctuation run take the newlines after it and o200k attach a contraction to its word, so for them p sits before
+    whitespace that is not a newline, or after a letter followed by neither a letter, a mark nor an apostrophe, or
+    after a digit run.
     """
+    cut = safe_cut_regex(pattern)
     longest = max((len(s) for s in specials), default=1)
     end = len(buf) - longest + 1  # the match "\S\s" ends at p + 1 <= end
     while end >= 2:
-        m = _SAFE_CUT.search(buf, 0, end)
+        m = cut.search(buf, 0, end)
         if m is None:
             return -1
         p = m.start() + 1
@@ -47,7 +52,8 @@ def _cut_point(buf: str, specials: Sequence[str]) -> int:
     return -1
 
 
-def _safe_chunks(pieces: Iterable[str], chunk_chars: int, specials: Sequence[str]) -> Iterator[str]:
+def _safe_chunks(pieces: Iterable[str], chunk_chars: int, specials: Sequence[str], pattern: str = "gpt2"
+                 ) -> Iterator[str]:
     """Regroup a stream of strings into chunks of about ``chunk_chars`` cut only at safe points (see _cut_point).
 
     Memory stays near ``2 * chunk_chars`` unless the text has no safe point for longer than that (a huge run with
@@ -64,7 +70,7 @@ def _safe_chunks(pieces: Iterable[str], chunk_chars: int, specials: Sequence[str
         if size < want:
             continue
         buf = "".join(parts)
-        p = _cut_point(buf, specials)
+        p = _cut_point(buf, specials, pattern)
         if p < 0:
             parts, want = [buf], 2 * size  # no cut yet: look again once the buffer has doubled
             continue

@@ -40,6 +40,7 @@ from lmfast.tokenizer.gpt2_files import (
     _write_vocab_json,
     bytes_to_unicode,
 )
+from lmfast.tokenizer.patterns import PATTERNS, check_pattern
 from lmfast.tokenizer.reference import GPT2_PATTERN, MAX_THREADS, ReferenceEngine, special_token_regex
 from lmfast.tokenizer.streaming import _read_text_pieces, _safe_chunks, _write_npy_header
 
@@ -51,7 +52,7 @@ except ImportError as _e:
 else:
     _NATIVE_ERROR = ""
 
-__all__ = ["Tokenizer", "train_bpe", "bytes_to_unicode", "native_available", "GPT2_PATTERN", "EOT"]
+__all__ = ["Tokenizer", "train_bpe", "bytes_to_unicode", "native_available", "GPT2_PATTERN", "PATTERNS", "EOT"]
 
 _BACKENDS = ("auto", "native", "python")
 _STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable: characters buffered before looking for a safe cut
@@ -86,16 +87,22 @@ class Tokenizer:
     """Byte-level BPE tokenizer over ``vocab`` (id -> bytes) and ``merges`` (pairs in priority order).
 
     ``special_tokens`` (strings) map to their id in ``vocab`` when their UTF-8 bytes are there, else get new ids
-    appended after the largest id. ``backend`` is "auto" (C++ when built), "native" or "python".
+    appended after the largest id. ``backend`` is "auto" (C++ when built), "native" or "python". ``pattern`` names
+    the pre-tokenizer: "gpt2" (the default), "cl100k", "llama3", "qwen2" or "o200k" (see ``lmfast.tokenizer.patterns``).
+    ``ignore_merges``: a pre-token that is itself a vocab token becomes that token even where the merges would not
+    make it (tiktoken's rule; Llama-3's tokenizer.json sets it).
     """
 
     def __init__(self, vocab: Mapping[int, bytes], merges: Sequence[tuple[bytes, bytes]],
-                 special_tokens: Iterable[str] | None = None, backend: str = "auto"):
+                 special_tokens: Iterable[str] | None = None, backend: str = "auto", *, pattern: str = "gpt2",
+                 ignore_merges: bool = False):
         self._vocab, self._merges = _check_vocab_merges(vocab, merges)
         self._special = self._assign_special_ids(special_tokens)
+        self.pattern = check_pattern(pattern)
+        self.ignore_merges = bool(ignore_merges)
         self.backend = _resolve_backend(backend, "Engine")
         engine_cls = _native.Engine if self.backend == "native" else ReferenceEngine
-        self._engine = engine_cls(self._vocab, self._merges, self._special)
+        self._engine = engine_cls(self._vocab, self._merges, self._special, pattern, self.ignore_merges)
         self._special_list = sorted(self._special, key=lambda s: self._special[s])
 
     def _assign_special_ids(self, special_tokens) -> dict[str, int]:
@@ -121,12 +128,13 @@ class Tokenizer:
     # -- construction from files ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_files(cls, vocab_path, merges_path, special_tokens: Iterable[str] | None = None, backend: str = "auto"):
+    def from_files(cls, vocab_path, merges_path, special_tokens: Iterable[str] | None = None, backend: str = "auto",
+                   *, pattern: str = "gpt2", ignore_merges: bool = False):
         """Load GPT-2-format ``vocab.json`` + ``merges.txt``; a bad file raises ValueError naming the file and line."""
         vocab = _read_vocab_json(Path(vocab_path))
         merges = _read_merges_txt(Path(merges_path), vocab)
         _check_merges_present(Path(merges_path), vocab, merges, special_tokens)
-        return cls(vocab, merges, special_tokens, backend=backend)
+        return cls(vocab, merges, special_tokens, backend=backend, pattern=pattern, ignore_merges=ignore_merges)
 
     @classmethod
     def load(cls, directory, backend: str = "auto") -> Tokenizer:
@@ -149,10 +157,14 @@ class Tokenizer:
         if "model" in meta and not (d / "vocab.json").exists():
             from lmfast.tokenizer.hf_json import read_tokenizer_json
 
-            vocab, merges, specials = read_tokenizer_json(meta_path, meta)
-            return cls(vocab, merges, specials, backend=backend)
+            vocab, merges, specials, options = read_tokenizer_json(meta_path, meta)
+            return cls(vocab, merges, specials, backend=backend, **options)
+        pattern = meta.get("pattern", "gpt2")
+        if pattern not in PATTERNS:
+            raise ValueError(f"{meta_path}: pattern {pattern!r} is not one of lmfast's pre-tokenizers {PATTERNS}; "
+                             "the file was written by a newer lmfast, or edited")
         return cls.from_files(d / "vocab.json", d / "merges.txt", list(meta.get("special_tokens", [])),
-                              backend=backend)
+                              backend=backend, pattern=pattern, ignore_merges=bool(meta.get("ignore_merges", False)))
 
     @classmethod
     def gpt2(cls, backend: str = "auto") -> Tokenizer:
@@ -181,6 +193,8 @@ class Tokenizer:
         _write_vocab_json(d / "vocab.json", self._vocab)
         _write_merges_txt(d / "merges.txt", self._merges)
         meta = {"format": "lmfast-bpe", "version": 1, "special_tokens": self._special_list}
+        if self.pattern != "gpt2" or self.ignore_merges:  # files of GPT-2-pattern tokenizers stay as they were
+            meta |= {"pattern": self.pattern, "ignore_merges": self.ignore_merges}
         (d / "tokenizer.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         return d
 
@@ -210,7 +224,7 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, "
-                f"special_tokens={self._special_list!r}, backend={self.backend!r})")
+                f"special_tokens={self._special_list!r}, pattern={self.pattern!r}, backend={self.backend!r})")
 
     # -- Encoding ------------------------------------------------------------------------------------------------
 
@@ -264,15 +278,66 @@ class Tokenizer:
         pre-token or special token can straddle the cut (see ``_streaming._cut_point``).
         """
         allowed = frozenset(self._special)
-        for chunk in _safe_chunks(iterable, _STREAM_CHUNK_CHARS, self._special_list):
+        for chunk in _safe_chunks(iterable, _STREAM_CHUNK_CHARS, self._special_list, self.pattern):
             yield from self._engine.encode(chunk, allowed)
+
+    def encode_to_numpy(self, text_or_documents: str | Iterable[str], num_threads: int | None = None,
+                        separator: int | str | None = None, allowed_special="all",
+                        disallowed_special="all") -> np.ndarray:
+        """Encode a text, or documents one after another, into one 1-D array of ids: what a token file holds.
+
+        The dtype is uint16 when ``vocab_size <= 65536``, else uint32. ``separator`` (a special token or an id) goes
+        after each document, e.g. ``separator="<|endoftext|>"``. Long texts are cut at safe points and encoded on
+        ``num_threads`` threads (default: all cores) by the C++ engine, straight into the array with no Python int
+        per id; the ids equal ``encode``'s. Special tokens follow ``encode``'s policy.
+        """
+        single = isinstance(text_or_documents, str)
+        docs = [text_or_documents] if single else list(text_or_documents)
+        for d in docs:
+            if not isinstance(d, str):
+                raise TypeError(f"encode_to_numpy expects a str or an iterable of str, got an item of type "
+                                f"{type(d).__name__}")
+        allowed = self._allowed(None, allowed_special, disallowed_special)
+        if disallowed_special:
+            for d in docs:
+                self._allowed(d, allowed_special, disallowed_special)
+        sep = self._separator_id(separator)
+        dtype = self._token_dtype()
+        threads = _num_threads(num_threads)
+        if hasattr(self._engine, "encode_to_numpy"):
+            return self._engine.encode_to_numpy(text_or_documents if single else docs, allowed, sep, threads,
+                                                dtype.itemsize)
+        ids: list[int] = []
+        for d in docs:
+            ids += self._engine.encode(d, allowed)
+            if sep >= 0:
+                ids.append(sep)
+        return np.asarray(ids, dtype=dtype)
+
+    def _separator_id(self, separator) -> int:
+        if separator is None:
+            return -1
+        if isinstance(separator, str):
+            if separator not in self._special:
+                raise ValueError(f"separator {separator!r} is not a special token of this tokenizer "
+                                 f"({self._special_list!r}); pass one of them or an id")
+            return self._special[separator]
+        is_int = isinstance(separator, (int, np.integer)) and not isinstance(separator, bool)
+        if not is_int or int(separator) not in self._vocab:
+            raise ValueError(f"separator={separator!r} is not an id of this tokenizer's vocab "
+                             f"(0..{self.vocab_size - 1})")
+        return int(separator)
+
+    def _token_dtype(self) -> np.dtype:
+        return np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
 
     def encode_file(self, in_path, out_path, num_threads: int | None = None, progress: bool = True) -> Path:
         """Encode a UTF-8 text file of any size into a 1-D ``.npy`` of ids; returns ``out_path``.
 
         The dtype is uint16 when ``vocab_size <= 65536``, else uint32. The file is streamed in ~2 MB chunks cut at
         safe points, encoded ``num_threads`` chunks at a time, and appended to a temp file that replaces
-        ``out_path`` only when complete. Memory does not grow with the file size.
+        ``out_path`` only when complete. Memory does not grow with the file size. With the C++ engine the reading,
+        UTF-8 check, cutting, encoding and writing all happen in C++ without the GIL (no Python str is made).
         """
         from tqdm.auto import tqdm
 
@@ -281,7 +346,7 @@ class Tokenizer:
         if out_path.is_dir():
             raise ValueError(f"{out_path} is a directory; the output is a file, e.g. {out_path / 'tokens.npy'}")
         threads = _num_threads(num_threads)
-        dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
+        dtype = self._token_dtype()
         allowed = frozenset(self._special)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
@@ -289,13 +354,13 @@ class Tokenizer:
             with os.fdopen(fd, "wb") as f, tqdm(total=in_path.stat().st_size, unit="B", unit_scale=True,
                                                 desc=f"tokenizing {in_path.name}", disable=not progress) as bar:
                 _write_npy_header(f, dtype, 0)
-                n, batch = 0, []
-                for chunk in _safe_chunks(_read_text_pieces(in_path, bar), _FILE_CHUNK_CHARS, self._special_list):
-                    batch.append(chunk)
-                    if len(batch) >= 2 * threads:
-                        n += self._write_ids(f, batch, allowed, threads, dtype)
-                        batch = []
-                n += self._write_ids(f, batch, allowed, threads, dtype)
+                if hasattr(self._engine, "encode_file"):
+                    f.flush()
+                    n = self._engine.encode_file(in_path, f.fileno(), allowed, dtype.itemsize, threads,
+                                                 lambda done: bar.update(done - bar.n))
+                    os.lseek(f.fileno(), 0, os.SEEK_END)
+                else:
+                    n = self._encode_file_chunks(in_path, f, bar, allowed, threads, dtype)
                 f.seek(0)
                 _write_npy_header(f, dtype, n)
             os.replace(tmp, out_path)
@@ -304,6 +369,17 @@ class Tokenizer:
                 os.unlink(tmp)
             raise
         return out_path
+
+    def _encode_file_chunks(self, in_path: Path, f, bar, allowed: frozenset[str], threads: int, dtype) -> int:
+        """encode_file's Python path: the text decoded in blocks, regrouped at safe cuts, encoded in batches."""
+        n, batch = 0, []
+        chunks = _safe_chunks(_read_text_pieces(in_path, bar), _FILE_CHUNK_CHARS, self._special_list, self.pattern)
+        for chunk in chunks:
+            batch.append(chunk)
+            if len(batch) >= 2 * threads:
+                n += self._write_ids(f, batch, allowed, threads, dtype)
+                batch = []
+        return n + self._write_ids(f, batch, allowed, threads, dtype)
 
     def _write_ids(self, f, texts: list[str], allowed: frozenset[str], threads: int, dtype: np.dtype) -> int:
         n = 0
@@ -359,22 +435,26 @@ def _num_threads(num_threads: int | None) -> int:
 
 
 def train_bpe(input_path, vocab_size: int, special_tokens: Sequence[str] = (), num_workers: int | None = None,
-              backend: str = "auto", progress: bool = False) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+              backend: str = "auto", progress: bool = False, pattern: str = "gpt2"
+              ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Train a byte-level BPE on a UTF-8 text file (CS336 semantics); returns ``(vocab, merges)``.
 
     Ids: the special tokens first (in order), then the 256 bytes, then one per merge. No merge crosses a special
     token. Ties between equally frequent pairs go to the lexicographically greater ``(bytes, bytes)`` pair.
     ``progress`` shows a bar over the merges. Time is near-linear in the text's size even without whitespace (a
-    one-line multi-megabyte pre-token), and Ctrl-C stops the C++ trainer.
+    one-line multi-megabyte pre-token), and Ctrl-C stops the C++ trainer. ``pattern`` names the pre-tokenizer that
+    splits the text (see ``Tokenizer``); build the tokenizer with the same one.
     """
     path = Path(input_path)
     _require_file(path, "training text")
     special_tokens = _bpe_reference._check_train_args(vocab_size, special_tokens, num_workers)
+    check_pattern(pattern)
     with _merge_bar(progress, path.name) as report:
         if _resolve_backend(backend, "train_bpe") == "native":
-            vocab, merges = _native.train_bpe(str(path), vocab_size, special_tokens, num_workers, report)
+            vocab, merges = _native.train_bpe(str(path), vocab_size, special_tokens, num_workers, report, pattern)
             return {int(i): bytes(b) for i, b in vocab.items()}, [(bytes(a), bytes(b)) for a, b in merges]
-        return _bpe_reference.train_bpe_reference(path, vocab_size, special_tokens, num_workers, progress=report)
+        return _bpe_reference.train_bpe_reference(path, vocab_size, special_tokens, num_workers, progress=report,
+                                                  pattern=pattern)
 
 
 @contextlib.contextmanager

@@ -249,7 +249,9 @@ def test_the_trainer_takes_an_export_folder_as_its_tokenizer(bpe, tmp_path):
     (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "pre_tokenizer"),
     (lambda d: d.update(pre_tokenizer={"type": "Metaspace", "replacement": "▁"}), "pre_tokenizer"),
     (lambda d: d["model"].update(byte_fallback=True), "model.byte_fallback"),
-    (lambda d: d["model"].update(ignore_merges=True), "model.ignore_merges"),
+    (lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\w+"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}), "none of lmfast's pre-tokenizers"),
     (lambda d: d["model"].update(dropout=0.1), "model.dropout"),
     (lambda d: d["added_tokens"][0].update(id=3), "added token '<|endoftext|>' has id 3"),
     (lambda d: d["model"]["vocab"].update({"Ġzzz": 3}), "gives id 3 to both"),

@@ -187,6 +187,14 @@ def test_encode_rejects_text_that_is_not_str(gpt2_engine):
         gpt2_engine.encode_ordinary(b"bytes")
 
 
+def test_engines_with_other_vocabs_on_one_thread_never_share_cached_pieces(gpt2_engine):
+    text = "the same words, cached by each engine: the the the"
+    gpt2_ids = gpt2_engine.encode_ordinary(text)
+    bytes_only = _bpe.Engine({i: bytes([i]) for i in range(256)}, [], {})
+    assert bytes_only.encode_ordinary(text) == list(text.encode("utf-8"))
+    assert gpt2_engine.encode_ordinary(text) == gpt2_ids
+
+
 def test_encode_batch_with_threads_equals_single_thread(gpt2_engine):
     texts = shakespeare_text()[:400_000].split("\n\n") + ["", EOT, "a<|endoftext|>b"]
     single = [gpt2_engine.encode(t, {EOT}) for t in texts]

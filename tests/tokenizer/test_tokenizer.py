@@ -443,6 +443,16 @@ def test_cli_trains_then_encodes_a_file_the_same_as_the_api(small_corpus, tmp_pa
     assert np.load(tmp_path / "ids.npy").tolist() == tok.encode(small_corpus.read_text(encoding="utf-8"))
 
 
+def test_cli_trains_with_the_chosen_pattern_and_the_saved_tokenizer_keeps_it(small_corpus, tmp_path):
+    r = _cli("train", "--input", small_corpus, "--vocab-size", 300, "--out", tmp_path / "tok", "--pattern", "o200k",
+             "--no-progress")
+    assert r.returncode == 0, r.stderr
+    tok = Tokenizer.load(tmp_path / "tok")
+    assert tok.pattern == "o200k"
+    vocab, merges = train_bpe(small_corpus, 300, [], pattern="o200k")
+    assert (tok.vocab, tok.merges) == (vocab, merges)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["encode", "--tokenizer", "gpt2", "--input", "/nonexistent/x.txt", "--out", "x.npy"], "/nonexistent/x.txt"),
     (["train", "--input", "/nonexistent/x.txt", "--vocab-size", "300", "--out", "d"], "/nonexistent/x.txt"),
