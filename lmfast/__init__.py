@@ -9,7 +9,7 @@ Four rooms by job, and thin command lines on top; imports point down, never in a
   Hugging Face Llama folders, generation; the Triton kernels are ``lmfast.kernels``;
 - ``lmfast.train``: the trainer (``python -m lmfast.train``) and what a run owns: config, checkpoints
   (``lmfast.checkpoint``), resume, run lock and signals, torchrun/FSDP, AdamW and the schedule (``lmfast.optim``).
-- command lines: ``python -m lmfast.generate | export | plot | tokenize``.
+- command lines: ``python -m lmfast.generate | export | plot | tokenize | eval``.
 
 This module imports nothing, so ``import lmfast`` is instant.
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,10 +35,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def save_hf(model: TransformerLM, out: str | Path, tokenizer=None, dtype: torch.dtype = torch.float32,
-            temperature: float = 0.8, top_p: float = 0.95) -> Path:
+            temperature: float = 0.8, top_p: float = 0.95, source: dict | None = None) -> Path:
     """Write ``model`` (and ``tokenizer``: an lmfast Tokenizer, or None for bytes) as a HF Llama folder at ``out``.
 
     ``temperature`` / ``top_p`` become the defaults of ``generation_config.json`` (temperature 0: greedy).
+    ``source``: the ``config.json`` of the folder the run started from (``--init-from``), whose fields the export
+    keeps (``bos_token_id``, ``eos_token_id``, ``max_position_embeddings``, the model type ...).
     """
     from safetensors.torch import save_file
 
@@ -45,14 +48,18 @@ def save_hf(model: TransformerLM, out: str | Path, tokenizer=None, dtype: torch.
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shape = LlamaShape.of(model)
-    eos = getattr(tokenizer, "eot_id", None)
+    if source:
+        shape = replace(shape, source=source, model_type=source.get("model_type", "llama"))
+    config = llama_config(shape, getattr(tokenizer, "eot_id", None), dtype)
+    eos, bos = config["eos_token_id"], config["bos_token_id"]
     state = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
     with _atomic_path(out / "model.safetensors") as tmp:
-        save_file(to_hf_state_dict(state, shape.num_heads), tmp, metadata={"format": "pt"})
-    generation = {"bos_token_id": None, "eos_token_id": eos, "pad_token_id": None, "do_sample": temperature > 0}
+        hf_state = to_hf_state_dict(state, shape.num_heads, shape.kv_heads, shape.tie_embeddings)
+        save_file(hf_state, tmp, metadata={"format": "pt"})
+    generation = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": None, "do_sample": temperature > 0}
     if temperature > 0:
         generation |= {"temperature": temperature, "top_p": top_p}
-    files = {"config.json": json.dumps(llama_config(shape, eos, dtype), indent=2),
+    files = {"config.json": json.dumps(config, indent=2),
              "generation_config.json": json.dumps(generation, indent=2),
              "tokenizer.json": tokenizer_json(tokenizer),
              "tokenizer_config.json": json.dumps(tokenizer_config(tokenizer, shape.context_length), indent=2)}
@@ -69,7 +76,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: torch.dtyp
     model, tokenizer, state = load_model(checkpoint, "cpu")
     cfg = state["config"]
     return save_hf(model, out, tokenizer, dtype, temperature=cfg.get("sample_temperature", 0.8),
-                   top_p=cfg.get("sample_top_p", 0.95))
+                   top_p=cfg.get("sample_top_p", 0.95), source=(state.get("meta") or {}).get("hf_config"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,7 +179,7 @@ def test_every_console_script_names_a_main_that_exists():
         assert callable(getattr(importlib.import_module(module), attr)), name
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "export", "plot", "tokenize"])
+@pytest.mark.parametrize("command", ["train", "generate", "export", "plot", "tokenize", "eval"])
 def test_python_dash_m_runs_each_command_line_from_the_repo_root(command):
     done = subprocess.run([sys.executable, "-m", f"lmfast.{command}", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

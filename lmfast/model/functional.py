@@ -24,12 +24,16 @@ __all__ = [
     "lce_release_workspace",
     "rmsnorm",
     "add_rmsnorm",
+    "rope_inv_freq",
     "rope_cos_sin",
     "apply_rope",
     "rope",
     "rope_attention",
     "scaled_dot_product_attention",
     "causal_attention",
+    "document_ids",
+    "document_positions",
+    "document_mask",
 ]
 
 
@@ -330,16 +334,40 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, e
     return h, y if out_dtype is None else y.to(out_dtype)
 
 
-def rope_cos_sin(
-    theta: float, head_dim: int, positions: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for RoPE at integer ``positions`` (any shape P): each (*P, head_dim // 2), fp32.
+def rope_inv_freq(theta: float, head_dim: int, scaling: dict | None = None, device=None) -> torch.Tensor:
+    """RoPE's (head_dim // 2,) fp64 inverse frequencies ``theta ** (-2i / head_dim)``, optionally rescaled.
 
-    Pair i rotates by angle ``pos * theta ** (-2i / head_dim)``.
+    ``scaling`` None is plain RoPE; ``{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"}`` is Llama-3.1's: wavelengths longer than ``original / low_freq_factor``
+    are divided by ``factor``, shorter than ``original / high_freq_factor`` kept, and those between interpolated
+    (transformers' ``_compute_llama3_parameters``, the same formula).
     """
     if head_dim % 2 != 0:
         raise ValueError(f"RoPE needs an even head dim, got {head_dim}; pick d_model / num_heads even")
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+    if scaling is None:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling type {kind!r} is not implemented; use llama3, or null for plain RoPE")
+    factor, low, high = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
+    original = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(
+    theta: float, head_dim: int, positions: torch.Tensor, scaling: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for RoPE at integer ``positions`` (any shape P): each (*P, head_dim // 2), fp32.
+
+    Pair i rotates by angle ``pos * theta ** (-2i / head_dim)`` (rescaled by ``scaling``: see :func:`rope_inv_freq`).
+    """
+    inv_freq = rope_inv_freq(theta, head_dim, scaling, positions.device)
     angles = positions.to(torch.float64).unsqueeze(-1) * inv_freq
     return torch.cos(angles).float(), torch.sin(angles).float()
 
@@ -402,12 +430,10 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch
     """RoPE on q and k, then causal attention: the reference of the fused ``lmfast::attention`` with RoPE inside.
 
     q: (batch, q_heads, seq, head_dim); k, v: (batch, kv_heads, seq, head_dim); cos, sin: (seq, head_dim // 2) or
-    (batch, seq, head_dim // 2), e.g. :func:`rope_cos_sin` at per-document positions; ``doc_ids`` as in
+    (batch, seq, head_dim // 2), e.g. :func:`rope_cos_sin` at :func:`document_positions`; ``doc_ids`` as in
     :func:`causal_attention`.
     """
     q, k = rope(q, k, cos, sin)
-    if doc_ids is None:
-        return causal_attention(q, k, v, scale)
     return causal_attention(q, k, v, scale, doc_ids=doc_ids)
 
 
@@ -424,21 +450,72 @@ def scaled_dot_product_attention(
     return softmax(scores, dim=-1) @ V
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Causal softmax attention: the reference of the fused ``lmfast::attention`` kernel.
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, *,
+                     doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal softmax attention, with grouped-query heads and document masking: the reference of the fused
+    ``lmfast::attention`` kernel.
 
-    q, k, v: (batch, heads, seq, head_dim). Uses PyTorch's fused SDPA, which computes the same function
-    as :func:`scaled_dot_product_attention` with a lower-triangular mask (the tests hold the two equal).
-    A scale <= 0 takes SDPA's math backend: its fused CPU kernel returns NaN for one (torch 2.13).
+    q: (batch, q_heads, seq, head_dim); k, v: (batch, kv_heads, seq, head_dim) with ``q_heads % kv_heads == 0``:
+    query head ``h`` reads kv head ``h // (q_heads // kv_heads)`` (the layout of transformers' ``repeat_kv``).
+    ``doc_ids``: None, or (batch, seq) int32/int64, non-decreasing along seq; token i then attends token j iff
+    ``j <= i and doc_ids[b, i] == doc_ids[b, j]`` (:func:`document_ids` makes them). Returns (batch, q_heads, seq,
+    head_dim). Uses PyTorch's fused SDPA (``enable_gqa``, so K/V are never repeated where SDPA can avoid it), which
+    computes the same function as :func:`scaled_dot_product_attention` with the mask written out (the tests hold
+    the two equal). A scale <= 0 takes SDPA's math backend: its fused CPU kernel returns NaN for one (torch 2.13).
     """
+    _check_attention_heads(q, k, v, doc_ids)
     out_dtype = _cpu_attention_in_fp32(q)
     if out_dtype is not None:
         with torch.autocast("cpu", enabled=False):
-            return causal_attention(q.float(), k.float(), v.float(), scale).to(out_dtype)
+            return causal_attention(q.float(), k.float(), v.float(), scale, doc_ids=doc_ids).to(out_dtype)
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
+    mask = {"is_causal": True} if doc_ids is None else {"attn_mask": document_mask(doc_ids)}
     if scale is not None and scale <= 0:
         with sdpa_kernel(SDPBackend.MATH):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, scale=scale, **mask, **gqa)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale, **mask, **gqa)
+
+
+def _check_attention_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None) -> None:
+    if k.shape != v.shape or q.dim() != 4 or k.dim() != 4 or k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"causal_attention needs q (batch, q_heads, seq, head_dim) and k, v (batch, kv_heads, seq, "
+                         f"head_dim) with q_heads divisible by kv_heads, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if doc_ids is not None and (doc_ids.shape != (q.shape[0], q.shape[2]) or doc_ids.dtype.is_floating_point):
+        raise ValueError(f"doc_ids must be integer (batch, seq) = {(q.shape[0], q.shape[2])}, got "
+                         f"{doc_ids.dtype} {tuple(doc_ids.shape)}")
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """The boolean (batch, 1, seq, seq) mask of causal attention within documents: True where ``j <= i`` and
+    ``doc_ids[b, i] == doc_ids[b, j]`` (SDPA's convention, True = attend). The diagonal is always True."""
+    seq = doc_ids.shape[-1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=doc_ids.device).tril()
+    return ((doc_ids.unsqueeze(-1) == doc_ids.unsqueeze(-2)) & causal).unsqueeze(1)
+
+
+def document_ids(tokens: torch.Tensor, eot_id: int) -> torch.Tensor:
+    """Which document each token of a packed (batch, seq) window belongs to: (batch, seq) int32, from 0 in each row.
+
+    A new document starts right after each end-of-text token ``eot_id``; the EOT token belongs to the document it
+    ends. ``[[5, 7, EOT, 9, EOT, EOT, 3]] -> [[0, 0, 0, 1, 1, 2, 3]]``.
+    """
+    is_eot = (tokens == eot_id).to(torch.int32)
+    return (torch.cumsum(is_eot, dim=-1, dtype=torch.int32) - is_eot).to(torch.int32)
+
+
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Each token's position inside its document: (batch, seq) int64, restarting at 0 where ``doc_ids`` changes.
+
+    Feed them to :func:`rope_cos_sin` (any shape of positions) and :func:`rope` (per-batch tables), so RoPE sees
+    every document as if it started the window.
+    """
+    seq = doc_ids.shape[-1]
+    idx = torch.arange(seq, device=doc_ids.device).expand_as(doc_ids)
+    new = torch.ones_like(doc_ids, dtype=torch.bool)
+    new[..., 1:] = doc_ids[..., 1:] != doc_ids[..., :-1]
+    start = torch.where(new, idx, torch.zeros_like(idx)).cummax(dim=-1).values
+    return idx - start
 
 
 def _cpu_attention_in_fp32(q: torch.Tensor) -> torch.dtype | None:

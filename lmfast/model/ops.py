@@ -25,7 +25,7 @@ import torch
 from lmfast.model import functional
 
 __all__ = ["Ops", "BACKENDS", "FUSED_OPS", "resolve_backend", "get_ops", "fused_unavailable_reason",
-           "fused_shape_limits", "gpu_generation", "fused_table", "auto_choices"]
+           "fused_shape_limits", "fused_feature_gaps", "gpu_generation", "fused_table", "auto_choices"]
 
 BACKENDS = ("auto", "reference", "fused")
 # The table's rows: each names an op (or, for document_attention, a feature of one) and its kernel.
@@ -106,12 +106,20 @@ def fused_shape_limits(d_model: int | None, head_dim: int | None) -> list[str]:
     return limits
 
 
+def fused_feature_gaps(num_heads: int | None = None, num_kv_heads: int | None = None,
+                       document_masking: bool = False) -> list[str]:
+    """The model features no fused kernel takes, each as a sentence: those ops run their reference. None now: the
+    attention kernel takes grouped-query heads and document masks (with RoPE inside)."""
+    return []
+
+
 def resolve_backend(backend: str, device: torch.device | str, d_model: int | None = None,
-                    head_dim: int | None = None) -> str:
+                    head_dim: int | None = None, gaps: list[str] | None = None) -> str:
     """Turn ``auto | reference | fused`` into ``reference``, ``fused`` or ``auto`` (the table decides per op) for
     ``device``; logs the choice once.
 
     With the model's ``d_model`` / ``head_dim``, an explicit ``fused`` also checks the kernels take that shape.
+    ``gaps`` (:func:`fused_feature_gaps`) are named in the log line: those ops run their reference on either backend.
     Raises ValueError when ``fused`` cannot run (the trainer prints it as one line, exit code 2).
     """
     if backend not in BACKENDS:
@@ -125,7 +133,8 @@ def resolve_backend(backend: str, device: torch.device | str, d_model: int | Non
                          "reference op where a kernel does not fit) or reference, or change d_model / num_heads.")
     chosen = "reference" if backend == "reference" or reason is not None else backend
     where = f", {gpu_generation(device)} table" if chosen == "auto" else ""
-    note = f"; reference where {'; '.join(limits)}" if chosen != "reference" and limits else ""
+    where_ref = limits + (gaps or [])
+    note = f"; reference where {'; '.join(where_ref)}" if chosen != "reference" and where_ref else ""
     _log.info("ops backend: %s (asked %s, device %s%s%s)", chosen, backend, torch.device(device), where, note)
     return chosen
 
@@ -177,14 +186,10 @@ def _fused_ops() -> Ops:
 
 
 def _reference_attention(q, k, v, scale, doc_ids):
-    if doc_ids is None:
-        return functional.causal_attention(q, k, v, scale)
     return functional.causal_attention(q, k, v, scale, doc_ids=doc_ids)
 
 
 def _reference_rope_attention(q, k, v, cos, sin, scale, doc_ids):
-    if doc_ids is None:
-        return functional.rope_attention(q, k, v, cos, sin, scale)
     return functional.rope_attention(q, k, v, cos, sin, scale, doc_ids=doc_ids)
 
 
@@ -226,9 +231,9 @@ def _reference_attention_op(q, k, v, scale=None, *, doc_ids=None):
 
 
 def get_ops(backend: str, device: torch.device | str, d_model: int | None = None,
-            head_dim: int | None = None) -> Ops:
+            head_dim: int | None = None, gaps: list[str] | None = None) -> Ops:
     """The :class:`Ops` for ``backend`` on ``device`` and a model of this shape (see :func:`resolve_backend`)."""
-    chosen = resolve_backend(backend, device, d_model, head_dim)
+    chosen = resolve_backend(backend, device, d_model, head_dim, gaps)
     if chosen == "reference":
         return REFERENCE
     if chosen == "fused":

@@ -271,6 +271,21 @@ class Tokenizer:
             self._allowed(t, allowed_special, disallowed_special)
         return self._engine.encode_batch(texts, allowed, _num_threads(num_threads))
 
+    def encode_batch_to_bytes(self, texts: Sequence[str], num_threads: int | None = None, dtype=np.uint16,
+                              allowed_special: Iterable[str] = ()) -> list[bytes]:
+        """Encode many texts on ``num_threads`` native threads, each text's ids packed as little-endian ``dtype``
+        (uint16 or uint32) bytes: what a token file holds, without a Python int per id. Special-token text is
+        ordinary text unless ``allowed_special`` names it (documents read from data files carry no markup)."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+            raise ValueError(f"dtype must be uint16 or uint32, got {dtype}")
+        if dtype == np.uint16 and self.vocab_size > 1 << 16:
+            raise ValueError(f"uint16 cannot hold this tokenizer's ids (vocab_size {self.vocab_size}); use uint32")
+        allowed = self._allowed(None, frozenset(allowed_special), ())
+        texts = list(texts)
+        return self._engine.encode_batch_to_bytes(texts, allowed, _num_threads(num_threads), dtype.itemsize) \
+            if texts else []
+
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily encode a stream of strings (e.g. a file handle, line by line) in constant memory.
 

@@ -17,11 +17,9 @@ from typing import Any
 
 import yaml
 
+from lmfast.train.config_values import DATA_KEYS, ConfigError, _short, _to_float, _to_int, data_sources, rope_scaling
+
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "config_table"]
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says which key and how to fix it."""
 
 
 _INT64_MAX = 2**63 - 1  # every int key ends up in torch / numpy as a C int64 (seeds, sizes, step counts)
@@ -45,6 +43,17 @@ class TrainConfig:
     num_heads: int = _f(16, "attention heads; d_model must be divisible by it", min=1)
     d_ff: int = _f(1344, "SwiGLU hidden size (≈ 8/3 · d_model, a multiple of 64)", min=1)
     rope_theta: float = _f(10000.0, "RoPE base frequency", gt=0)
+    num_kv_heads: int | None = _f(None, "key/value heads: grouped-query attention (1 = multi-query); null = num_heads; "
+                                  "num_heads must be divisible by it", min=1)
+    head_dim: int | None = _f(None, "width of each head; null = d_model / num_heads (set it for a model whose heads "
+                              "are not d_model / num_heads wide)", min=2)
+    tie_embeddings: bool = _f(False, "the LM head is the token embedding matrix (one tensor, as SmolLM, Llama-3.2 "
+                              "1B/3B and Qwen2-0.5B have)")
+    rms_norm_eps: float = _f(1e-5, "RMSNorm epsilon (Hugging Face's LlamaConfig default is 1e-6)", gt=0)
+    rope_scaling: dict | None = _f(None, "null = plain RoPE; {type: llama3, factor: 8, low_freq_factor: 1, "
+                                   "high_freq_factor: 4, original_max_position_embeddings: 8192} = Llama-3.1's "
+                                   "frequency scaling")
+    attention_bias: bool = _f(False, "biases on the q/k/v projections (Qwen2); the output projection has none")
     # Training (the seed's keys)
     num_epochs: float = _f(1.0, "passes over the training tokens (fractions allowed); ignored when max_steps is set",
                            gt=0)
@@ -58,10 +67,20 @@ class TrainConfig:
     warmup_iters: int = _f(1000, "optimizer steps of linear warmup from 0", min=0)
     cosine_cycle_iters: int = _f(10000, "optimizer step at which the cosine reaches the floor", min=0)
     # Data (the seed's keys)
-    train_data_path: str = _f("data/train.txt", "training tokens (.npy/.npz/.bin) or text (.txt), or a corpus name: "
-                              "shakespeare, tinystories")
-    val_data_path: str | None = _f("data/val.txt", "validation data in the same forms; null turns validation off "
-                                   "(with a corpus name as train_data_path, its validation split is used)")
+    train_data_path: str | list = _f("data/train.txt", "training tokens (.npy/.npz/.bin); text (.txt), documents "
+                                     "(.jsonl, .jsonl.gz, .jsonl.zst, .parquet), a directory or glob of them; a corpus "
+                                     "name: shakespeare, tinystories; or a list of sources with mixing weights "
+                                     "[{path: a, weight: 3}, {path: b, weight: 1}]")
+    val_data_path: str | list | None = _f("data/val.txt", "validation data in the same forms; null turns validation "
+                                          "off (with a corpus name as train_data_path, its validation split is used)")
+    text_field: str = _f("text", "the field of each .jsonl record, or the .parquet column, that holds a document's "
+                         "text")
+    eot_token: str | None = _f(None, "the special token written after each document; null = the tokenizer's "
+                               "<|endoftext|> (none for byte-level tokens)")
+    val_split_fraction: float = _f(0.0, "hold out this fraction of the training documents (whole documents, chosen by "
+                                   "seed) for validation, with val_data_path: null; 0 = none", min=0, lt=1)
+    document_masking: bool = _f(False, "attention never crosses an end-of-text token inside a training window, and "
+                                "RoPE positions restart at each document")
     # Checkpointing and logging (the seed's keys)
     checkpoint_dir: str = _f("checkpoints", "where checkpoints, metrics.jsonl and the run's tokenizer go")
     checkpoint_interval: int = _f(10, "save checkpoint_epoch_{e}.pt every this many epochs; 0 = never", min=0)
@@ -93,6 +112,10 @@ class TrainConfig:
     distributed: str = _f("ddp", "under torchrun: ddp (every rank holds the whole model) or fsdp (FSDP2 shards "
                           "parameters, gradients and optimizer state over the ranks; sharded checkpoints)",
                           choices=("ddp", "fsdp"))
+    activation_checkpointing: str = _f("none", "recompute block activations in backward instead of keeping them: "
+                                       "none, full (every block), selective (every activation_checkpointing_every-th "
+                                       "block)", choices=("none", "full", "selective"))
+    activation_checkpointing_every: int = _f(2, "with selective: checkpoint blocks 0, k, 2k, ...", min=1)
     fused_loss: bool = _f(True, "loss from hidden states and the LM head in chunks, never the full logits "
                           "(memory-lean); false = full logits, then cross-entropy")
     tokenizer: str | None = _f(None, "null = byte-level (vocab 256); train = BPE of vocab_size trained on the "
@@ -114,16 +137,7 @@ class TrainConfig:
         self._check_cross_field()
 
     def _check_cross_field(self) -> None:
-        if self.d_model % 2:
-            raise ConfigError(f"d_model ({self.d_model}) is odd, so no num_heads gives the even head dim "
-                              f"(d_model / num_heads) that RoPE needs; use an even d_model such as "
-                              f"{self.d_model + 1}")
-        if self.d_model % self.num_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}); "
-                              f"num_heads that work for this d_model: {_head_counts(self.d_model)}")
-        if (self.d_model // self.num_heads) % 2:
-            raise ConfigError(f"RoPE needs an even head dim, but d_model / num_heads = {self.d_model // self.num_heads}"
-                              "; change d_model or num_heads")
+        self._check_heads()
         if self.min_learning_rate > self.max_learning_rate:
             raise ConfigError(f"min_learning_rate ({self.min_learning_rate}) must be <= max_learning_rate "
                               f"({self.max_learning_rate})")
@@ -135,6 +149,38 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:[0-9]+", self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (N: a GPU index, 0, 1, ...), got "
                               f"{_short(self.device)}")
+
+        if self.val_split_fraction > 0 and self.val_data_path is not None:
+            raise ConfigError(f"val_split_fraction ({self.val_split_fraction}) holds validation documents out of the "
+                              f"training data, but val_data_path is also set ({_short(self.val_data_path)}); set "
+                              "val_data_path: null, or val_split_fraction: 0")
+
+    def _check_heads(self) -> None:
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            ok = ", ".join(str(k) for k in range(1, self.num_heads + 1) if self.num_heads % k == 0)
+            raise ConfigError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads}): "
+                              f"each key/value head serves a whole group of query heads; num_kv_heads that work: {ok}")
+        if self.head_dim is not None:
+            if self.head_dim % 2:
+                raise ConfigError(f"head_dim ({self.head_dim}) must be even for RoPE; use {self.head_dim + 1}, or "
+                                  "null for d_model / num_heads")
+            return
+        if self.d_model % 2:
+            raise ConfigError(f"d_model ({self.d_model}) is odd, so no num_heads gives the even head dim "
+                              f"(d_model / num_heads) that RoPE needs; use an even d_model such as "
+                              f"{self.d_model + 1}")
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}); "
+                              f"num_heads that work for this d_model: {_head_counts(self.d_model)}")
+        if (self.d_model // self.num_heads) % 2:
+            raise ConfigError(f"RoPE needs an even head dim, but d_model / num_heads = {self.d_model // self.num_heads}"
+                              "; change d_model or num_heads")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`lmfast.model.TransformerLM` for this config's model."""
+        keys = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta",
+                "num_kv_heads", "head_dim", "tie_embeddings", "rms_norm_eps", "rope_scaling", "attention_bias")
+        return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -148,8 +194,10 @@ def _head_counts(d_model: int, limit: int = 256) -> str:
     return ", ".join(map(str, ok))
 
 
-def _is_text(path: str | None) -> bool:
-    return path is not None and Path(path).suffix == ".txt"
+def _is_text(path: str | list | None) -> bool:
+    """Whether any source of a data key is text or documents (tokenized by the run's tokenizer)."""
+    paths = [s["path"] for s in path] if isinstance(path, list) else [] if path is None else [path]
+    return any(Path(p).suffix in (".txt", ".jsonl", ".gz", ".zst", ".parquet") for p in paths)
 
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
@@ -163,6 +211,10 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"{name} cannot be null: {rules['help']}")
+    if name in DATA_KEYS:
+        return data_sources(name, value)
+    if kind.startswith("dict"):
+        return rope_scaling(value)
     try:
         if kind.startswith("int"):
             value = _to_int(value)
@@ -191,30 +243,6 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         raise ConfigError(f"{name}: cannot use {_short(value)}; expected {expected} ({rules['help']})") from None
     _check_rules(name, value, rules, kind)
     return value
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a value may be a huge number or a long string."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError
-    number = float(value) if isinstance(value, str) else value
-    if int(number) != number:
-        raise ValueError
-    return int(number)
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError
-    return number
 
 
 def _to_str(value: Any) -> str:
@@ -251,6 +279,8 @@ def _check_rules(name: str, value: Any, rules: dict, kind: str) -> None:
         raise ConfigError(f"{name}: {_short(value)} is too small; it must be >= {rules['min']} ({rules['help']})")
     if "gt" in rules and value <= rules["gt"]:
         raise ConfigError(f"{name}: {_short(value)} is too small; it must be > {rules['gt']} ({rules['help']})")
+    if "lt" in rules and value >= rules["lt"]:
+        raise ConfigError(f"{name}: {_short(value)} is too large; it must be < {rules['lt']} ({rules['help']})")
     if "max" in rules and value > rules["max"]:
         raise ConfigError(f"{name}: {_short(value)} is too large; it must be <= {rules['max']} ({rules['help']})")
 
@@ -289,8 +319,13 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML file (or nothing: the defaults), apply ``overrides``, validate, return a :class:`TrainConfig`."""
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None, fixed: dict[str, Any] | None = None,
+                fixed_by: str = "") -> TrainConfig:
+    """Read a YAML file (or nothing: the defaults), apply ``overrides``, validate, return a :class:`TrainConfig`.
+
+    ``fixed``: keys another source decides (``--init-from``'s folder: the architecture, named by ``fixed_by``). They
+    fill in what the file and overrides leave out; a key they set to another value is a ConfigError naming each one.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
@@ -299,7 +334,32 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         _check_keys(raw, repr(str(path)))
     overrides = overrides or {}
     _check_keys(overrides, "--set")
-    return TrainConfig(**{**raw, **overrides})
+    given = {**raw, **overrides}
+    if fixed:
+        _check_agrees(given, fixed, fixed_by)
+    return TrainConfig(**{**given, **(fixed or {})})
+
+
+def _check_agrees(given: dict[str, Any], fixed: dict[str, Any], fixed_by: str) -> None:
+    """Every key the user gave that ``fixed`` decides must hold the same value (null num_kv_heads / head_dim read as
+    the plain ones)."""
+    def plain(key: str, values: dict) -> Any:
+        if key == "num_kv_heads" and values.get(key) is None:
+            return values.get("num_heads")
+        if key == "head_dim" and values.get(key) is None and values.get("num_heads"):
+            return values["d_model"] // values["num_heads"]
+        return values.get(key)
+
+    mine = {k: _coerce(_FIELDS[k], v) for k, v in given.items() if k in fixed}
+    wrong = []
+    for key in mine:
+        a, b = plain(key, {**fixed, **mine}), plain(key, fixed)
+        if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-9)):
+            wrong.append(f"{key}: {_short(mine[key])} (the folder has {_short(fixed[key])})")
+    if wrong:
+        raise ConfigError(f"{fixed_by} gives the model's architecture, and the config disagrees with it: "
+                          f"{'; '.join(wrong)}; remove these keys from the config and --set (the folder's values are "
+                          "taken), or start from another folder")
 
 
 def _read_yaml(path: Path) -> Any:

@@ -6,7 +6,11 @@ huge ``batch_size`` fails on its first step with an allocator dump. The estimate
 - parameters ``P`` of the model (embedding, blocks, final norm, LM head), each kept in fp32 with its gradient and
   AdamW's two moments: ``16 P``, plus a 2-byte copy of each weight under bf16/fp16 autocast;
 - activations autograd keeps for the backward pass, per token of a micro-batch
-  ``num_layers * (11 d_model + 4.5 d_ff) + 3 d_model`` values (2 bytes each under autocast, else 4);
+  ``num_layers * (11 d_model + 4.5 d_ff) + 3 d_model`` values (2 bytes each under autocast, else 4); of each layer's
+  11 d_model, 3 go with the query/attention width (heads · head_dim) and 3 with the key/value width (kv_heads ·
+  head_dim), so grouped-query attention keeps less. A block under activation checkpointing keeps only its input
+  (d_model values) and recomputes the rest in backward, where one block's activations exist at a time;
+- ``document_masking``: the boolean (batch, 1, seq, seq) mask of each attention call, one byte an element;
 - the loss: unfused, ``3 vocab_size`` fp32 values per token for the logits, their log-softmax and their gradient;
   fused (``fused_loss: true``, the default), at most three fp32 buffers of one chunk of logits
   (:func:`lmfast.model.functional.lce_chunk_rows` tokens by ``vocab_size``) plus the gradients of the hidden states and
@@ -50,25 +54,55 @@ class MemoryEstimate:
         return self.weights_and_optimizer + self.activations + self.batch
 
 
-def count_parameters(vocab_size: int, d_model: int, num_layers: int, d_ff: int) -> int:
-    """Parameters of :class:`lmfast.model.TransformerLM`: untied embedding and head, 4 attention and 3 SwiGLU
-    matrices and 2 RMSNorm gains per block, one final gain."""
-    per_layer = 4 * d_model * d_model + 3 * d_model * d_ff + 2 * d_model
-    return 2 * vocab_size * d_model + num_layers * per_layer + d_model
+def count_parameters(vocab_size: int, d_model: int, num_layers: int, d_ff: int, num_heads: int | None = None,
+                     num_kv_heads: int | None = None, head_dim: int | None = None, tie_embeddings: bool = False,
+                     attention_bias: bool = False) -> int:
+    """Parameters of :class:`lmfast.model.TransformerLM`: embedding and head (one matrix when tied), the q/k/v/output
+    matrices (k and v of ``num_kv_heads`` heads; biases on q/k/v when asked), 3 SwiGLU matrices and 2 RMSNorm gains
+    per block, one final gain."""
+    q_width, kv_width = _widths(d_model, num_heads, num_kv_heads, head_dim)
+    attention = 2 * d_model * q_width + 2 * d_model * kv_width + ((q_width + 2 * kv_width) if attention_bias else 0)
+    per_layer = attention + 3 * d_model * d_ff + 2 * d_model
+    return (1 if tie_embeddings else 2) * vocab_size * d_model + num_layers * per_layer + d_model
+
+
+def _widths(d_model: int, num_heads: int | None, num_kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
+    """(heads · head_dim, kv_heads · head_dim): d_model each for plain multi-head attention."""
+    if num_heads is None:
+        return d_model, d_model
+    width = head_dim or d_model // num_heads
+    return num_heads * width, (num_kv_heads or num_heads) * width
+
+
+def _checkpointed(cfg) -> int:
+    """How many blocks activation checkpointing recomputes."""
+    mode = getattr(cfg, "activation_checkpointing", "none")
+    every = {"none": 0, "full": 1, "selective": getattr(cfg, "activation_checkpointing_every", 1)}[mode]
+    return len(range(0, cfg.num_layers, every)) if every else 0
 
 
 def estimate_training_memory(cfg, autocast: bool = False, shards: int = 1) -> MemoryEstimate:
     """Bytes one process needs to train ``cfg`` (a :class:`lmfast.train.config.TrainConfig`); exact Python ints, so
     absurd sizes give absurd numbers, never an overflow. ``autocast``: bf16/fp16 activations. ``shards``: the ranks FSDP
     splits weights, gradients and optimizer state over (1 without it)."""
-    p = count_parameters(cfg.vocab_size, cfg.d_model, cfg.num_layers, cfg.d_ff)
+    heads = dict(num_heads=cfg.num_heads, num_kv_heads=getattr(cfg, "num_kv_heads", None),
+                 head_dim=getattr(cfg, "head_dim", None))
+    p = count_parameters(cfg.vocab_size, cfg.d_model, cfg.num_layers, cfg.d_ff, **heads,
+                         tie_embeddings=getattr(cfg, "tie_embeddings", False),
+                         attention_bias=getattr(cfg, "attention_bias", False))
     weights = (16 * p + (2 * p if autocast else 0)) // max(1, shards)
     tokens = cfg.batch_size * cfg.context_length
     act_bytes = 2 if autocast else 4
-    per_token = act_bytes * (cfg.num_layers * (11 * cfg.d_model + 9 * cfg.d_ff // 2) + 3 * cfg.d_model)
+    q_width, kv_width = _widths(cfg.d_model, **heads)
+    layer = 5 * cfg.d_model + 3 * q_width + 3 * kv_width + 9 * cfg.d_ff // 2
+    kept = _checkpointed(cfg)
+    # a checkpointed block keeps its input; backward recomputes one block at a time
+    per_token = act_bytes * ((cfg.num_layers - kept) * layer + kept * cfg.d_model + (layer if kept else 0) +
+                             3 * cfg.d_model)
+    mask = cfg.batch_size * cfg.context_length ** 2 if getattr(cfg, "document_masking", False) else 0
     batch = 3 * 8 * cfg.batch_size * (cfg.context_length + 1)
     return MemoryEstimate(parameters=p, weights_and_optimizer=weights,
-                          activations=tokens * per_token + _loss_bytes(cfg, tokens), batch=batch)
+                          activations=tokens * per_token + _loss_bytes(cfg, tokens) + mask, batch=batch)
 
 
 def _loss_bytes(cfg, tokens: int) -> int:

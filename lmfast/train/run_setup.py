@@ -20,7 +20,7 @@ import torch
 from lmfast.train.config import TrainConfig
 
 __all__ = ["SetupError", "ByteTokenizer", "build_tokenizer", "check_run_inputs", "load_run_tokenizer", "resolve_device",
-           "setup_logging"]
+           "resolve_eot", "setup_logging"]
 
 log = logging.getLogger("train")
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -200,8 +200,10 @@ def build_tokenizer(cfg: TrainConfig, train_path: Path, run_dir: Path, resuming:
             _check_saved_tokenizer_is_for(saved, _trained_for(cfg, train_path), resuming)
             log.info("Using the BPE tokenizer trained earlier for this run: %s", saved)
             return Tokenizer.load(saved)
-        if train_path.suffix != ".txt":
-            raise SetupError(f"tokenizer: train needs text to train on, but train_data_path is {str(train_path)!r}")
+        if not isinstance(train_path, Path) or train_path.suffix != ".txt":
+            raise SetupError(f"tokenizer: train needs one .txt file to train on, but train_data_path is "
+                             f"{str(train_path)!r}; for documents (.jsonl, .parquet, a directory, a list of sources) "
+                             "use tokenizer: gpt2 or a tokenizer directory")
         log.info("Training a BPE tokenizer (vocab %d) on %s ...", cfg.vocab_size, train_path)
         start = time.perf_counter()
         vocab, merges = train_bpe(str(train_path), cfg.vocab_size, cfg.special_tokens)
@@ -223,7 +225,8 @@ def _trained_for(cfg: TrainConfig, train_path: Path) -> dict:
     from lmfast.data.cache import _content_sha256
 
     return {"vocab_size": cfg.vocab_size, "special_tokens": list(cfg.special_tokens),
-            "text_sha256": _content_sha256(train_path) if train_path.is_file() else None}
+            "text_sha256": _content_sha256(train_path) if isinstance(train_path, Path) and train_path.is_file()
+            else None}
 
 
 def _save_trained(tokenizer, saved: Path, trained_for: dict) -> None:
@@ -264,6 +267,24 @@ def _check_saved_tokenizer_is_for(saved: Path, wanted: dict, resuming: bool) -> 
                      f"{str(wanted['text_sha256'])[:16]}...); {fix}")
 
 
+def resolve_eot(cfg: TrainConfig, tokenizer) -> int | None:
+    """The id written after each document (and that ``document_masking`` splits windows at): ``eot_token``'s, or the
+    tokenizer's ``<|endoftext|>``; None for byte-level tokens. A SetupError names what is missing."""
+    specials = dict(getattr(tokenizer, "special_tokens", None) or {})
+    if cfg.eot_token is not None:
+        if cfg.eot_token not in specials:
+            raise SetupError(f"eot_token {cfg.eot_token!r} is not a special token of the tokenizer (it has "
+                             f"{sorted(specials) or 'none'}); use one of those, or null for <|endoftext|>")
+        return specials[cfg.eot_token]
+    eot = getattr(tokenizer, "eot_id", None) if tokenizer is not None else None
+    if eot is None and cfg.document_masking:
+        raise SetupError("document_masking: true splits windows at the end-of-text token, but the tokenizer has none "
+                         f"({'byte-level tokens' if tokenizer is None else 'no <|endoftext|>'}); use tokenizer: train "
+                         "or gpt2 (with <|endoftext|> in special_tokens), or set eot_token to one of its special "
+                         "tokens")
+    return eot
+
+
 def load_run_tokenizer(spec: str | None, run_dir: Path):
     """The tokenizer a checkpoint names (``bytes``, ``gpt2``, or a directory, relative to run_dir if so)."""
     from lmfast.tokenizer import Tokenizer
@@ -292,14 +313,21 @@ class ByteTokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
 
-def _resolve_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    """Train/val paths; a corpus name (``shakespeare``, ``tinystories``) means that corpus's train/val split."""
+def _resolve_paths(cfg: TrainConfig) -> tuple[Path | list, Path | list | None]:
+    """Train/val data: a path, or a list of ``{path, weight}`` sources as given; a corpus name (``shakespeare``,
+    ``tinystories``) means that corpus's train/val split."""
     from lmfast.data.corpus import resolve_corpus
 
-    train = resolve_corpus(cfg.train_data_path)
-    val = resolve_corpus(cfg.val_data_path) if cfg.val_data_path else None
-    return (Path(train[0]) if train else Path(cfg.train_data_path),
-            Path(val[1]) if val else Path(cfg.val_data_path) if cfg.val_data_path else None)
+    def one(spec, split: int):
+        if isinstance(spec, list):
+            return spec
+        corpus = resolve_corpus(spec)
+        return Path(corpus[split]) if corpus else Path(spec)
+
+    train = one(cfg.train_data_path, 0)
+    if cfg.val_data_path is None:
+        return train, None
+    return train, one(cfg.val_data_path, 1)
 
 
 def _archive_earlier_run(run_dir: Path) -> None:

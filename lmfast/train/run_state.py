@@ -29,6 +29,7 @@ from lmfast import __version__
 from lmfast.data import BatchSampler
 from lmfast.model import TransformerLM
 from lmfast.model.ops import resolve_backend
+from lmfast.model.transformer import uninitialized
 from lmfast.train.checkpoint import atomic_torch_save, checksummed, load_model_state, read_checkpoint, save_checkpoint
 from lmfast.train.config import ConfigError, TrainConfig
 from lmfast.train.run_setup import SetupError, load_run_tokenizer, resolve_device
@@ -129,7 +130,8 @@ def _run_extras(run, data, extra: dict) -> dict:
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     return dict(schedule={"step": run.progress.step, "total_steps": run.total_steps}, data=data, rng=rng,
                 config=run.cfg.to_dict(), progress=vars(run.progress).copy(),
-                meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": __version__},
+                meta={"tokenizer": _tokenizer_spec(run), "lmfast_version": __version__,
+                      "hf_config": getattr(run, "hf_config", None)},
                 scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None, **extra)
 
 
@@ -172,6 +174,7 @@ def load_run(run, path: Path) -> None:
         if state.get("optimizer") is not None:
             run.optimizer.load_state_dict(state["optimizer"])
     saved_cfg = state.get("config") or {}
+    run.hf_config = (state.get("meta") or {}).get("hf_config") or getattr(run, "hf_config", None)
     if "progress" in state:
         run.progress = _Progress(**state["progress"])
     run.progress.step = int(state["step"])
@@ -246,8 +249,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", backe
         cfg = TrainConfig(**state["config"])
     except (ConfigError, TypeError) as e:
         raise ValueError(f"{checkpoint} holds a config this lmfast cannot read: {e}") from None
-    model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff,
-                          cfg.rope_theta, backend=backend, device=device)
+    with uninitialized():  # the checkpoint holds every weight
+        model = TransformerLM(**cfg.model_kwargs(), backend=backend, device=device)
     load_model_state(model, state["model"], checkpoint)
     model.eval()
     tokenizer = load_run_tokenizer(state.get("meta", {}).get("tokenizer"), Path(checkpoint).parent)

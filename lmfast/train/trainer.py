@@ -43,11 +43,13 @@ from pathlib import Path
 
 import torch
 
-from lmfast.data import BatchSampler, load_dataset
+from lmfast.data import BatchSampler, load_data
 from lmfast.model import TransformerLM
+from lmfast.model.functional import document_ids
 from lmfast.model.generation import generate_text
-from lmfast.model.hf import init_from_hf
+from lmfast.model.hf import init_from_hf, read_llama_config
 from lmfast.model.precision import auto_autocast_dtype
+from lmfast.model.transformer import uninitialized
 from lmfast.model.weights import load_model_state
 from lmfast.train.checkpoint import read_checkpoint
 from lmfast.train.config import ConfigError, TrainConfig, load_config, parse_overrides
@@ -73,6 +75,7 @@ from lmfast.train.run_setup import (
     check_run_inputs,
     load_run_tokenizer,
     resolve_device,
+    resolve_eot,
     setup_logging,
 )
 from lmfast.train.run_state import _Progress, find_resume, load_run, save_interrupted, save_run
@@ -136,11 +139,18 @@ class Trainer:
     def _build_run(self, train_path: Path, val_path: Path | None) -> None:
         cfg, device = self.cfg, self.device
         self._check_tokenizer_fits()
+        self.eot_id = resolve_eot(cfg, self.tokenizer)
+        self.hf_config = read_llama_config(self.init_from).source if self.init_from else None
         common = dict(tokenizer=self.tokenizer, vocab_size=cfg.vocab_size, cache_dir=cfg.cache_dir,
-                      context_length=cfg.context_length)
-        self.train_data = load_dataset(train_path, key="train_data_path", **common)
-        self.val_data = load_dataset(val_path, key="val_data_path", **common) if val_path else None
-        self.model = self.new_model()
+                      context_length=cfg.context_length, text_field=cfg.text_field, eot_id=self.eot_id)
+        if cfg.val_split_fraction > 0:
+            self.train_data, self.val_data = load_data(train_path, key="train_data_path", **common,
+                                                       val_split=(cfg.val_split_fraction, cfg.seed))
+        else:
+            self.train_data = load_data(train_path, key="train_data_path", **common)
+            self.val_data = load_data(val_path, key="val_data_path", **common) if val_path else None
+        loading = self.init_from is not None or self.resume_from is not None
+        self.model = self.new_model(initialize=not loading)  # loaded weights need no random draw first
         if self.init_from is not None and self.resume_from is None:  # a resume continues its own weights
             init_from_hf(self.model, self.init_from)  # before sharding: the folder's tensors are whole
             log.info("Initialised the model's weights from %s", self.init_from)
@@ -167,11 +177,15 @@ class Trainer:
                 log.info("Dropped %d metrics.jsonl records past step %d (this run repeats those steps)", dropped,
                          self.progress.step)
 
-    def new_model(self) -> TransformerLM:
-        """A freshly initialised model of this run's shape, on its device."""
+    def new_model(self, initialize: bool = True) -> TransformerLM:
+        """A freshly initialised model of this run's shape, on its device (``initialize=False``: weights left
+        uninitialised, for weights about to be loaded)."""
         c = self.cfg
-        return TransformerLM(c.vocab_size, c.context_length, c.d_model, c.num_layers, c.num_heads, c.d_ff,
-                             c.rope_theta, backend=c.backend, device=self.device)
+        with contextlib.nullcontext() if initialize else uninitialized():
+            model = TransformerLM(**c.model_kwargs(), backend=c.backend, device=self.device,
+                                  document_masking=c.document_masking)
+        model.set_activation_checkpointing(c.activation_checkpointing, c.activation_checkpointing_every)
+        return model
 
     @property
     def tokens_per_step(self) -> int:
@@ -289,7 +303,8 @@ class Trainer:
         DDP and FSDP). ``fused_loss``: from the final hidden states and the LM head weight, a chunk of tokens at a
         time (never the full logits, which at GPT-2's vocabulary are the peak of a step's memory); else full
         logits, then cross-entropy."""
-        return self.step_model(x, targets=y, fused_loss=self.cfg.fused_loss)
+        doc_ids = document_ids(x, self.eot_id) if self.cfg.document_masking else None
+        return self.step_model(x, targets=y, fused_loss=self.cfg.fused_loss, doc_ids=doc_ids)
 
     def _no_sync(self, last: bool):
         if last or not self.dist.enabled:
@@ -500,7 +515,9 @@ def build(argv: list[str] | None = None) -> Trainer:
     overrides = parse_overrides(args.overrides)
     if args.device:
         overrides["device"] = args.device
-    cfg = load_config(args.config, overrides)
+    source = read_llama_config(args.init_from) if args.init_from else None
+    cfg = load_config(args.config, overrides, fixed=source.train_keys() if source else None,
+                      fixed_by=f"--init-from {args.init_from}")
     if ctx.is_main:
         setup_logging(cfg.log_level, cfg.log_file)
     else:

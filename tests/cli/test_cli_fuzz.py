@@ -1,5 +1,5 @@
-"""Fuzzing the command lines: whatever the config document, ``--set`` values or arguments, ``train``, ``tokenize`` and
-``generate`` exit with 0 or 2, and 2 comes with an error line, never a traceback.
+"""Fuzzing the command lines: whatever the config document, ``--set`` values or arguments, ``train``, ``tokenize``,
+``generate`` and ``eval`` exit with 0 or 2, and 2 comes with an error line, never a traceback.
 
 The entry points are called in-process (``main(argv)``), so an exception that escapes is the failure hypothesis
 shrinks. Training itself is not what is fuzzed: ``Trainer.fit`` returns at once, and the device is said to have
@@ -8,6 +8,7 @@ relative to a scratch directory, and corpus names and ``gpt2`` (which download) 
 """
 
 import dataclasses
+import json
 import math
 import os
 import string
@@ -18,6 +19,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from lmfast import eval as eval_cli
 from lmfast import generate, tokenize
 from lmfast.train import memory as _memory
 from lmfast.train import trainer as trainer_module
@@ -43,6 +45,17 @@ def scratch(tmp_path_factory):
     (d / "empty.txt").write_text("")
     (d / "a-dir").mkdir()
     (d / "garbage.pt").write_bytes(b"not a checkpoint")
+    (d / "docs.jsonl").write_text("".join(json.dumps({"text": " ".join(rng.choice(words, 30))}) + "\n"
+                                          for _ in range(20)))
+    (d / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken}\n')
+    (d / "nofield.jsonl").write_text('{"body": "x"}\n')
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": ["to be or not"] * 40, "n": list(range(40))}), d / "docs.parquet")
+    except ImportError:
+        (d / "docs.parquet").write_bytes(b"pyarrow missing: not parquet")
     (d / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     (d / "checkpoint.yaml").write_text(yaml.safe_dump({**TINY, "checkpoint_dir": "gen-ck", "max_steps": 1}))
     cwd = os.getcwd()
@@ -93,12 +106,21 @@ new_paths = st.one_of(  # places that may be written: never an input the other e
     st.text(alphabet=_SAFE, min_size=1, max_size=12).filter(
         lambda s: s.strip().lower() not in _CORPORA_AND_DOWNLOADS and s.strip() not in ("", ".", "..")),
 )
-paths = st.one_of(new_paths, st.sampled_from(["train.txt", "latin1.txt", "empty.txt", "tok", "tiny.yaml"]))
+_INPUTS = ["train.txt", "latin1.txt", "empty.txt", "tok", "tiny.yaml", "docs.jsonl", "bad.jsonl", "nofield.jsonl",
+           "docs.parquet", "*.jsonl", "a-dir"]
+paths = st.one_of(new_paths, st.sampled_from(_INPUTS))
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=12))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                       st.dictionaries(st.text(max_size=4), inner, max_size=2)),
                       max_leaves=4)
 sizes = st.one_of(st.integers(-3, 64), st.integers(2**20, 2**70))  # small enough to build, or absurd
+weights = st.one_of(st.none(), st.floats(), st.integers(-2, 5), st.text(max_size=3))
+source_lists = st.lists(st.one_of(paths, st.fixed_dictionaries({"path": paths, "weight": weights}), values),
+                        max_size=3)
+rope_scalings = st.one_of(st.none(), values, st.fixed_dictionaries(
+    {"type": st.sampled_from(["llama3", "yarn", "linear", ""]), "factor": st.one_of(st.floats(), st.integers(0, 9)),
+     "low_freq_factor": st.floats(0, 5), "high_freq_factor": st.floats(0, 5),
+     "original_max_position_embeddings": st.one_of(st.integers(-1, 64), st.floats())}))
 
 
 def _plausible(f: dataclasses.Field) -> st.SearchStrategy:
@@ -125,14 +147,19 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 @st.composite
 def config_values(draw):
     key = draw(st.sampled_from(KEYS))
-    if key in ("train_data_path", "val_data_path", "tokenizer"):
+    if key in ("train_data_path", "val_data_path"):
+        return key, draw(st.one_of(st.none(), paths, source_lists))
+    if key == "tokenizer":
         return key, draw(st.one_of(st.none(), paths, st.just("train")))
+    if key == "rope_scaling":
+        return key, draw(rope_scalings)
     if key in PATH_KEYS:
         return key, draw(st.one_of(st.none(), new_paths))
     if key == "device":
         return key, draw(st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:7", "cuda:abc", "cuda:-1", "mps", ""]))
     hostile = st.one_of(sizes, values) if key in ("vocab_size", "context_length", "d_model", "num_layers",
-                                                   "num_heads", "d_ff", "batch_size") else values
+                                                   "num_heads", "num_kv_heads", "head_dim", "d_ff",
+                                                   "batch_size") else values
     return key, draw(st.one_of(_plausible(_FIELDS[key]), _plausible(_FIELDS[key]), hostile))
 
 
@@ -257,3 +284,29 @@ def test_generate_on_any_arguments_exits_0_or_2_without_a_traceback(cli, flags, 
     for flag in flags:
         argv += [flag, data.draw(_GENERATE_FLAGS[flag])]
     cli(generate.main, argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# eval
+
+_EVAL_FLAGS = {
+    "--checkpoint": st.sampled_from(["gen-ck/final_model.pt", "garbage.pt", "a-dir", "missing.pt", "train.txt", ""]),
+    "--data": st.sampled_from([*_INPUTS, "missing.jsonl", "", "*.nothing"]),
+    "--batch-size": st.one_of(st.integers(-2, 9).map(str), st.sampled_from(["x", "", "1e3"])),
+    "--max-windows": st.one_of(st.integers(-2, 5).map(str), st.just("x")),
+    "--text-field": st.sampled_from(["text", "body", "", "n"]),
+    "--dtype": st.sampled_from(["auto", "float32", "bfloat16", "float16", "x"]),
+    "--backend": st.sampled_from(["auto", "reference", "fused", "x"]),
+    "--device": st.sampled_from(["cpu", "cuda", "cuda:abc", "mps", "tpu"]),
+    "--json": st.none(),
+}
+
+
+@settings(FUZZ, max_examples=50)
+@given(flags=st.dictionaries(st.sampled_from(sorted(_EVAL_FLAGS)), st.just(None), max_size=4), data=st.data())
+def test_eval_on_any_arguments_exits_0_or_2_without_a_traceback(cli, flags, data):
+    argv = ["--checkpoint", "gen-ck/final_model.pt", "--data", "train.txt", "--max-windows", "2"]
+    for flag in flags:
+        value = data.draw(_EVAL_FLAGS[flag])
+        argv += [flag] if value is None else [flag, value]
+    cli(eval_cli.main, argv)

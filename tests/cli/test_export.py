@@ -185,8 +185,8 @@ def test_train_init_from_starts_from_the_folders_weights(exported):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"--set": "d_model=64"}, "set d_model: 32 (the config has 64)"),
-    ({"num_key_value_heads": 2}, "num_key_value_heads=2 is not supported"),
+    ({"--set": "d_model=64"}, "the config disagrees with it: d_model: 64 (the folder has 32)"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads=3 is not supported"),
     ({"delete": "model.safetensors"}, "no model.safetensors"),
 ])
 def test_train_init_from_an_unusable_folder_exits_2_with_one_line(exported, tmp_path, capsys, change, message):

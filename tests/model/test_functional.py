@@ -259,3 +259,93 @@ def test_causal_attention_honours_an_explicit_scale():
     mask = torch.ones(5, 5, dtype=torch.bool).tril()
     ref = functional.scaled_dot_product_attention(q * 0.3 * math.sqrt(8), k, v, mask)
     assert_verbose_allclose(functional.causal_attention(q, k, v, scale=0.3), ref, 1e-5, 1e-5, "scale=0.3")
+
+
+# ------------------------------------------------------------------------- grouped-query heads, document masks
+
+
+def _repeat_kv(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """transformers' repeat_kv: kv head j serves query heads j*groups .. j*groups + groups - 1."""
+    b, h, s, d = t.shape
+    return t[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+
+
+@pytest.mark.parametrize("q_heads, kv_heads", [(8, 2), (6, 2), (4, 1), (4, 4)])
+def test_causal_attention_with_grouped_kv_heads_equals_repeated_kv_written_out(q_heads, kv_heads):
+    q = torch.randn(2, q_heads, 11, 16, requires_grad=True)
+    k, v = (torch.randn(2, kv_heads, 11, 16, requires_grad=True) for _ in range(2))
+    mask = torch.ones(11, 11, dtype=torch.bool).tril()
+    groups = q_heads // kv_heads
+    ours = functional.causal_attention(q, k, v)
+    ref = functional.scaled_dot_product_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), mask)
+    assert ours.shape == (2, q_heads, 11, 16)
+    assert_verbose_allclose(ours, ref, 1e-5, 1e-5, "GQA forward")
+    g = torch.randn_like(ours)
+    for a, b, wrt in zip(torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g), "qkv",
+                         strict=True):
+        assert_verbose_allclose(a, b, 1e-5, 1e-4, f"GQA d{wrt}")
+
+
+def test_causal_attention_refuses_query_heads_not_divisible_by_kv_heads():
+    q, kv = torch.randn(1, 6, 4, 8), torch.randn(1, 4, 4, 8)
+    with pytest.raises(ValueError, match="divisible by kv_heads"):
+        functional.causal_attention(q, kv, kv)
+
+
+def test_document_ids_start_a_new_document_after_each_end_of_text_token():
+    tokens = torch.tensor([[5, 7, 0, 9, 0, 0, 3], [0, 1, 2, 3, 4, 5, 0]])
+    ids = functional.document_ids(tokens, eot_id=0)
+    assert ids.dtype == torch.int32
+    assert ids.tolist() == [[0, 0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 1, 1, 1]]
+    assert functional.document_positions(ids).tolist() == [[0, 1, 2, 0, 1, 0, 0], [0, 0, 1, 2, 3, 4, 5]]
+    assert functional.document_positions(ids).dtype == torch.int64
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_document_masked_attention_equals_attending_each_document_alone(kv_heads):
+    lengths = [[3, 5, 1, 4], [13]]  # documents of each row; the second row is one document
+    q = torch.randn(2, 4, 13, 8, requires_grad=True)
+    k, v = (torch.randn(2, kv_heads, 13, 8, requires_grad=True) for _ in range(2))
+    doc_ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lengths])
+    ours = functional.causal_attention(q, k, v, doc_ids=doc_ids)
+    pieces = []
+    for b, row in enumerate(lengths):
+        start, outs = 0, []
+        for n in row:
+            part = slice(start, start + n)
+            outs.append(functional.causal_attention(q[b:b + 1, :, part], k[b:b + 1, :, part], v[b:b + 1, :, part]))
+            start += n
+        pieces.append(torch.cat(outs, dim=2))
+    alone = torch.cat(pieces)
+    assert_verbose_allclose(ours, alone, 1e-5, 1e-5, "masked vs each document alone")
+    g = torch.randn_like(ours)
+    for a, b, wrt in zip(torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(alone, (q, k, v), g), "qkv",
+                         strict=True):
+        assert_verbose_allclose(a, b, 1e-5, 1e-4, f"d{wrt}: masked vs alone")
+
+
+def test_document_masked_attention_of_one_document_equals_plain_causal_attention():
+    q, k, v = (torch.randn(2, 2, 9, 8) for _ in range(3))
+    doc_ids = torch.zeros(2, 9, dtype=torch.int64)
+    assert_verbose_allclose(functional.causal_attention(q, k, v, doc_ids=doc_ids), functional.causal_attention(q, k, v),
+                            1e-6, 1e-5, "one document")
+
+
+def test_llama3_rope_scaling_matches_transformers_inverse_frequencies():
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    cfg = transformers.LlamaConfig(hidden_size=256, num_attention_heads=2, max_position_embeddings=512,
+                                   rope_scaling=scaling, rope_theta=500000.0)
+    theirs, attention_scaling = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    ours = functional.rope_inv_freq(500000.0, 128, scaling)
+    assert attention_scaling == 1.0
+    assert not torch.equal(ours, functional.rope_inv_freq(500000.0, 128))  # the scaling changes some of them
+    assert_verbose_allclose(ours.float(), theirs.float(), 0.0, 1e-6, "llama3 inverse frequencies")
+
+
+def test_rope_scaling_of_an_unknown_type_is_refused():
+    with pytest.raises(ValueError, match="yarn"):
+        functional.rope_inv_freq(10000.0, 8, {"rope_type": "yarn", "factor": 2.0})

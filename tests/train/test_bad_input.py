@@ -265,7 +265,7 @@ def test_a_config_file_that_is_a_directory_or_not_utf8_is_named(run, tmp_path):
 
 def test_a_directory_given_as_data_is_called_a_directory(run):
     (run.dir / "x.txt").mkdir()
-    _expect_refusal(run, "is a directory, not a token or text file", train_data_path=str(run.dir / "x.txt") + "/")
+    _expect_refusal(run, "is a directory, and it holds no .jsonl", train_data_path=str(run.dir / "x.txt") + "/")
 
 
 def test_a_directory_given_to_resume_is_called_a_directory(run):

@@ -28,7 +28,8 @@ def test_every_seed_key_is_in_the_schema():
     assert set(SEED_KEYS) <= names
 
 
-@pytest.mark.parametrize("name", ["quickstart", "tinystories_17m", "gpt2_124m", "config_simple"])
+@pytest.mark.parametrize("name", ["quickstart", "tinystories_17m", "gpt2_124m", "config_simple", "finetune_hf",
+                                  "jsonl_packed"])
 def test_shipped_configs_load(name):
     assert isinstance(load_config(CONFIGS / f"{name}.yaml"), TrainConfig)
 

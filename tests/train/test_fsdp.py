@@ -206,3 +206,26 @@ def test_fsdp_gathers_parameters_in_the_run_dtype_and_keeps_fp32_master_weights(
     logits.float().sum().backward()
     # after backward: the sharded fp32 parameters again, with gradients reduced in fp32
     assert {(p.dtype, p.grad.dtype) for p in model.parameters()} == {(torch.float32, torch.float32)}
+
+
+@pytest.mark.parametrize("wrap", ["fsdp", "fsdp_compiled_blocks", "ddp"])
+def test_activation_checkpointing_under_fsdp_and_ddp_keeps_the_plain_models_loss_and_gradients(world_of_one, wrap):
+    torch.manual_seed(0)
+    plain = TransformerLM(256, 16, 32, 3, 4, 64, 10000.0, backend="reference", num_kv_heads=2, tie_embeddings=True)
+    model = copy.deepcopy(plain)
+    model.set_activation_checkpointing("selective" if wrap == "ddp" else "full", 2)
+    if wrap == "ddp":
+        step_model = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        shard_model(model, world_of_one, None, "aot_eager" if wrap == "fsdp_compiled_blocks" else None)
+        step_model = model
+    x, y = torch.randint(0, 256, (2, 2, 16), generator=torch.Generator().manual_seed(1))
+    losses = [m(x, targets=y) for m in (plain, step_model)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1], losses[0])
+    grads = dict(model.named_parameters())
+    for name, p in plain.named_parameters():
+        g = grads[name].grad
+        g = g.full_tensor() if hasattr(g, "full_tensor") else g
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")

@@ -58,11 +58,11 @@ def test_flops_per_token_equals_the_flops_counted_in_a_training_step():
     vocab, context, d, layers = 97, 24, 64, 2
     model = TransformerLM(vocab, context, d, layers, num_heads=4, d_ff=160, rope_theta=10000.0, backend="reference")
 
-    def attention(q, k, v, scale=None):
+    def attention(q, k, v, scale=None, *, doc_ids=None):
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
         return functional.scaled_dot_product_attention(q, k, v, causal)
 
-    def rope_attention(q, k, v, cos, sin, scale=None):  # the model's call without a KV cache
+    def rope_attention(q, k, v, cos, sin, scale=None, *, doc_ids=None):  # the model's call without a KV cache
         return attention(*functional.rope(q, k, cos, sin), v, scale)
 
     for layer in model.layers:
