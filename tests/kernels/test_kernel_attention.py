@@ -214,6 +214,28 @@ def test_document_masked_attention_matches_an_explicit_same_document_mask(layout
     _assert_matches_oracle((2, 4, 70, 32), 2, dtype, doc_ids=doc_ids, seed=22)
 
 
+@pytest.mark.parametrize("rope", [False, True], ids=["attention", "rope_attention"])
+def test_grouped_document_attention_matches_the_functional_reference(rope, dtype):
+    # functional.causal_attention / rope_attention with grouped k/v heads and doc_ids: the ops' own references.
+    doc_ids = _docs((11, 25, 19), (40, 15))
+    positions = _doc_positions(doc_ids.cpu())
+    cos, sin = (x.to(kernel_device()) for x in functional.rope_cos_sin(10000.0, 32, positions))
+    if rope:
+        fn = lambda q, k, v: attn_mod.rope_attention(q, k, v, cos, sin, doc_ids=doc_ids)  # noqa: E731
+        ref = lambda q, k, v: functional.rope_attention(q, k, v, cos, sin, doc_ids=doc_ids)  # noqa: E731
+    else:
+        fn = lambda q, k, v: attn_mod.attention(q, k, v, doc_ids=doc_ids)  # noqa: E731
+        ref = lambda q, k, v: functional.causal_attention(q, k, v, doc_ids=doc_ids)  # noqa: E731
+    gen = torch.Generator().manual_seed(30)
+    q = torch.randn(2, 4, 55, 32, generator=gen).to(kernel_device(), dtype).requires_grad_()
+    k, v = (torch.randn(2, 2, 55, 32, generator=gen).to(kernel_device(), dtype).requires_grad_() for _ in range(2))
+    grad = torch.randn(q.shape, generator=gen).to(q)
+    actual = _forward_backward(fn, q, k, v, grad)
+    expected = _exact(ref, q, k, v, grad)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), actual, expected, strict=True):
+        assert_verbose_allclose(a, e, *ATTENTION_TOLERANCES[dtype], name=name)
+
+
 def test_document_ids_of_either_int_dtype_give_one_result():
     doc_ids = _docs((20, 30), (9, 41))
     _assert_matches_oracle((2, 2, 50, 32), 1, EXACT, doc_ids=doc_ids.long(), seed=23)
