@@ -3,8 +3,9 @@
     python benchmarks/attention_configs.py --out FILE.json [--deadline-s 32] [--jobs 12] [--dry-run]
 
 Candidates: ``TUNING_CANDIDATES`` in kernels/_attention_configs.py, for the table of this GPU's generation at head
-dims 64 and 128, each a configuration the ahead-of-time report allows (built for its target with Triton 3.6 and 3.9:
-no spills, shared memory within the target, at most 168 registers on sm_90), the shipped one included. Shapes as
+dims 64 and 128 with and without RoPE inside, each a configuration the ahead-of-time report builds (for its target
+with Triton 3.6 and 3.9: no spills, shared memory within the target; registers over sm_90's 168 named in
+attention's AOT_REGISTERS_ALLOWED), the shipped one included. Shapes as
 benchmarks/bench_attention.py: bf16, batch * seq = 16k tokens, heads * head_dim = 1024, seq 1024 and 2048. Each
 pass is timed on its own, the other passes at the shipped configuration: the forward; the backward with a candidate
 dK/dV pass; the backward with a candidate dQ pass. The result names the fastest candidate per (head dim, seq, pass)
@@ -32,8 +33,8 @@ SEQS = (1024, 2048)
 TOKENS, WIDTH = 16384, 1024  # batch * seq, heads * head_dim, as bench_attention.py
 
 
-def candidates(generation: str) -> list[tuple[int, str, tuple]]:
-    """(head dim, pass, config) for every candidate of ``generation``'s table, the shipped ones included."""
+def candidates(generation: str) -> list[tuple[tuple[int, bool], str, tuple]]:
+    """((head dim, RoPE), pass, config) for every candidate of ``generation``'s table, the shipped ones included."""
     from lmfast.kernels._attention_configs import GPU_CONFIGS, TUNING_CANDIDATES
 
     found = []
@@ -44,25 +45,29 @@ def candidates(generation: str) -> list[tuple[int, str, tuple]]:
     return found
 
 
-def _runner(cfgs, head_dim: int, pass_: str, seq: int, batch: int | None = None):
-    """A no-argument callable running ``pass_`` ("fwd", "bwd" or "fwd+bwd") with the launch configurations ``cfgs``."""
+def _runner(cfgs, key: tuple[int, bool], pass_: str, seq: int, batch: int | None = None):
+    """A no-argument callable running ``pass_`` ("fwd", "bwd" or "fwd+bwd") with the launch configurations ``cfgs``,
+    at ``key`` = (head dim, RoPE inside)."""
     from lmfast.kernels import attention
+    from lmfast.model import functional
 
-    def use_cfgs(q):  # the launchers read their configurations here
+    def use_cfgs(*args):  # the launchers read their configurations here
         return cfgs
 
+    head_dim, rope = key
     heads, batch = WIDTH // head_dim, batch or TOKENS // seq
     q, k, v, do = (torch.randn(batch, heads, seq, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    angles = [t.cuda() for t in functional.rope_cos_sin(10000.0, head_dim, torch.arange(seq))] if rope else []
     scale = head_dim**-0.5
-    attention._configs = use_cfgs
-    out, lse = attention.attention_fwd(q, k, v, scale)
+    attention.configs_for = use_cfgs
+    out, lse = attention.attention_fwd(q, k, v, scale, *angles)
 
     def run():
-        attention._configs = use_cfgs
+        attention.configs_for = use_cfgs
         if pass_ != "bwd":
-            o, lse2 = attention.attention_fwd(q, k, v, scale)
+            o, lse2 = attention.attention_fwd(q, k, v, scale, *angles)
         if pass_ != "fwd":
-            attention.attention_bwd(do, q, k, v, out, lse, scale)
+            attention.attention_bwd(do, q, k, v, out, lse, scale, *angles)
     return run
 
 
@@ -131,17 +136,18 @@ def measure(deadline_s: float, jobs: int) -> dict:
     timed, errors = [], []
     for seq, (head_dim, pass_, config) in ((s, c) for s in SEQS for c in found):
         if time.perf_counter() - started > deadline_s:
-            errors.append(f"past the {deadline_s:.0f} s deadline at head_dim={head_dim} seq={seq}: the rest not timed")
+            errors.append(f"past the {deadline_s:.0f} s deadline at {head_dim} seq={seq}: the rest not timed")
             break
         try:
             ms = _time(_runner(*_with(gen, head_dim, pass_, config), seq))
         except Exception as e:
-            errors.append(f"head_dim={head_dim} seq={seq} {pass_} {tuple(config)}: {type(e).__name__}: {e}"[:300])
+            errors.append(f"{head_dim} seq={seq} {pass_} {tuple(config)}: {type(e).__name__}: {e}"[:300])
             continue
-        timed.append({"head_dim": head_dim, "seq": seq, "pass": pass_, "config": list(config), "ms": round(ms, 4)})
+        timed.append({"head_dim": tuple(head_dim), "seq": seq, "pass": pass_, "config": list(config),
+                      "ms": round(ms, 4)})
     fastest, tables = _fastest(timed, gen)
     fwd_bwd = []
-    for (head_dim, seq), best in tables.items():
+    for (head_dim, seq), best in tables.items():  # head_dim: the table key (head dim, RoPE inside)
         shipped = GPU_CONFIGS[gen][head_dim]
         if best != shipped and time.perf_counter() - started < deadline_s + 4:
             fwd_bwd.append({"head_dim": head_dim, "seq": seq, "best": [tuple(c) for c in best],

@@ -49,8 +49,9 @@ def _plan(keys: set[str]) -> list[tuple[str, str, dict]]:
         fused = [("gpt2_124m", f"lmfast fused+compiled fused_loss={flag}", {"backend": "fused", "fused_loss": flag})
                  for flag in ("true", "false")]
     return [
-        fused[0],
+        ("gpt2_124m", "lmfast auto+compiled", {"backend": "auto"}),  # the default: the fused table's choice per op
         ("gpt2_124m", "lmfast reference+compiled", {"backend": "reference"}),
+        fused[0],
         ("gpt2_124m", "hf sdpa", {}),
         *fused[1:],
         ("tinystories_17m", "lmfast fused+compiled", {"backend": "fused"}),

@@ -65,6 +65,11 @@ TARGETS = {  # (benchmark group prefix, provider, peer, minimum ratio): fused / 
     "rope": ("rope fwd+bwd", "fused", "compiled", 1.2),
     "attention": ("attention fwd+bwd", "fused", "flash", 0.9),
     "adamw": ("adamw step", "fused", "torch-fused", 1.2),
+    "document_attention_flex": ("document attention fwd+bwd", "fused", "flex", 1.0),
+    "document_attention_dense": ("document attention fwd+bwd", "fused", "sdpa-dense", 2.0),
+    "rope_attention": ("rope attention fwd+bwd", "fused", "rope-flash", 0.9),
+    "add_rmsnorm": ("add_rmsnorm fwd+bwd", "fused", "compiled", 1.1),
+    "clip_adamw": ("clip + adamw step", "fused-clip", "torch-fused", 1.15),
 }
 MFU_TARGET = 0.45
 
@@ -233,7 +238,8 @@ def stage_attention_configs(check: Check, limit: float) -> dict:
     return {"exit_code": rc, "seconds": round(secs, 1), **data}
 
 
-KERNEL_BENCHES = ("bench_attention.py", "bench_rmsnorm.py", "bench_rope.py", "bench_adamw.py",
+KERNEL_BENCHES = ("bench_document_attention.py", "bench_rope_attention.py", "bench_add_rmsnorm.py",
+                  "bench_clip_adamw.py", "bench_attention.py", "bench_rmsnorm.py", "bench_rope.py", "bench_adamw.py",
                   "bench_linear_cross_entropy.py")
 
 
@@ -313,9 +319,16 @@ def targets(stages: list[Stage]) -> list[dict]:
                               "met": ratio >= goal})
     steps = next((s.record.get("rows", []) for s in stages if s.name == "train_step"), [])
     for r in steps:
-        if r["config"] == "gpt2_124m" and r["provider"].startswith("lmfast fused") and r.get("mfu") is not None:
+        if r["config"] == "gpt2_124m" and r["provider"].startswith(("lmfast fused", "lmfast auto")) and r.get(
+                "mfu") is not None:
             found.append({"target": f"gpt2_124m {r['provider']}: MFU >= {MFU_TARGET:.0%}", "value": r["mfu"],
                           "met": r["mfu"] >= MFU_TARGET})
+    by_provider = {r["provider"]: r for r in steps if r["config"] == "gpt2_124m" and r.get("tokens_per_s")}
+    auto, reference = by_provider.get("lmfast auto+compiled"), by_provider.get("lmfast reference+compiled")
+    if auto and reference:  # backend auto must never be slower than the compiled reference
+        ratio = auto["tokens_per_s"] / reference["tokens_per_s"]
+        found.append({"target": "gpt2_124m tokens/s: auto / reference+compiled >= 1.0", "value": round(ratio, 3),
+                      "met": ratio >= 1.0})
     return found
 
 
@@ -411,6 +424,20 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _propose_fused_table(check: Check, out: Path) -> None:
+    """$OUT/fused_table.json: the backend table with this GPU generation's rows from the kernel stage (see
+    fused_table_update.py), when the kernel stage measured anything."""
+    kernels = next((s for s in STAGES if s.name == "kernels"), None)
+    if kernels is None or not kernels.record.get("rows"):
+        return
+    import torch
+    from fused_table_update import write_proposal
+
+    generation = {8: "sm80", 9: "sm90"}.get(torch.cuda.get_device_capability()[0], "default")
+    summary = {"machine": check.machine, "stages": [{"name": s.name, **s.record} for s in STAGES if s.record]}
+    write_proposal(summary, generation, out / "fused_table.json")
+
+
 def _status(record: dict, dry_run: bool, name: str) -> str:
     codes = [record.get("exit_code", 0), *(f.get("exit_code", 0) for f in record.get("files", []))]
     if 124 in codes:
@@ -457,6 +484,7 @@ def main() -> int:
         stage.record = record
         check.write()
         print(f"gpu_check: {stage.name} {record['status']}; {record['budget_left_s']} s of budget left", flush=True)
+    _propose_fused_table(check, out)
     shutil.rmtree(work, ignore_errors=True)
     print(f"gpu_check: wrote {out / 'gpu_check.md'}, gpu_check.json, gpu_check_logs.tar.gz", flush=True)
     return 0

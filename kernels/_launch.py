@@ -66,6 +66,7 @@ class AotSpec(NamedTuple):
     num_warps: int
     num_stages: int
     targets: tuple[int, ...] = (80, 90)
+    divisible: tuple[str, ...] = ()  # integer arguments compiled as multiples of 16, as the runtime specializes them
 
 
 def pointer(dtype: torch.dtype) -> str:

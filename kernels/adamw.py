@@ -13,6 +13,13 @@ re-pointed when their addresses change, from pinned memory without a host sync (
 allocator hands back the same addresses, as it usually does). ``lr`` may be a float or a 0-d tensor (read on
 the device), so a schedule never recompiles anything.
 
+Clipping folded in (:func:`clip_adamw_step`): global-norm clipping scales every gradient by
+``min(1, max_norm / (||g|| + eps))`` before the step, a separate pass over all gradients in PyTorch
+(``clip_grad_norm_``: a norm pass, then a scaling pass that writes every gradient). Here a multi-tensor pass over the
+same chunk tables sums each chunk's squares into an fp32 partial (one per program: deterministic), the partials are
+summed on the device, and the step kernel reads that sum and applies the clip coefficient to g inside the update.
+The gradients are read twice and never written; nothing waits on the host.
+
 The kernel reaches memory through addresses that are not its arguments, which ``wrap_triton`` cannot see
 as mutations; so for torch.compile this op is registered as an opaque ``torch.library.custom_op`` that
 declares what it mutates, instead of a traced ``triton_op``. Eager calls skip the op's dispatch (its cost
@@ -31,7 +38,7 @@ import triton.language as tl
 from lmfast.kernels._launch import FLOAT_DTYPES, TRITON_DTYPE, AotSpec, check_dtype, check_float_dtype
 from torch.autograd.graph import increment_version
 
-__all__ = ["adamw_step", "aot_specs"]
+__all__ = ["adamw_step", "clip_adamw_step", "grad_norm_squared", "aot_specs"]
 
 _BLOCK = 4096  # elements per program: one chunk-table entry each
 _SUB_BLOCK = 1024  # elements per loop step: one 16-byte fp32 vector per tensor and thread at 8 warps
@@ -44,9 +51,10 @@ def _adamw_update(
     p_at, g_at, m_at, v_at,  # pointer blocks into param, grad, exp_avg, exp_avg_sq
     mask,  # None on full chunks, so loads and stores are unpredicated and vectorize
     lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt,
+    clip,  # the clip coefficient min(1, max_norm / (norm + eps)), or 1.0
 ):
     p = tl.load(p_at, mask=mask).to(tl.float32)
-    g = tl.load(g_at, mask=mask).to(tl.float32)
+    g = tl.load(g_at, mask=mask).to(tl.float32) * clip
     m = tl.load(m_at, mask=mask)
     v = tl.load(v_at, mask=mask)
     p = p * (1.0 - lr * weight_decay)
@@ -69,6 +77,9 @@ def _adamw_step_kernel(
     beta1, beta2, eps, weight_decay,
     bias_correction1,  # 1 - beta1 ** step
     bias_correction2_sqrt,  # sqrt(1 - beta2 ** step)
+    NORM_SQ,  # fp32 (1,): the global sum of squares of the gradients (CLIP only)
+    max_norm, clip_eps,  # the clip: g * min(1, max_norm / (sqrt(NORM_SQ) + clip_eps)) (CLIP only)
+    CLIP: tl.constexpr,  # fold the global-norm clip into the update
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,  # element types of params and grads (states are fp32)
     BLOCK: tl.constexpr,  # elements per program
     SUB_BLOCK: tl.constexpr,  # elements per loop step: a few 16-byte vectors a thread, so few live registers
@@ -82,6 +93,9 @@ def _adamw_step_kernel(
     g_base = tl.load(GRAD_ADDRS + tensor).to(tl.pointer_type(G_DTYPE))
     m_base = tl.load(ADDRS + 3 * tensor + 1).to(tl.pointer_type(tl.float32))
     v_base = tl.load(ADDRS + 3 * tensor + 2).to(tl.pointer_type(tl.float32))
+    clip = 1.0
+    if CLIP:
+        clip = tl.minimum(1.0, max_norm / (tl.sqrt(tl.load(NORM_SQ)) + clip_eps))
     for start in range(chunk, tl.minimum(chunk + BLOCK, numel), SUB_BLOCK):
         # The launcher checks every address is 16-byte aligned; saying so (with unmasked full blocks) lets
         # Triton emit 128-bit loads and stores through pointers it cannot otherwise reason about.
@@ -92,10 +106,29 @@ def _adamw_step_kernel(
         v_at = tl.multiple_of(v_base + offs, 16)
         if start + SUB_BLOCK <= numel:
             _adamw_update(p_at, g_at, m_at, v_at, None,
-                          lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
+                          lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt, clip)
         else:
             _adamw_update(p_at, g_at, m_at, v_at, offs < numel,
-                          lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
+                          lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt, clip)
+
+
+@triton.jit
+def _grad_sumsq_kernel(
+    GRAD_ADDRS, NUMELS, CHUNK_TENSOR, CHUNK_START,  # the step's tables (see _adamw_step_kernel)
+    PARTIALS,  # fp32 (chunks,) out: each chunk's sum of squared gradient elements
+    G_DTYPE: tl.constexpr, BLOCK: tl.constexpr, SUB_BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tensor = tl.load(CHUNK_TENSOR + pid).to(tl.int64)
+    chunk = tl.load(CHUNK_START + pid)
+    numel = tl.load(NUMELS + tensor)
+    g_base = tl.load(GRAD_ADDRS + tensor).to(tl.pointer_type(G_DTYPE))
+    acc = tl.zeros([SUB_BLOCK], tl.float32)
+    for start in range(chunk, tl.minimum(chunk + BLOCK, numel), SUB_BLOCK):
+        offs = start + tl.arange(0, SUB_BLOCK)
+        g = tl.load(tl.multiple_of(g_base + offs, 16), mask=offs < numel, other=0.0).to(tl.float32)
+        acc += g * g
+    tl.store(PARTIALS + pid, tl.sum(acc, 0))
 
 
 class _Group:
@@ -200,14 +233,24 @@ def _check_group(params, grads, exp_avgs, exp_avg_sqs) -> None:
 
 
 def _launch(group: _Group, lr: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
-            step: int) -> None:
+            step: int, clip: tuple[torch.Tensor, float, float] | None = None) -> None:
     addrs, numels, chunk_tensor, chunk_start = group.tables
+    norm_sq, max_norm, clip_eps = clip if clip is not None else (lr, 0.0, 0.0)
     _adamw_step_kernel[(chunk_tensor.numel(),)](
         addrs, group.grad_addrs, numels, chunk_tensor, chunk_start, lr, beta1, beta2, eps, weight_decay,
-        1.0 - beta1**step, math.sqrt(1.0 - beta2**step),
+        1.0 - beta1**step, math.sqrt(1.0 - beta2**step), norm_sq, max_norm, clip_eps, CLIP=clip is not None,
         P_DTYPE=_TL[group.p_dtype], G_DTYPE=_TL[group.g_dtype], BLOCK=_BLOCK, SUB_BLOCK=_SUB_BLOCK, num_warps=_WARPS,
         num_stages=1,
     )
+
+
+def _launch_sumsq(group: _Group) -> torch.Tensor:
+    _, numels, chunk_tensor, chunk_start = group.tables
+    partials = torch.empty(chunk_tensor.numel(), dtype=torch.float32, device=group.device)
+    _grad_sumsq_kernel[(chunk_tensor.numel(),)](
+        group.grad_addrs, numels, chunk_tensor, chunk_start, partials, G_DTYPE=_TL[group.g_dtype], BLOCK=_BLOCK,
+        SUB_BLOCK=_SUB_BLOCK, num_warps=_WARPS, num_stages=1)
+    return partials
 
 
 def _lr_on(device: torch.device, lr: float | torch.Tensor) -> torch.Tensor:
@@ -227,10 +270,22 @@ _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.
 
 
 def _step(params, grads, exp_avgs, exp_avg_sqs, lr: torch.Tensor | float, step: int, beta1: float, beta2: float,
-          eps: float, weight_decay: float) -> None:
+          eps: float, weight_decay: float, clip: tuple[torch.Tensor, float, float] | None = None) -> None:
     for group in _plan(params, grads, exp_avgs, exp_avg_sqs):
         _repoint_grads(group, params, grads)
-        _launch(group, _lr_on(group.device, lr), beta1, beta2, eps, weight_decay, step)
+        _launch(group, _lr_on(group.device, lr), beta1, beta2, eps, weight_decay, step, clip)
+
+
+def grad_norm_squared(params, grads, exp_avgs, exp_avg_sqs) -> torch.Tensor:
+    """The sum of squares of every element of ``grads``, fp32 (1,) on their device: one multi-tensor launch per
+    (param dtype, grad dtype) group over the step's own (cached) chunk tables, the per-chunk partials then summed
+    in a fixed order. The other lists only key the cached tables (see :func:`adamw_step`)."""
+    params = [p.detach() for p in params]
+    partials = []
+    for group in _plan(params, grads, exp_avgs, exp_avg_sqs):
+        _repoint_grads(group, params, grads)
+        partials.append(_launch_sumsq(group))
+    return torch.cat(partials).sum().reshape(1)
 
 
 @torch.library.custom_op("lmfast::adamw_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
@@ -259,6 +314,7 @@ def adamw_step(
     beta2: float,
     eps: float,
     weight_decay: float,
+    clip: tuple[torch.Tensor, float, float] | None = None,
 ) -> None:
     """One AdamW step on every tensor, in place, one launch per (device, param dtype, grad dtype) group.
 
@@ -267,7 +323,8 @@ def adamw_step(
     shapes. ``lr``: a float or a one-element tensor (read on the device, so changing it recompiles nothing).
     Eager calls launch directly (the custom op's dispatch costs more than the launch on a 100-tensor model)
     and bump the tensors' autograd version counters themselves; under torch.compile the step is the opaque
-    custom op ``lmfast::adamw_step``.
+    custom op ``lmfast::adamw_step``. ``clip``: ``(norm_sq, max_norm, eps)`` scales each gradient by
+    ``min(1, max_norm / (sqrt(norm_sq) + eps))`` inside the update (see :func:`clip_adamw_step`).
     """
     if step < 1:
         raise ValueError(f"AdamW step counts from 1, got step={step}")
@@ -282,12 +339,32 @@ def adamw_step(
     params = [p.detach() for p in params]
     lr = lr.detach() if isinstance(lr, torch.Tensor) else float(lr)
     if torch.compiler.is_compiling():
+        if clip is not None:
+            raise NotImplementedError("adamw_step with clip= runs eagerly (the trainer does not compile its step)")
         lr_tensor, lr_value = (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
         _adamw_step_op(params, grads, exp_avgs, exp_avg_sqs, lr_tensor, lr_value, step, beta1, beta2, eps,
                        weight_decay)
         return
-    _step(params, grads, exp_avgs, exp_avg_sqs, lr, step, beta1, beta2, eps, weight_decay)
+    _step(params, grads, exp_avgs, exp_avg_sqs, lr, step, beta1, beta2, eps, weight_decay, clip)
     increment_version(params + list(exp_avgs) + list(exp_avg_sqs))
+
+
+def clip_adamw_step(groups: list[tuple[list, list, list, list, int, dict]], max_norm: float, eps: float = 1e-6
+                    ) -> torch.Tensor:
+    """Global-norm clipping folded into AdamW: ``clip_grad_norm_`` over every gradient of every group, then
+    :func:`adamw_step` on each, with the gradients never scaled in memory.
+
+    groups: ``(params, grads, exp_avgs, exp_avg_sqs, step, hyper)`` per optimizer group (``hyper``: lr, beta1, beta2,
+    eps, weight_decay), all on one device. Returns the norm before clipping, fp32 (1,) on the device (no host sync).
+    Equal to clip-then-step within fp32 rounding: the coefficient ``min(1, max_norm / (norm + eps))`` is the one
+    :func:`lmfast.train.optim.clip_grad_norm_` applies.
+    """
+    if not groups:
+        raise ValueError("clip_adamw_step needs at least one group of tensors")
+    norm_sq = torch.cat([grad_norm_squared(*g[:4]) for g in groups]).sum().reshape(1)
+    for params, grads, exp_avgs, exp_avg_sqs, step, hyper in groups:
+        adamw_step(params, grads, exp_avgs, exp_avg_sqs, step=step, **hyper, clip=(norm_sq, float(max_norm), eps))
+    return norm_sq.sqrt().reshape(())
 
 
 def aot_specs() -> list[AotSpec]:
@@ -298,9 +375,16 @@ def aot_specs() -> list[AotSpec]:
             sig = {"ADDRS": "*i64", "GRAD_ADDRS": "*i64", "NUMELS": "*i64", "CHUNK_TENSOR": "*i32",
                    "CHUNK_START": "*i64", "LR": "*fp32",
                    "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "weight_decay": "fp32", "bias_correction1": "fp32",
-                   "bias_correction2_sqrt": "fp32", "P_DTYPE": "constexpr", "G_DTYPE": "constexpr",
+                   "bias_correction2_sqrt": "fp32", "NORM_SQ": "*fp32", "max_norm": "fp32", "clip_eps": "fp32",
+                   "CLIP": "constexpr", "P_DTYPE": "constexpr", "G_DTYPE": "constexpr",
                    "BLOCK": "constexpr", "SUB_BLOCK": "constexpr"}
-            const = {"P_DTYPE": _TL[pd], "G_DTYPE": _TL[gd], "BLOCK": _BLOCK, "SUB_BLOCK": _SUB_BLOCK}
-            name = f"adamw_step {TRITON_DTYPE[pd]} param, {TRITON_DTYPE[gd]} grad"
-            specs.append(AotSpec(name, _adamw_step_kernel, sig, const, _WARPS, 1))
+            for clip in (False, True):
+                const = {"CLIP": clip, "P_DTYPE": _TL[pd], "G_DTYPE": _TL[gd], "BLOCK": _BLOCK, "SUB_BLOCK": _SUB_BLOCK}
+                name = f"adamw_step {TRITON_DTYPE[pd]} param, {TRITON_DTYPE[gd]} grad{', clip' if clip else ''}"
+                specs.append(AotSpec(name, _adamw_step_kernel, sig, const, _WARPS, 1))
+    for gd in FLOAT_DTYPES:
+        sig = {"GRAD_ADDRS": "*i64", "NUMELS": "*i64", "CHUNK_TENSOR": "*i32", "CHUNK_START": "*i64",
+               "PARTIALS": "*fp32", "G_DTYPE": "constexpr", "BLOCK": "constexpr", "SUB_BLOCK": "constexpr"}
+        const = {"G_DTYPE": _TL[gd], "BLOCK": _BLOCK, "SUB_BLOCK": _SUB_BLOCK}
+        specs.append(AotSpec(f"grad_sumsq {TRITON_DTYPE[gd]} grad", _grad_sumsq_kernel, sig, const, _WARPS, 1))
     return specs

@@ -60,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="tokens kept when the window slides past context_length (default: context_length)")
     p.add_argument("--seed", type=int, help="sampling seed in [0, 2**64); default: a random one, printed")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="ops: auto (fused Triton on CUDA), "
-                   "reference or fused")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="ops: auto (on CUDA, per op as the fused table says), reference or fused")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout when done, no streaming")
     return p
 

@@ -67,8 +67,8 @@ MUTATIONS = [
     Mutation("trainer: the logged loss is the last micro-batch's", "lmfast/train/trainer.py",
              "total += loss.detach()", "total = loss.detach() * accum", (TRAIN_MATH,)),
     Mutation("trainer: the clip threshold grows with accumulation", "lmfast/train/trainer.py",
-             "clip_grad_norm_(params, self.cfg.grad_clip_norm if",
-             "clip_grad_norm_(params, self.cfg.grad_clip_norm * accum if", (TRAIN_MATH,)),
+             "max_norm = self.cfg.grad_clip_norm if",
+             "max_norm = self.cfg.grad_clip_norm * accum if", (TRAIN_MATH,)),
     Mutation("trainer: RMSNorm gains are weight-decayed too", "lmfast/train/trainer.py",
              "decay = [p for p in self.model.parameters() if p.dim() >= 2]\n"
              "        no_decay = [p for p in self.model.parameters() if p.dim() < 2]",

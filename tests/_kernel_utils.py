@@ -62,3 +62,13 @@ def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, atol: 
             f"{name}: {int(bad.sum())} of {bad.numel()} elements differ beyond atol={atol}, rtol={rtol} "
             f"(max abs diff {max_abs:.3g}); first mismatches:\n" + "\n".join(rows)
         )
+
+
+def force_gpu_generation(monkeypatch, generation: str = "sm90", table: dict | None = None) -> None:
+    """Make ``backend: auto`` read ``generation``'s rows of the fused table (or of ``table``, {generation: {row:
+    {"use_fused", "measured", "why"}}}) for CPU tensors: a test-only switch, with :func:`force_fused_ops_on_cpu`."""
+    from lmfast.model import ops
+
+    monkeypatch.setattr(ops, "gpu_generation", lambda device: generation)
+    if table is not None:
+        monkeypatch.setattr(ops, "fused_table", lambda: table)

@@ -212,12 +212,13 @@ def test_a_dry_run_from_an_uninstalled_copy_collects_every_gpu_test_and_benchmar
 
 def test_the_attention_configurations_stage_names_the_fastest_candidate_of_each_shape_and_pass():
     configs = _benchmarks("attention_configs")
-    found = configs.candidates("sm90")
-    assert {(h, p) for h, p, _ in found} == {(h, p) for h in (64, 128) for p in configs.PASSES}
-    timed = [{"head_dim": h, "seq": seq, "pass": p, "config": list(c), "ms": 1.0 + i / 100 if i else 0.5}
-             for seq in configs.SEQS for i, (h, p, c) in enumerate(found)]  # the first candidate fastest
+    found = configs.candidates("sm90")  # keyed by the table's (head dim, RoPE inside)
+    keys = {(h, r) for h in (64, 128) for r in (False, True)}
+    assert {(k, p) for k, p, _ in found} == {(k, p) for k in keys for p in configs.PASSES}
+    timed = [{"head_dim": k, "seq": seq, "pass": p, "config": list(c), "ms": 1.0 + i / 100 if i else 0.5}
+             for seq in configs.SEQS for i, (k, p, c) in enumerate(found)]  # the first candidate fastest
     fastest, tables = configs._fastest(timed, "sm90")
-    assert len(fastest) == 2 * 2 * 3 and all(r["best_ms"] <= r["shipped_ms"] for r in fastest)
-    first = next(r for r in fastest if (r["head_dim"], r["seq"], r["pass"]) == (64, 1024, "fwd"))
+    assert len(fastest) == 4 * 2 * 3 and all(r["best_ms"] <= r["shipped_ms"] for r in fastest)
+    first = next(r for r in fastest if (r["head_dim"], r["seq"], r["pass"]) == ((64, False), 1024, "fwd"))
     assert first["best"] == first["shipped"] == tuple(found[0][2]) and first["best_ms"] == 0.5
-    assert set(tables) == {(h, seq) for h in (64, 128) for seq in configs.SEQS}
+    assert set(tables) == {(k, seq) for k in keys for seq in configs.SEQS}

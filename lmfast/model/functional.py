@@ -23,10 +23,12 @@ __all__ = [
     "lce_chunk_rows",
     "lce_release_workspace",
     "rmsnorm",
+    "add_rmsnorm",
     "rope_inv_freq",
     "rope_cos_sin",
     "apply_rope",
     "rope",
+    "rope_attention",
     "scaled_dot_product_attention",
     "causal_attention",
     "document_ids",
@@ -318,6 +320,20 @@ class _RMSNorm(torch.autograd.Function):
         return dx, None if dw is None else dw.to(ctx.weight_dtype), None
 
 
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5,
+                out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add before a pre-norm and the norm: ``h = residual + x``, ``y = rmsnorm(h)``; the reference of
+    the fused ``lmfast::add_rmsnorm`` (one read of both, writes of h and y).
+
+    x, residual: (..., d), any float dtypes (h takes their promoted dtype, e.g. fp32 for a bf16 branch output on an
+    fp32 residual stream under autocast); weight: (d,). Returns ``(h, y)``, y in ``out_dtype`` (default h's dtype):
+    the dtype the layers reading y take, so no separate cast follows.
+    """
+    h = residual + x
+    y = rmsnorm(h, weight, eps)
+    return h, y if out_dtype is None else y.to(out_dtype)
+
+
 def rope_inv_freq(theta: float, head_dim: int, scaling: dict | None = None, device=None) -> torch.Tensor:
     """RoPE's (head_dim // 2,) fp64 inverse frequencies ``theta ** (-2i / head_dim)``, optionally rescaled.
 
@@ -407,6 +423,18 @@ def rope(
         return _apply_rope_pairs(q, cos, sin), _apply_rope_pairs(k, cos, sin)
     rotation = torch.complex(cos, sin)
     return _apply_rope_complex(q, rotation), _apply_rope_complex(k, rotation)
+
+
+def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   scale: float | None = None, *, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """RoPE on q and k, then causal attention: the reference of the fused ``lmfast::attention`` with RoPE inside.
+
+    q: (batch, q_heads, seq, head_dim); k, v: (batch, kv_heads, seq, head_dim); cos, sin: (seq, head_dim // 2) or
+    (batch, seq, head_dim // 2), e.g. :func:`rope_cos_sin` at :func:`document_positions`; ``doc_ids`` as in
+    :func:`causal_attention`.
+    """
+    q, k = rope(q, k, cos, sin)
+    return causal_attention(q, k, v, scale, doc_ids=doc_ids)
 
 
 def scaled_dot_product_attention(

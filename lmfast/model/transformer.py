@@ -105,6 +105,15 @@ class RMSNorm(nn.Module):
             return y.to(torch.get_autocast_dtype(y.device.type))
         return y
 
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, self(h))`` for ``h = residual + x``: the residual add and this norm as one op (``ops.add_rmsnorm``,
+        one pass on the fused backend), y already in the autocast dtype its linears take."""
+        device = x.device.type
+        h_dtype = torch.promote_types(x.dtype, residual.dtype)
+        out_dtype = torch.get_autocast_dtype(device) if h_dtype == torch.float32 and torch.is_autocast_enabled(
+            device) else None
+        return self.ops.add_rmsnorm(x, residual, self.weight, self.eps, out_dtype)
+
 
 class SwiGLU(nn.Module):
     """``w2(silu(w1 x) * w3 x)``: w1, w3: d_model → d_ff, w2: d_ff → d_model."""
@@ -219,12 +228,13 @@ class MultiHeadSelfAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None,
                sin: torch.Tensor | None, doc_ids: torch.Tensor | None) -> torch.Tensor:
-        """RoPE, then causal attention (within documents when ``doc_ids`` is given), through ``self.ops``: the one
-        place a fused RoPE-inside-attention op would replace. q (batch, heads, seq, d_k); k, v (batch, kv_heads, seq,
-        d_k); cos/sin None when the layer has no RoPE."""
-        if cos is not None:
-            q, k = self.ops.rope(q, k, cos, sin)
-        return self.ops.attention(q, k, v, None, doc_ids=doc_ids)
+        """RoPE, then causal attention (within documents when ``doc_ids`` is given), through ``self.ops``: one
+        ``ops.rope_attention`` (RoPE inside the attention kernel on the fused backend). q (batch, heads, seq, d_k);
+        k, v (batch, kv_heads, seq, d_k); cos/sin None when the layer has no RoPE."""
+        if cos is None:
+            return self.ops.attention(q, k, v, None, doc_ids=doc_ids)
+        # RoPE inside attention: one kernel on the fused backend (q, k read once, no rotated copy written)
+        return self.ops.rope_attention(q, k, v, cos, sin, None, doc_ids=doc_ids)
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -275,8 +285,8 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        h = x + self.attn(self.ln1(x), token_positions, cache, doc_ids)
-        return h + self.ffn(self.ln2(h))
+        h, y = self.ln2.add_norm(self.attn(self.ln1(x), token_positions, cache, doc_ids), x)  # h = x + attn(ln1(x))
+        return h + self.ffn(y)
 
 
 class TransformerLM(nn.Module):

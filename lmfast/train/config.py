@@ -108,7 +108,8 @@ class TrainConfig:
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: str = _f("auto", "torch.compile the model: auto (on for CUDA), true, false",
                       choices=("auto", "true", "false"))
-    backend: str = _f("auto", "ops backend: auto (fused Triton on CUDA), reference, fused",
+    backend: str = _f("auto", "ops backend: auto (on CUDA, per op as lmfast/model/fused_table.json says), "
+                      "reference, fused",
                       choices=("auto", "reference", "fused"))
     distributed: str = _f("ddp", "under torchrun: ddp (every rank holds the whole model) or fsdp (FSDP2 shards "
                           "parameters, gradients and optimizer state over the ranks; sharded checkpoints)",

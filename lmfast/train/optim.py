@@ -145,8 +145,7 @@ class AdamW(torch.optim.Optimizer):
             params, grads, exp_avgs, exp_avg_sqs, steps = self._group_tensors(group)
             if not params:
                 continue
-            beta1, beta2 = group["betas"]
-            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            hyper = self._hyper(group)
             # Parameters of one group are created together, so they share a step count; a group whose
             # parameters gained gradients at different times is split by step.
             for step in sorted(set(steps)):
@@ -157,9 +156,50 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
     @staticmethod
+    def _hyper(group: dict) -> dict:
+        beta1, beta2 = group["betas"]
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+
+    @staticmethod
     def _update(fused: bool | None, tensors: tuple, step: int, hyper: dict) -> None:
         step_fn = adamw_step_fn(fused, tensors[0])
         step_fn(*tensors, step=step, **hyper)
+
+    @torch.no_grad()
+    def clip_grad_norm_and_step(self, max_norm: float, fold: bool = False) -> torch.Tensor:
+        """:func:`clip_grad_norm_` over every parameter of every group, then :meth:`step`; returns the norm before
+        clipping (a 0-d tensor, no host sync).
+
+        ``fold``: where the fused Triton step takes every parameter (CUDA, not sharded), fold the clip into it
+        (``lmfast.kernels.adamw.clip_adamw_step``): one multi-tensor pass sums the squares, and the step scales each
+        gradient by the clip coefficient inside its update, so the gradients are never scaled in memory (they are
+        left as backward made them). Equal to clip-then-step within fp32 rounding.
+        """
+        if fold and self._foldable():
+            from lmfast.kernels.adamw import clip_adamw_step
+
+            return clip_adamw_step(self._fold_groups(), max_norm)
+        norm = clip_grad_norm_([p for g in self.param_groups for p in g["params"] if p.grad is not None], max_norm)
+        self.step()
+        return norm
+
+    def _foldable(self) -> bool:
+        params = [p for g in self.param_groups if g["fused"] is not False for p in g["params"] if p.grad is not None]
+        every = sum(p.grad is not None for g in self.param_groups for p in g["params"])
+        return (bool(params) and len(params) == every and len({p.device for p in params}) == 1
+                and not any(_is_dtensor(p) for p in params)
+                and all(ops.fused_unavailable_reason(p.device) is None for p in params[:1]))
+
+    def _fold_groups(self) -> list[tuple]:
+        groups = []
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, steps = self._group_tensors(group)
+            hyper = self._hyper(group)
+            for step in sorted(set(steps)):
+                idx = [i for i, s in enumerate(steps) if s == step]
+                groups.append(([params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+                               [exp_avg_sqs[i] for i in idx], step, hyper))
+        return groups
 
 
 def adamw_step_fn(fused: bool | None, params: list[torch.Tensor]) -> Callable:

@@ -223,7 +223,7 @@ class Trainer:
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         lr = self.cfg.max_learning_rate if self.cfg.use_lr_schedule else self.cfg.learning_rate
         # The optimizer follows the model's resolved backend: `reference` means no Triton anywhere.
-        return AdamW(groups, lr=lr, betas=self.cfg.betas, eps=self.cfg.eps, fused=self.model.ops.name == "fused")
+        return AdamW(groups, lr=lr, betas=self.cfg.betas, eps=self.cfg.eps, fused=self.model.ops.optimizer == "fused")
 
     def _autocast_dtype(self) -> torch.dtype | None:
         name = self.cfg.dtype
@@ -297,13 +297,18 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         # 3. clip the global gradient norm
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
         # With clipping off (0) the norm is still measured, so the logged grad_norm is true (a scale by 1 is exact)
-        norm = clip_grad_norm_(params, self.cfg.grad_clip_norm if self.cfg.grad_clip_norm > 0 else math.inf)
-        # 4. step and reset
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        max_norm = self.cfg.grad_clip_norm if self.cfg.grad_clip_norm > 0 else math.inf
+        if self.model.ops.fold_clip and not self.scaler.is_enabled() and not self.sharded:
+            # 3+4. the clip folded into the fused AdamW step (one norm pass; no pass scaling the gradients)
+            norm = self.optimizer.clip_grad_norm_and_step(max_norm, fold=True)
+        else:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            norm = clip_grad_norm_(params, max_norm)
+            # 4. step
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return self.dist.all_reduce_mean(total), norm, lr
 

@@ -256,11 +256,15 @@ def test_ids_the_tokenizer_cannot_decode_are_never_sampled():
 
 
 def test_load_model_takes_the_fused_ops_where_backend_auto_picks_them(checkpoint, monkeypatch):
-    fake_fused = ops.Ops("fused", functional.rmsnorm, functional.rope, functional.causal_attention)
-    monkeypatch.setattr(ops, "fused_unavailable_reason", lambda device: None)  # as on a CUDA machine
+    # As on a CUDA machine whose generation's table rows all take their kernel.
+    fake_fused = ops.Ops("fused", lambda *a: functional.rmsnorm(*a), functional.rope, functional.causal_attention)
+    monkeypatch.setattr(ops, "fused_unavailable_reason", lambda device: None)
     monkeypatch.setattr(ops, "_fused_ops", lambda: fake_fused)
+    rows = {op: {"use_fused": True, "measured": None, "why": "test"} for op in ops.FUSED_OPS}
+    monkeypatch.setattr(ops, "fused_table", lambda: {"default": rows})
     model, _, _ = generate.load_model(checkpoint)
-    assert model.ops is fake_fused and model.layers[0].attn.ops is fake_fused
+    assert model.ops.name == "auto" and model.ops.rmsnorm is fake_fused.rmsnorm
+    assert model.layers[0].attn.ops is model.ops
 
 
 def test_generation_runs_in_the_runs_autocast_dtype_on_cuda_and_fp32_elsewhere(monkeypatch):

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _kernel_utils import force_fused_ops_on_cpu, requires_triton
+from _kernel_utils import force_fused_ops_on_cpu, force_gpu_generation, requires_triton
 
 from lmfast.model import TransformerLM, functional, ops
 from lmfast.train.config import TrainConfig
@@ -36,7 +36,7 @@ def kernel_calls(monkeypatch):
     force_fused_ops_on_cpu(monkeypatch)
     calls = []
 
-    def record(q, k, v, scale):
+    def record(q, k, v, scale, *rope_and_documents):
         calls.append(q.dtype)
         out = functional.causal_attention(q.float(), k.float(), v.float(), scale).to(q.dtype)
         return out, q.new_zeros(q.shape[:3], dtype=torch.float32)
@@ -72,10 +72,11 @@ def test_fused_model_of_any_even_head_dim_up_to_256_builds_and_runs_the_kernel(k
 
 
 @interpreter_only
-def test_auto_backend_takes_the_reference_op_where_a_kernel_cannot_take_the_shape(kernel_calls, caplog):
+def test_auto_backend_takes_the_reference_op_where_a_kernel_cannot_take_the_shape(kernel_calls, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="lmfast")
+    force_gpu_generation(monkeypatch, "sm90", _table(True))
     model = TransformerLM(**{**SIZES, "d_model": 576, "num_heads": 2}, backend="auto", dtype=torch.float16)
-    assert model.ops.name == "fused"
+    assert model.ops.name == "auto"
     assert "reference where the attention kernel takes head dims up to 256, got 288" in caplog.text
     model(torch.zeros(1, 8, dtype=torch.long))
     assert kernel_calls == []
@@ -94,14 +95,16 @@ def test_fused_backend_where_it_cannot_run_is_a_value_error_naming_why():
         TransformerLM(**SIZES, backend="fused", device="cpu")
 
 
-@pytest.mark.parametrize("backend, fused", [("reference", False), ("fused", True), ("auto", True)])
+@pytest.mark.parametrize("backend, fused", [("reference", False), ("fused", True), ("auto", False)])
 def test_trainer_optimizer_follows_the_resolved_backend(monkeypatch, backend, fused):
     # Where the kernels can run (forced here), backend: reference must still take the reference AdamW step:
-    # the trainer used to build AdamW without fused=, and fused=None takes the kernel wherever it can run.
+    # the trainer used to build AdamW without fused=, and fused=None takes the kernel wherever it can run. Under
+    # auto the committed table decides: its adamw rows are unmeasured, so the reference step.
     from lmfast.kernels import adamw as adamw_kernel
     from lmfast.train import Trainer
 
     force_fused_ops_on_cpu(monkeypatch)
+    force_gpu_generation(monkeypatch, "sm90")
     model = TransformerLM(**SIZES, backend=backend)
     optimizer = Trainer._build_optimizer(SimpleNamespace(model=model, cfg=TrainConfig()))
     assert {g["fused"] for g in optimizer.param_groups} == {fused}
@@ -111,3 +114,85 @@ def test_trainer_optimizer_follows_the_resolved_backend(monkeypatch, backend, fu
         p.grad = torch.zeros_like(p)
     optimizer.step()
     assert bool(launches) == fused
+
+
+# ------------------------------------------------------------------------------- backend: auto follows the table
+
+
+def _table(use_fused: bool, **rows: bool) -> dict:
+    """A fused table whose every row says ``use_fused`` except ``rows``, for generation "sm90"."""
+    return {"sm90": {op: {"use_fused": rows.get(op, use_fused), "measured": None, "why": f"test row {op}"}
+                     for op in ops.FUSED_OPS}, "default": {}}
+
+
+def test_committed_table_has_every_row_for_every_generation_and_says_why():
+    table = ops.fused_table()
+    assert {"sm80", "sm90", "default"} <= set(table)
+    for generation, rows in table.items():
+        assert set(rows) == set(ops.FUSED_OPS), generation
+        for op, row in rows.items():
+            assert isinstance(row["use_fused"], bool) and row["why"], (generation, op)
+            # A kernel is used only where measured faster, or for a feature the reference lacks.
+            assert not row["use_fused"] or row["measured"] is not None or row["why"].startswith("feature"), (
+                generation, op)
+
+
+def test_committed_table_takes_document_masked_attention_and_the_reference_elsewhere_until_measured(monkeypatch,
+                                                                                                 caplog):
+    caplog.set_level(logging.INFO, logger="lmfast")
+    force_fused_ops_on_cpu(monkeypatch)
+    force_gpu_generation(monkeypatch, "sm90")
+    chosen = ops.get_ops("auto", "cpu")
+    assert chosen.name == "auto" and chosen.choices["document_attention"] == "fused"
+    assert [op for op, c in chosen.choices.items() if c == "fused"] == ["document_attention"]
+    assert chosen.rmsnorm is functional.rmsnorm and chosen.optimizer == "reference" and not chosen.fold_clip
+    assert "ops auto: rmsnorm takes the reference (fused_table.json sm90/rmsnorm: unmeasured" in caplog.text
+    assert "document_attention takes the reference" not in caplog.text
+
+
+@pytest.mark.parametrize("row", ["rmsnorm", "add_rmsnorm", "rope", "linear_cross_entropy"])
+def test_auto_takes_a_kernel_exactly_where_its_table_row_says(monkeypatch, row):
+    force_fused_ops_on_cpu(monkeypatch)
+    force_gpu_generation(monkeypatch, "sm90", _table(False, **{row: True}))
+    chosen, fused = ops.get_ops("auto", "cpu"), ops.get_ops("fused", "cpu")
+    for op in ("rmsnorm", "add_rmsnorm", "rope", "linear_cross_entropy"):
+        assert getattr(chosen, op) is (getattr(fused, op) if op == row else getattr(ops.REFERENCE, op)), op
+
+
+def test_auto_attention_rows_route_whole_windows_and_document_masks_apart(kernel_calls, monkeypatch):
+    force_gpu_generation(monkeypatch, "sm90", _table(False, document_attention=True))
+    chosen = ops.get_ops("auto", "cpu")
+    q, k, v = (torch.randn(1, 2, 8, 16, dtype=torch.float16) for _ in range(3))
+    chosen.attention(q, k, v)
+    assert kernel_calls == []  # attention row: reference
+    cos, sin = functional.rope_cos_sin(10000.0, 16, torch.arange(8))
+    chosen.rope_attention(q, k, v, cos, sin)
+    assert kernel_calls == []  # rope_attention row: rope then the reference attention
+    chosen.attention(q, k, v, doc_ids=torch.zeros(1, 8, dtype=torch.int32))
+    chosen.rope_attention(q, k, v, cos, sin, doc_ids=torch.zeros(1, 8, dtype=torch.int32))
+    assert kernel_calls == [torch.float16, torch.float16]  # document_attention row: the kernel, RoPE inside
+
+
+def test_auto_optimizer_rows_pick_the_fused_step_and_the_folded_clip(monkeypatch):
+    force_fused_ops_on_cpu(monkeypatch)
+    force_gpu_generation(monkeypatch, "sm90", _table(False, clip_adamw=True))
+    chosen = ops.get_ops("auto", "cpu")
+    assert chosen.optimizer == "fused" and chosen.fold_clip
+    force_gpu_generation(monkeypatch, "sm90", _table(False, adamw=True))
+    chosen = ops.get_ops("auto", "cpu")
+    assert chosen.optimizer == "fused" and not chosen.fold_clip
+
+
+def test_a_generation_the_table_lacks_reads_its_default_rows(monkeypatch):
+    force_fused_ops_on_cpu(monkeypatch)
+    force_gpu_generation(monkeypatch, "sm120")
+    assert ops.get_ops("auto", "cpu").choices == {op: "fused" if r["use_fused"] else "reference"
+                                                  for op, r in ops.fused_table()["default"].items()}
+
+
+def test_fused_backend_forces_every_kernel_and_reference_none(monkeypatch):
+    force_fused_ops_on_cpu(monkeypatch)
+    fused = ops.get_ops("fused", "cpu")
+    assert set(fused.choices.values()) == {"fused"} and fused.optimizer == "fused" and fused.fold_clip
+    reference = ops.get_ops("reference", "cpu")
+    assert reference is ops.REFERENCE and reference.optimizer == "reference" and not reference.fold_clip

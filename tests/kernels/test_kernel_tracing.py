@@ -61,6 +61,27 @@ def test_rmsnorm_forward_and_backward_ops_trace_whole_and_match_reference():
     _close(backward(dy, x, w, rstd), _grads(functional.rmsnorm, (x, w), dy)[1:], ("dx", "dw"))
 
 
+def test_add_rmsnorm_forward_and_backward_ops_trace_whole_and_match_reference():
+    from lmfast.kernels.add_rmsnorm import add_rmsnorm
+
+    x, r = torch.randn(3, 5, 40, generator=_gen(0)), torch.randn(3, 5, 40, generator=_gen(1))
+    w, dy = 1 + 0.1 * torch.randn(40, generator=_gen(2)), torch.randn(3, 5, 40, generator=_gen(3))
+
+    def step(fn):
+        return lambda x, r, w: sum(t * 2.0 for t in fn(x, r, w))  # uses h and y both
+
+    compiled = _traced_once(step(add_rmsnorm), x, r, w)
+    _close(_grads(compiled, (x, r, w), dy), _grads(step(functional.add_rmsnorm), (x, r, w), dy),
+           ("h + y", "dx", "dresidual", "dw"))
+
+    h, _, rstd = torch.ops.lmfast.add_rmsnorm(x, r, w, 1e-5, None)
+    backward = _traced_once(lambda dh, dy, h, rstd: torch.ops.lmfast.add_rmsnorm_bwd(
+        dh, dy, h, w, rstd, torch.float32, torch.float32), dy, dy, h, rstd)
+    dx, _, dw = backward(dy, dy, h, rstd)
+    expected = _grads(step(functional.add_rmsnorm), (x, r, w), dy / 2.0)
+    _close((dx, dw), (expected[1], expected[3]), ("dx", "dw"))
+
+
 def test_rope_forward_and_backward_ops_trace_whole_and_match_reference():
     from lmfast.kernels.rope import rope
 
@@ -91,11 +112,32 @@ def test_attention_forward_and_backward_ops_trace_whole_and_match_reference():
     _close(_grads(compiled, (q, k, v), grad), expected, ("out", "dq", "dk", "dv"))
 
     scale = 1 / 32**0.5
-    out, lse = torch.ops.lmfast.attention(q, k, v, scale)
-    backward = _traced_once(lambda g, q, k, v, o, lse: torch.ops.lmfast.attention_backward(g, q, k, v, o, lse, scale),
-                            grad, q, k, v, out, lse)
+    out, lse = torch.ops.lmfast.attention(q, k, v, None, None, None, None, scale)
+    backward = _traced_once(lambda g, q, k, v, o, lse: torch.ops.lmfast.attention_backward(
+        g, q, k, v, o, lse, None, None, None, None, scale), grad, q, k, v, out, lse)
     expected = _grads(functional.causal_attention, (q, k, v), grad)[1:]
     _close(backward(grad, q, k, v, out, lse), expected, ("dq", "dk", "dv"))
+
+
+def test_rope_attention_with_grouped_heads_and_documents_traces_whole_and_matches_reference():
+    from lmfast.kernels.attention import rope_attention
+
+    q = torch.randn(2, 4, 40, 32, generator=_gen(0))
+    k, v = (torch.randn(2, 2, 40, 32, generator=_gen(i)) for i in (1, 2))
+    grad = torch.randn(2, 4, 40, 32, generator=_gen(3))
+    doc_ids = torch.tensor([[0] * 17 + [1] * 23, [4] * 40], dtype=torch.int32)
+    positions = torch.stack([torch.cat([torch.arange(17), torch.arange(23)]), torch.arange(40)])
+    cos, sin = functional.rope_cos_sin(10000.0, 32, positions)
+    compiled = _traced_once(lambda q, k, v: rope_attention(q, k, v, cos, sin, doc_ids=doc_ids), q, k, v)
+
+    def expected_fn(q, k, v):  # rope, then each document alone, K/V repeated per query head
+        q, k = functional.rope(q, k, cos, sin)
+        k, v = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+        first = functional.causal_attention(q[:1, :, :17], k[:1, :, :17], v[:1, :, :17])
+        second = functional.causal_attention(q[:1, :, 17:], k[:1, :, 17:], v[:1, :, 17:])
+        return torch.cat([torch.cat([first, second], 2), functional.causal_attention(q[1:], k[1:], v[1:])])
+
+    _close(_grads(compiled, (q, k, v), grad), _grads(expected_fn, (q, k, v), grad), ("out", "dq", "dk", "dv"))
 
 
 def test_adamw_step_traces_whole_and_matches_reference():

@@ -62,8 +62,11 @@ def test_flops_per_token_equals_the_flops_counted_in_a_training_step():
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
         return functional.scaled_dot_product_attention(q, k, v, causal)
 
+    def rope_attention(q, k, v, cos, sin, scale=None, *, doc_ids=None):  # the model's call without a KV cache
+        return attention(*functional.rope(q, k, cos, sin), v, scale)
+
     for layer in model.layers:
-        layer.attn.ops = dataclasses.replace(layer.attn.ops, attention=attention)
+        layer.attn.ops = dataclasses.replace(layer.attn.ops, attention=attention, rope_attention=rope_attention)
     ids = torch.randint(0, vocab, (3, context))
     with FlopCounterMode(display=False) as counter:
         functional.cross_entropy(model(ids), ids).backward()
