@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from _kernel_utils import requires_triton
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "benchmarks"
 
 pytestmark = [requires_triton, pytest.mark.slow]
 
@@ -28,6 +29,9 @@ pytestmark = [requires_triton, pytest.mark.slow]
 def aot_report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("aot")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # This tree's kernels, also from an uninstalled copy (the GPU machine's): `python benchmarks/aot_report.py` puts
+    # benchmarks/ first on sys.path, not the root that holds lmfast/.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     jobs = str(min(8, os.cpu_count() or 1))
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "aot_report.py"), "--out", str(out), "--jobs", jobs,
                            "--dtype", "bf16", "--quick"], env=env, capture_output=True, text=True, timeout=900)
