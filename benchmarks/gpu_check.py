@@ -9,8 +9,9 @@ caps and the reserve for writing results add up to the default budget (tests/tes
    (gpu_preflight.py); ~11 Triton compiles (RMSNorm and RoPE forward, attention's four kernels at head dims 64 and
    128, the AdamW step), ~15 s;
 a. the GPU tests, 130 s: every ``gpu``-marked test (kernels at real sizes in bf16, inductor / aot_eager compiles, the
-   fused model, generation) and the kernel test files' other tests, which run natively there; ~150-200 Triton
-   compiles (attention ~100 of them) and ~8 torch.compile graphs, ~6-8 minutes one after another, so they run as
+   fused model, generation) and the kernel test files' other tests, which run natively there; ~250-300 Triton
+   compiles (the rehearsal counts 250 distinct launch keys in the tests the interpreter runs, attention 202 of them,
+   a lower bound) and ~8 torch.compile graphs, ~8-10 minutes one after another, so they run as
    ``GPU_TEST_SHARDS`` pytest processes side by side on the one GPU (_gpu_tests.py; there is no pytest-xdist);
 b. loss curves, 55 s: configs/tinystories_17m.yaml trained 200 steps in bf16, fused and reference ops, eager
    (loss_curves.py); ~10 Triton compiles;

@@ -12,7 +12,8 @@ working tree's tracked and not-ignored untracked files, as the device tool copie
    the stage scripts only importing: stage a's commands collect > 0 tests with 0 errors, every kernel benchmark file
    collects, every stage script imports. A tree older than the dry run (``--ref`` of an old commit) gets its stage a
    command and benchmark files started inside its own gpu_check.sh instead (see ``legacy_commands``);
-3. the kernel tests under Triton's interpreter (``TRITON_INTERPRET=1``), as the normal test run has them.
+3. the kernel tests under Triton's interpreter (``TRITON_INTERPRET=1``), as the normal test run has them, counting
+   the distinct compiles their launches would cost on a GPU (scripts/_launch_keys.py).
 
 Writes a Markdown report (versions, commit, time taken, the venv's download size) and exits 0 only if all pass.
 """
@@ -199,8 +200,10 @@ def check_interpreter_tests(copy: Path) -> dict:
     """The kernel tests under Triton's interpreter, on CPU, with these versions."""
     files = sorted(str(p.relative_to(copy)) for p in (copy / "tests").glob("**/test_*.py")
                    if p.name.startswith("test_kernel_") or "kernels" in p.relative_to(copy / "tests").parts[:-1])
-    rc, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *files], copy,
-                          timeout=1800, TRITON_INTERPRET="1", COLUMNS="400")  # wide: the summary keeps each message
+    keys = copy.parent / "launch_keys.json"  # the compiles a GPU would pay for these launches (scripts/_launch_keys.py)
+    rc, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_launch_keys", "-rfE",
+                           *files], copy, timeout=1800, TRITON_INTERPRET="1", COLUMNS="400",  # wide: whole messages
+                          PYTHONPATH=str(copy / "scripts"), LMFAST_LAUNCH_KEYS=str(keys))
     summary = next((ln for ln in reversed(text.splitlines()) if re.search(r"\d+ (passed|failed|error)", ln)), "")
     counts = {w: int(n) for n, w in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary)}
     causes: dict[str, int] = {}
@@ -209,6 +212,7 @@ def check_interpreter_tests(copy: Path) -> dict:
     passed = rc == 0 and counts.get("passed", 0) > 0
     return {"name": "interpreter", "passed": passed, "seconds": round(secs, 1), "files": files, "counts": counts,
             "summary": summary.strip("= "), "causes": sorted(causes.items(), key=lambda c: -c[1])[:8],
+            "compiles": json.loads(keys.read_text()) if keys.exists() else {},
             "problems": [] if passed else [f"pytest exited {rc}: {summary.strip('= ')}"],
             "tail": [] if passed else _tail(text, 25)}
 
@@ -265,6 +269,12 @@ def report(facts: dict, checks: list[dict]) -> str:
                     f"{n} exit {rc}" for n, rc in c["scripts"].items()))
         else:
             lines += [f"{len(c['files'])} files: {c['summary']}."]
+            if c.get("compiles"):
+                per = sorted(c["compiles"].items(), key=lambda kv: -kv[1])
+                lines += ["", "Distinct Triton compiles these launches would cost on a GPU (kernel, constexprs, "
+                          "warps/stages, dtypes, alignment and integer specializations; `scripts/_launch_keys.py`; "
+                          "a lower bound for stage a, whose CUDA-only tests launch nothing here): "
+                          f"{sum(n for _, n in per)}: " + ", ".join(f"{k} {n}" for k, n in per) + "."]
             if c["causes"]:
                 lines += ["", "Failures by message:", ""] + [f"- {n} x `{m}`" for m, n in c["causes"]]
         if c.get("tail"):

@@ -222,3 +222,39 @@ def test_the_attention_configurations_stage_names_the_fastest_candidate_of_each_
     first = next(r for r in fastest if (r["head_dim"], r["seq"], r["pass"]) == ((64, False), 1024, "fwd"))
     assert first["best"] == first["shipped"] == tuple(found[0][2]) and first["best_ms"] == 0.5
     assert set(tables) == {(k, seq) for k in keys for seq in configs.SEQS}
+
+
+def test_the_rehearsals_compile_count_keys_launches_as_triton_compiles_them(tmp_path):
+    # scripts/_launch_keys.py: one key per compile a GPU would pay. A launch repeated with the same dtype, constexpr
+    # and integer specializations costs nothing more; a new dtype, constexpr or alignment class of an int does.
+    pytest.importorskip("triton")
+    (tmp_path / "test_launches.py").write_text('''
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _copy_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+
+
+def test_launches():
+    for dtype, n, block in [(torch.float32, 32, 16), (torch.float32, 48, 16),  # n divisible by 16 both times: 1
+                            (torch.float32, 33, 16),  # n not: 2
+                            (torch.float16, 32, 16),  # dtype: 3
+                            (torch.float32, 32, 32)]:  # constexpr: 4
+        x = torch.arange(n, dtype=dtype)
+        y = torch.empty_like(x)
+        _copy_kernel[(triton.cdiv(n, block),)](x, y, n, BLOCK=block)
+        assert torch.equal(x, y)
+''')
+    keys = tmp_path / "keys.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "LMFAST_LAUNCH_KEYS": str(keys),
+           "PYTHONPATH": str(ROOT / "scripts")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_launch_keys",
+                           str(tmp_path / "test_launches.py")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(keys.read_text()) == {"_copy_kernel": 4}
