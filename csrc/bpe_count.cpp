@@ -314,7 +314,9 @@ void count_file_pretokens(const std::string& path, const std::vector<std::string
     const uint64_t total = file.size();
     BlockReader reader(file, specials, block, chunk);
     const int workers = std::max(1, num_workers);
-    ChunkQueue queue(reader, static_cast<size_t>(workers));
+    // The next block is read while a block's worth of chunks is still queued, so the other threads have work for
+    // as long as the reader reads, checks and cuts (one block more in memory).
+    ChunkQueue queue(reader, static_cast<size_t>(workers) + block / chunk);
     std::vector<Counter> counters(workers);
     // Progress (and, through it, Ctrl-C) about ten times a second, from the calling thread (worker 0: Python
     // sees signals only there); an exception it throws stops every worker after its current chunk.
