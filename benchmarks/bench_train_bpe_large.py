@@ -90,7 +90,16 @@ def large_corpus() -> Path:
 
 
 def _documents(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").split(EOT)
+    """The file's documents, read 64 MiB at a time and decoded one by one: never the whole text as one str (a str
+    holding one emoji takes 4 bytes a character, ~4.3 GB here), so the peers' peak RSS is their documents' and
+    their own."""
+    docs, tail, sep = [], b"", EOT.encode()
+    with open(path, "rb") as f:
+        while block := f.read(64 << 20):
+            parts = (tail + block).split(sep)
+            tail = parts.pop()
+            docs += [p.decode("utf-8") for p in parts]
+    return docs + [tail.decode("utf-8")]
 
 
 def _train_lmfast(path: Path, vocab_size: int) -> list[bytes]:
@@ -123,6 +132,7 @@ def child(name: str, vocab_size: int, path: Path, out: Path) -> None:
     start = time.perf_counter()
     docs = None if name == "lmfast" else _documents(path)
     load = time.perf_counter() - start
+    docs_mib = sum(sys.getsizeof(d) for d in docs) / 2**20 if docs else 0.0
     start = time.perf_counter()
     if name == "lmfast":
         tokens = _train_lmfast(path, vocab_size)
@@ -131,7 +141,8 @@ def child(name: str, vocab_size: int, path: Path, out: Path) -> None:
     else:
         tokens = _train_rustbpe(docs, vocab_size)
     train = time.perf_counter() - start
-    out.write_text(json.dumps({"load": load, "train": train, "tokens": [t.hex() for t in tokens]}))
+    out.write_text(json.dumps({"load": load, "train": train, "docs_mib": docs_mib,
+                               "tokens": [t.hex() for t in tokens]}))
 
 
 def run_child(name: str, vocab_size: int, path: Path, tmp: Path) -> dict:
@@ -230,16 +241,19 @@ def summary_markdown(rows: list[dict], command: str = "pytest benchmarks/bench_t
         f"2 threads for every contender (RAYON_NUM_THREADS=2); each in its own child process; {ROUNDS} round. "
         f"Load average (1, 5, 15 min) at the end: {_load()}.",
         "train s: the training call (lmfast: from the file path, reading included; the peers: from documents "
-        "already in memory); load s: the peers' reading and splitting of the file; wall s: the whole child, "
-        "interpreter start and imports included; peak RSS: the child's ru_maxrss.",
+        "already in memory); load s: the peers' reading and splitting of the file (64 MiB at a time, each "
+        "document decoded alone); wall s: the whole child, interpreter start and imports included; peak RSS: the "
+        "child's ru_maxrss; documents MiB: what the peers' list of documents takes (sys.getsizeof), part of their "
+        "peak.",
         f"Command: `{command}`",
         "",
-        "| vocab | contender | train s | load s | wall s | peak RSS MiB | merges | first merges equal to lmfast's |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| vocab | contender | train s | load s | wall s | peak RSS MiB | documents MiB | merges | "
+        "first merges equal to lmfast's |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['vocab_size']} | {r['name']} | {r['train']:.1f} | {r['load']:.1f} | {r['wall']:.1f} | "
-                     f"{r['rss_mib']:.0f} | {r['merges']} | {r['same_merges']} |")
+                     f"{r['rss_mib']:.0f} | {r['docs_mib']:.0f} | {r['merges']} | {r['same_merges']} |")
     lines += ["", "| speedup (peer train s / lmfast train s) | x |", "|---|---:|"]
     for vocab_size in sorted({r["vocab_size"] for r in rows}):
         mine = next(r for r in rows if r["vocab_size"] == vocab_size and r["name"] == "lmfast")

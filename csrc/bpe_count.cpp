@@ -32,6 +32,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "bpe.h"
 #include "bpe_internal.h"
@@ -318,8 +319,10 @@ void count_file_pretokens(const std::string& path, const std::vector<std::string
     // as long as the reader reads, checks and cuts (one block more in memory).
     ChunkQueue queue(reader, static_cast<size_t>(workers) + block / chunk);
     std::vector<Counter> counters(workers);
-    // Progress (and, through it, Ctrl-C) about ten times a second, from the calling thread (worker 0: Python
-    // sees signals only there); an exception it throws stops every worker after its current chunk.
+    // Progress (and, through it, Ctrl-C) about ten times a second, from the calling thread only (Python sees
+    // signals only there; it is worker 0 unless the shared pool was busy); an exception it throws stops every
+    // worker after its current chunk.
+    const std::thread::id caller = std::this_thread::get_id();
     using Clock = std::chrono::steady_clock;
     auto last = Clock::now();
     if (progress) progress(0, total);
@@ -331,7 +334,8 @@ void count_file_pretokens(const std::string& path, const std::vector<std::string
                 pretokenize(pattern, text, [&](size_t b, size_t e) { counters[t].add(text.substr(b, e - b)); });
                 queue.done_bytes += c.end - c.begin;
                 c.block.reset();  // its bytes are freed once the block's last chunk is counted
-                if (t == 0 && progress && Clock::now() - last > std::chrono::milliseconds(100)) {
+                if (progress && std::this_thread::get_id() == caller &&
+                    Clock::now() - last > std::chrono::milliseconds(100)) {
                     progress(queue.done_bytes.load(), total);
                     last = Clock::now();
                 }

@@ -463,8 +463,8 @@ def train_bpe(input_path, vocab_size: int, special_tokens: Sequence[str] = (), n
 
     Ids: the special tokens first (in order), then the 256 bytes, then one per merge. No merge crosses a special
     token. Ties between equally frequent pairs go to the lexicographically greater ``(bytes, bytes)`` pair.
-    ``progress`` shows a bar over the bytes of the file while pre-tokens are counted, then one over the merges.
-    The native trainer reads the file in blocks, so memory holds the word table, not the text. Time is near-linear
+    ``progress`` shows a bar over the bytes of the file while the native trainer counts pre-tokens, then one over
+    the merges. The native trainer reads the file in blocks, so memory holds the word table, not the text. Time is near-linear
     in the text's size even without whitespace (a one-line multi-megabyte pre-token), and Ctrl-C stops the C++
     trainer in either phase. ``pattern`` names the pre-tokenizer that splits the text (see ``Tokenizer``); build
     the tokenizer with the same one.
