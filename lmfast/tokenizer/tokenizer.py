@@ -464,9 +464,9 @@ def train_bpe(input_path, vocab_size: int, special_tokens: Sequence[str] = (), n
     Ids: the special tokens first (in order), then the 256 bytes, then one per merge. No merge crosses a special
     token. Ties between equally frequent pairs go to the lexicographically greater ``(bytes, bytes)`` pair.
     ``progress`` shows a bar over the bytes of the file while the native trainer counts pre-tokens, then one over
-    the merges. The native trainer reads the file in blocks, so memory holds the word table, not the text. Time is near-linear
-    in the text's size even without whitespace (a one-line multi-megabyte pre-token), and Ctrl-C stops the C++
-    trainer in either phase. ``pattern`` names the pre-tokenizer that splits the text (see ``Tokenizer``); build
+    the merges. The native trainer reads the file in blocks, so memory holds the word table, not the text. Time is
+    near-linear in the text's size even without whitespace (a one-line multi-megabyte pre-token), and Ctrl-C stops
+    the C++ trainer in either phase. ``pattern`` names the pre-tokenizer that splits the text (see ``Tokenizer``); build
     the tokenizer with the same one.
     """
     path = Path(input_path)
@@ -497,8 +497,9 @@ def _train_bars(enabled: bool, name: str):
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[stage] = (tqdm(desc=f"counting pre-tokens in {name}", unit="B", unit_scale=True, unit_divisor=1024)
-                           if stage == "count" else tqdm(desc=f"BPE merges on {name}", unit="merge"))
+            bars[stage] = (tqdm(desc=f"counting pre-tokens in {name}", total=total, unit="B", unit_scale=True,
+                                unit_divisor=1024)
+                           if stage == "count" else tqdm(desc=f"BPE merges on {name}", total=total, unit="merge"))
         bar = bars[stage]
         bar.total = total
         bar.update(done - bar.n)
