@@ -426,7 +426,8 @@ PYBIND11_MODULE(_bpe, mod) {
             auto report = [&progress](lmfast::TrainStage stage, uint64_t done, uint64_t total) {
                 py::gil_scoped_acquire gil;
                 if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-                if (!progress.is_none()) progress(stage == lmfast::TrainStage::kCounting ? "count" : "merge", done, total);
+                const char* name = stage == lmfast::TrainStage::kCounting ? "count" : "merge";
+                if (!progress.is_none()) progress(name, done, total);
             };
             lmfast::TrainResult r;
             {
