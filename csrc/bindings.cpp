@@ -412,7 +412,7 @@ PYBIND11_MODULE(_bpe, mod) {
     mod.def(
         "train_bpe",
         [](py::object input_path, int64_t vocab_size, py::handle special_tokens, std::optional<int> num_workers,
-           py::object progress, const std::string& pattern) {
+           py::object progress, const std::string& pattern, size_t block_size) {
             lmfast::Pattern pat = pattern_of(pattern);
             // fsdecode takes str, bytes and PathLike alike (a bytes path must not become the text "b'...'").
             std::string path = py::module_::import("os").attr("fsdecode")(input_path).cast<std::string>();
@@ -423,16 +423,17 @@ PYBIND11_MODULE(_bpe, mod) {
                                       " must be >= 1 (or None for all cores)");
             // Called with the GIL released, ~10 times a second: report progress, and let Ctrl-C (a signal Python
             // only notices between bytecodes) stop a long training by raising out of the core.
-            auto report = [&progress](size_t done, size_t total) {
+            auto report = [&progress](lmfast::TrainStage stage, uint64_t done, uint64_t total) {
                 py::gil_scoped_acquire gil;
                 if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-                if (!progress.is_none()) progress(done, total);
+                const char* name = stage == lmfast::TrainStage::kCounting ? "count" : "merge";
+                if (!progress.is_none()) progress(name, done, total);
             };
             lmfast::TrainResult r;
             {
                 py::gil_scoped_release release;
                 r = lmfast::train_bpe(path, static_cast<size_t>(vocab_size), specials, num_workers.value_or(0), report,
-                                      pat);
+                                      pat, block_size);
             }
             py::dict vocab;
             for (size_t i = 0; i < r.vocab.size(); ++i) vocab[py::int_(i)] = py::bytes(r.vocab[i]);
@@ -445,7 +446,8 @@ PYBIND11_MODULE(_bpe, mod) {
             return py::make_tuple(vocab, merges);
         },
         py::arg("input_path"), py::arg("vocab_size"), py::arg("special_tokens"), py::arg("num_workers") = py::none(),
-        py::arg("progress") = py::none(), py::arg("pattern") = "gpt2",
-        "Train byte-level BPE on a UTF-8 file: returns (vocab id -> bytes, merges in order); progress(done, total) "
-        "is called with merge counts about ten times a second.");
+        py::arg("progress") = py::none(), py::arg("pattern") = "gpt2", py::arg("block_size") = 0,
+        "Train byte-level BPE on a UTF-8 file, read in blocks of block_size bytes (0: the default; small ones are "
+        "for tests): returns (vocab id -> bytes, merges in order); progress(stage, done, total) is called about "
+        "ten times a second, stage 'count' in bytes of the file, then 'merge' in merges.");
 }

@@ -335,13 +335,19 @@ struct TrainResult {
     std::vector<std::pair<uint32_t, uint32_t>> merges;      // ids of the two merged tokens, in order
 };
 
+// What a training progress report counts: bytes of the file while pre-tokens are counted, then merges.
+enum class TrainStage { kCounting, kMerging };
+
 // CS336-style BPE training: ids are special tokens, then the 256 bytes, then one per merge. The most frequent
 // pair is merged each step; ties go to the lexicographically greater (bytes, bytes) pair.
-// progress(merges done, merges wanted), when given, is called at the start, about every 100 ms, and at the end; an
-// exception it throws stops training (the bindings use it to let Ctrl-C through).
+// The file is read in blocks (block_size bytes, 0: the default), so memory holds the word table, not the text.
+// progress(stage, done, total), when given, is called from the calling thread at the start of each stage, about
+// every 100 ms and at its end: bytes of the file read and counted, then merges done of merges wanted; an exception
+// it throws stops training within a chunk or a merge (the bindings use it to let Ctrl-C through).
 // pattern: the pre-tokenizer that splits the text before counting.
 TrainResult train_bpe(const std::string& input_path, size_t vocab_size, const std::vector<std::string>& special_tokens,
-                      int num_workers, const std::function<void(size_t, size_t)>& progress = {},
-                      Pattern pattern = Pattern::kGpt2);
+                      int num_workers,
+                      const std::function<void(TrainStage, uint64_t, uint64_t)>& progress = {},
+                      Pattern pattern = Pattern::kGpt2, size_t block_size = 0);
 
 }  // namespace lmfast

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "pretokenize.h"
+
 namespace lmfast {
 
 // "0x4f": a byte for error messages.
@@ -53,5 +55,15 @@ inline void split_on_specials(std::string_view text, const std::vector<std::stri
     }
     on_text(pos, text.size());
 }
+
+// Training's first half (bpe_count.cpp): the pre-token counts of a UTF-8 file, split on the special tokens first,
+// read in blocks of block_size bytes (0: the default) on num_workers >= 1 threads, so memory holds the counts and a
+// few blocks, never the file. Calls each(pre-token, count) once per distinct pre-token at the end, and
+// progress(bytes done, file size) from the calling thread at the start, about every 100 ms and at the end; an
+// exception it throws stops every thread. Invalid UTF-8 raises std::invalid_argument naming the byte offset.
+void count_file_pretokens(const std::string& path, const std::vector<std::string_view>& specials, Pattern pattern,
+                          int num_workers, size_t block_size,
+                          const std::function<void(uint64_t, uint64_t)>& progress,
+                          const std::function<void(std::string_view, int64_t)>& each);
 
 }  // namespace lmfast

@@ -78,12 +78,16 @@ class Engine:
 
 def train_bpe(
     input_path: str | bytes | os.PathLike[str], vocab_size: int, special_tokens: Iterable[str],
-    num_workers: int | None = None, progress: Callable[[int, int], object] | None = None, pattern: str = "gpt2",
+    num_workers: int | None = None, progress: Callable[[str, int, int], object] | None = None, pattern: str = "gpt2",
+    block_size: int = 0,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Train byte-level BPE on a UTF-8 file (CS336 semantics: specials, then 256 bytes, then one id per merge;
-    ties go to the greater (bytes, bytes) pair). Pre-tokenizes on ``num_workers`` threads (None: all cores).
-    ``progress(merges_done, merges_wanted)`` is called at the start, about ten times a second and at the end;
-    Ctrl-C stops training with KeyboardInterrupt.
+    ties go to the greater (bytes, bytes) pair). Reads the file in blocks of ``block_size`` bytes (0: the default,
+    4 MiB; small ones are for tests), so memory holds the word table and a few blocks, never the file, and
+    pre-tokenizes on ``num_workers`` threads (None: all cores).
+    ``progress(stage, done, total)`` is called at the start of each stage, about ten times a second and at its end:
+    stage ``"count"`` in bytes of the file, then ``"merge"`` in merges; Ctrl-C stops training with
+    KeyboardInterrupt in either.
 
     ValueError for vocab_size < 256 + len(special_tokens) or a file that is not UTF-8 (naming the byte offset),
     FileNotFoundError for a missing file."""

@@ -18,6 +18,7 @@ reads and writes them. ``_streaming`` finds the safe cuts that let long texts be
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import operator
 import os
@@ -462,37 +463,49 @@ def train_bpe(input_path, vocab_size: int, special_tokens: Sequence[str] = (), n
 
     Ids: the special tokens first (in order), then the 256 bytes, then one per merge. No merge crosses a special
     token. Ties between equally frequent pairs go to the lexicographically greater ``(bytes, bytes)`` pair.
-    ``progress`` shows a bar over the merges. Time is near-linear in the text's size even without whitespace (a
-    one-line multi-megabyte pre-token), and Ctrl-C stops the C++ trainer. ``pattern`` names the pre-tokenizer that
-    splits the text (see ``Tokenizer``); build the tokenizer with the same one.
+    ``progress`` shows a bar over the bytes of the file while the native trainer counts pre-tokens, then one over
+    the merges. The native trainer reads the file in blocks, so memory holds the word table, not the text. Time is
+    near-linear in the text's size even without whitespace (a one-line multi-megabyte pre-token), and Ctrl-C stops
+    the C++ trainer in either phase. ``pattern`` names the pre-tokenizer that splits the text (see ``Tokenizer``); build
+    the tokenizer with the same one.
     """
     path = Path(input_path)
     _require_file(path, "training text")
     special_tokens = _bpe_reference._check_train_args(vocab_size, special_tokens, num_workers)
     check_pattern(pattern)
-    with _merge_bar(progress, path.name) as report:
+    with _train_bars(progress, path.name) as report:
         if _resolve_backend(backend, "train_bpe") == "native":
             vocab, merges = _native.train_bpe(str(path), vocab_size, special_tokens, num_workers, report, pattern)
             return {int(i): bytes(b) for i, b in vocab.items()}, [(bytes(a), bytes(b)) for a, b in merges]
-        return _bpe_reference.train_bpe_reference(path, vocab_size, special_tokens, num_workers, progress=report,
-                                                  pattern=pattern)
+        merge_report = None if report is None else functools.partial(report, "merge")
+        return _bpe_reference.train_bpe_reference(path, vocab_size, special_tokens, num_workers,
+                                                  progress=merge_report, pattern=pattern)
 
 
 @contextlib.contextmanager
-def _merge_bar(enabled: bool, name: str):
-    """A ``report(done, total)`` callback drawing a tqdm bar over BPE merges, or None when ``enabled`` is false."""
+def _train_bars(enabled: bool, name: str):
+    """A ``report(stage, done, total)`` callback drawing tqdm bars, or None when ``enabled`` is false: stage
+    ``"count"`` in bytes of the file (the native trainer's first phase), then ``"merge"`` in merges."""
     if not enabled:
         yield None
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc=f"BPE merges on {name}", unit="merge")
+    bars = {}
 
-    def report(done: int, total: int) -> None:
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = (tqdm(desc=f"counting pre-tokens in {name}", total=total, unit="B", unit_scale=True,
+                                unit_divisor=1024)
+                           if stage == "count" else tqdm(desc=f"BPE merges on {name}", total=total, unit="merge"))
+        bar = bars[stage]
         bar.total = total
         bar.update(done - bar.n)
 
     try:
         yield report
     finally:
-        bar.close()
+        for bar in bars.values():
+            bar.close()

@@ -71,11 +71,11 @@ def test_training_reports_progress_and_stops_when_the_callback_raises(tmp_path, 
     path = tmp_path / "t.txt"
     path.write_text("low lower lowest newest widest " * 50, encoding="utf-8")
     calls = []
-    monkeypatch.setattr("lmfast.tokenizer.tokenizer._merge_bar", _recording_bar(calls))
+    monkeypatch.setattr("lmfast.tokenizer.tokenizer._train_bars", _recording_bar(calls))
     vocab, merges = train_bpe(path, 280, [EOT], backend=backend, progress=True)
     assert calls[0] == (0, 23) and calls[-1] == (len(merges), 23)
     stop = _recording_bar([], raise_at=0)
-    monkeypatch.setattr("lmfast.tokenizer.tokenizer._merge_bar", stop)
+    monkeypatch.setattr("lmfast.tokenizer.tokenizer._train_bars", stop)
     with pytest.raises(KeyboardInterrupt):  # what Ctrl-C raises through the same callback
         train_bpe(path, 280, [EOT], backend=backend, progress=True)
 
@@ -85,10 +85,11 @@ def _recording_bar(calls, raise_at=None):
 
     @contextlib.contextmanager
     def bar(enabled, name):
-        def report(done, total):
+        def report(stage, done, total):
             if raise_at is not None and len(calls) == raise_at:
                 raise KeyboardInterrupt
-            calls.append((done, total))
+            if stage == "merge":
+                calls.append((done, total))
 
         yield report
 
