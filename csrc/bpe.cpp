@@ -404,9 +404,10 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
     }
     for (const auto& [text, id] : specials_)
         if (!tokens_[id].empty() && !ids.find(tokens_[id])) ids[tokens_[id]] = id;
-    // Internal ids: the 256 bytes by value, then the tokens of the merges in the order they first appear (a merge's
-    // parts, then its result), so that BPE starts from the bytes themselves and small ids are early merges.
-    std::vector<uint32_t> internal(tokens_.size(), UINT32_MAX);
+    // Internal ids: the 256 bytes, then the tokens of the merges in the order they first appear (a merge's parts,
+    // then its result), so that small ids are early merges. The bytes take the ids of their tokens when those are
+    // 0..255 (GPT-2, tiktoken's encodings), else their values: in the first case a vocab whose merge r makes token
+    // 256 + r needs no mapping at all (identity_, merged_next_).
     for (unsigned b = 0; b < 256; ++b) {
         char c = static_cast<char>(b);
         const uint32_t* id = ids.find(std::string_view(&c, 1));
@@ -414,8 +415,16 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
             throw std::invalid_argument("the vocab has no token for the single byte " + hex_byte(b) +
                                         "; byte-level BPE needs all 256 single-byte tokens in the vocab");
         byte_id_[b] = *id;
-        internal[*id] = b;
-        external_.push_back(*id);
+    }
+    const bool bytes_first = std::all_of(byte_id_, byte_id_ + 256, [](uint32_t id) { return id < 256; });
+    std::vector<uint32_t> internal(tokens_.size(), UINT32_MAX);
+    external_.assign(256, 0);
+    uint8_t byte_of[256];  // internal id < 256 -> its byte
+    for (unsigned b = 0; b < 256; ++b) {
+        byte_internal_[b] = bytes_first ? byte_id_[b] : b;
+        byte_of[byte_internal_[b]] = static_cast<uint8_t>(b);
+        internal[byte_id_[b]] = byte_internal_[b];
+        external_[byte_internal_[b]] = byte_id_[b];
     }
     auto internal_of = [&](uint32_t id) {
         if (internal[id] == UINT32_MAX) {
@@ -458,8 +467,12 @@ Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
             merge_overflow_[b] = 1;
         }
         merged_[r] = internal_of(*m);
-        if ((ia | ib) < 256) byte_rank_[ia << 8 | ib] = static_cast<uint32_t>(r);
+        merged_next_ = merged_next_ && merged_[r] == 256 + r;
+        if ((ia | ib) < 256) byte_rank_[byte_of[ia] << 8 | byte_of[ib]] = static_cast<uint32_t>(r);
     }
+    bool identity = true;
+    for (size_t i = 0; i < external_.size(); ++i) identity = identity && external_[i] == i;
+    direct_ = identity && merged_next_;
     // The whole-piece shortcut: most pre-tokens of natural text are one token, and one hash probe replaces the
     // merge loop for them. Without ignore_merges only tokens that BPE itself turns into that same single token are
     // admitted, so the shortcut never changes a result.
@@ -512,37 +525,48 @@ static inline int32_t min16(const int32_t* key) {
 #endif
 }
 
-size_t Engine::bpe_small(const char* piece, size_t n, uint32_t* out) const {
-    if (n > 16) __builtin_unreachable();
-    const uint8_t* p = reinterpret_cast<const uint8_t*>(piece);
+template <bool kDirect>
+size_t Engine::bpe_small_as(const ShortKey& piece, uint32_t* out) const {
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(&piece.k0);  // 16 bytes, zero after the piece's len
+    static_assert(offsetof(ShortKey, k1) == 8, "the key's 16 bytes are contiguous");
+    const uint32_t n = piece.len;
     // Position 16 is a dummy: the left neighbour of token 0 and the right one of the last token, a token that is in
-    // no pair, so that a merge looks up both its new pairs without a branch.
+    // no pair, so that a merge looks up both its new pairs without a branch. The loops run over all 16 positions
+    // (no branch on the length either); alive marks the positions not merged away.
     alignas(16) int32_t key[17];
     uint32_t tok[17];
     uint8_t next[17], prev[17];
-    for (int i = 0; i < 16; ++i) key[i] = INT32_MAX;
-    for (size_t i = 0; i + 1 < n; ++i) key[i] = static_cast<int32_t>(byte_rank_[p[i] << 8 | p[i + 1]] << 4 | i);
-    for (size_t i = 0; i < n; ++i) {
-        tok[i] = p[i];
+    for (uint32_t i = 0; i < 15; ++i) {
+        const int32_t k = static_cast<int32_t>(byte_rank_[p[i] << 8 | p[i + 1]] << 4 | i);
+        key[i] = i + 1 < n ? k : INT32_MAX;
+    }
+    key[15] = INT32_MAX;
+    for (uint32_t i = 0; i < 16; ++i) {
+        tok[i] = byte_internal_[p[i]];
         next[i] = static_cast<uint8_t>(i + 1);
         prev[i] = static_cast<uint8_t>(i - 1);
     }
     next[n - 1] = 16;
     prev[0] = 16;
     tok[16] = kNoToken;
+    uint32_t alive = (1u << n) - 1;
     while (true) {
         const int32_t m = min16(key);
         if (static_cast<uint32_t>(m) >> 4 >= kNoRank) break;
         const uint32_t i = static_cast<uint32_t>(m) & 15, j = next[i], nj = next[j], pi = prev[i];
-        tok[i] = merged_[static_cast<uint32_t>(m) >> 4];
+        tok[i] = kDirect ? 256 + (static_cast<uint32_t>(m) >> 4) : merged_[static_cast<uint32_t>(m) >> 4];
         key[j] = INT32_MAX;
+        alive &= ~(1u << j);
         next[i] = static_cast<uint8_t>(nj);
         prev[nj] = static_cast<uint8_t>(i);
         key[i] = static_cast<int32_t>(find_rank(tok[i], tok[nj]) << 4 | i);
         key[pi] = static_cast<int32_t>(find_rank(tok[pi], tok[i]) << 4 | pi);
     }
     size_t k = 0;
-    for (uint32_t i = 0; i < 16; i = next[i]) out[k++] = external_[tok[i]];
+    for (uint32_t i = 0; i < 16; ++i) {
+        out[k] = kDirect ? tok[i] : external_[tok[i]];
+        k += (alive >> i) & 1;
+    }
     return k;
 }
 
@@ -552,7 +576,7 @@ void Engine::bpe_medium(std::string_view piece, std::vector<uint32_t>& out) cons
     const uint8_t* p = reinterpret_cast<const uint8_t*>(piece.data());
     const size_t n0 = piece.size();
     uint32_t tok[128], rank[128];  // rank[i]: rank of the merge of (tok[i], tok[i+1])
-    for (size_t i = 0; i < n0; ++i) tok[i] = p[i];
+    for (size_t i = 0; i < n0; ++i) tok[i] = byte_internal_[p[i]];
     for (size_t i = 0; i + 1 < n0; ++i) rank[i] = byte_rank_[p[i] << 8 | p[i + 1]];
     size_t n = n0;
     while (n > 1) {
@@ -581,7 +605,7 @@ void Engine::bpe_long(std::string_view piece, std::vector<uint32_t>& out) const 
     constexpr uint32_t kNone = UINT32_MAX;
     std::vector<uint32_t> tok(n), prev(n), next(n);
     for (uint32_t i = 0; i < n; ++i) {
-        tok[i] = static_cast<uint8_t>(piece[i]);
+        tok[i] = byte_internal_[static_cast<uint8_t>(piece[i])];
         prev[i] = i == 0 ? kNone : i - 1;
         next[i] = i + 1 == n ? kNone : i + 1;
     }
@@ -621,7 +645,7 @@ void Engine::bpe_long(std::string_view piece, std::vector<uint32_t>& out) const 
 void Engine::bpe(std::string_view piece, std::vector<uint32_t>& out) const {
     if (piece.size() <= ShortKey::kMaxLen) {
         uint32_t ids[ShortKey::kMaxLen];
-        const size_t n = piece.size() < 2 ? 0 : bpe_small(piece.data(), piece.size(), ids);
+        const size_t n = piece.size() < 2 ? 0 : bpe_small(ShortKey::of(piece), ids);
         if (piece.size() == 1) out.push_back(byte_id_[static_cast<uint8_t>(piece[0])]);
         out.insert(out.end(), ids, ids + n);
     } else if (piece.size() <= 128) {
@@ -666,7 +690,7 @@ __attribute__((noinline)) T* Engine::encode_slow(const char* piece, size_t size,
         return out + slot->n;
     }
     uint32_t ids[ShortKey::kMaxLen];
-    const size_t n = bpe_small(piece, size, ids);
+    const size_t n = bpe_small(key, ids);
     cache.insert(slot, key, h, ids, n, seed_);
     for (size_t k = 0; k < n; ++k) out[k] = static_cast<T>(ids[k]);
     return out + n;

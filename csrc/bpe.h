@@ -309,7 +309,12 @@ class Engine {
     void bpe(std::string_view piece, std::vector<uint32_t>& out) const;
     void bpe_medium(std::string_view piece, std::vector<uint32_t>& out) const;  // size <= 128
     void bpe_long(std::string_view piece, std::vector<uint32_t>& out) const;
-    size_t bpe_small(const char* piece, size_t size, uint32_t* out) const;  // 2 <= size <= 16: its ids at out
+    // A piece of 2..16 bytes: its ids at out (room for 16). kDirect: direct_ holds, so ids need no mapping.
+    template <bool kDirect>
+    size_t bpe_small_as(const ShortKey& piece, uint32_t* out) const;
+    size_t bpe_small(const ShortKey& piece, uint32_t* out) const {
+        return direct_ ? bpe_small_as<true>(piece, out) : bpe_small_as<false>(piece, out);
+    }
     Specials resolve_allowed(const std::vector<std::string>& names) const;
     PieceCache& cache_for(size_t bytes) const;
     // Cut points of text into pieces of about `chunk` bytes that encode apart to the ids of the whole.
@@ -353,11 +358,14 @@ class Engine {
     // buckets (1 MiB for GPT-2) have ~0.5, and bpe_small went from ~850 to ~650 instructions a piece.
     std::vector<uint32_t> external_;   // internal id -> id
     uint32_t byte_id_[256];
+    uint32_t byte_internal_[256];
+    bool merged_next_ = true;          // merged_[r] == 256 + r for every rank in the table
+    bool direct_ = false;              // merged_next_, and external_[i] == i for every i
     std::vector<uint64_t> merge_table_;
     std::vector<uint32_t> merged_;      // rank -> internal id of the merged token
     size_t merge_bucket_mask_ = 0;
     std::vector<uint8_t> merge_overflow_;  // bucket -> whether pairs of this bucket went on to the next
-    std::vector<uint32_t> byte_rank_;   // (byte a << 8 | byte b) -> rank of their merge (kNoRank: none), 256 KiB
+    std::vector<uint32_t> byte_rank_;   // (byte a << 8 | byte b) -> rank of the merge of their tokens (kNoRank: none)
     // Whole pre-token -> id, for tokens whose own BPE is that single token (so the shortcut never changes a
     // result; GPT-2's "<|endoftext|>" for instance is in the vocab but BPE never produces it), or for every token
     // with ignore_merges: those of up to 16 bytes in seed_, the first state of every thread's PieceCache, longer
