@@ -221,6 +221,52 @@ ShortKey ShortKey::of(std::string_view s) {
     return k;
 }
 
+// ----- IdBuffer -----
+
+namespace {
+
+size_t whole_pages(size_t bytes) {
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    return std::max(page, (bytes + page - 1) / page * page);
+}
+
+}  // namespace
+
+void* IdBuffer::reserve(size_t bytes) {
+    if (bytes <= bytes_) return data_;
+    const size_t size = whole_pages(bytes);
+    void* mem;
+#ifdef __linux__
+    mem = data_ ? ::mremap(data_, bytes_, size, MREMAP_MAYMOVE)
+                : ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) throw std::bad_alloc();
+#else
+    mem = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) throw std::bad_alloc();
+    if (data_) {
+        std::memcpy(mem, data_, bytes_);
+        ::munmap(data_, bytes_);
+    }
+#endif
+#ifdef MADV_HUGEPAGE
+    ::madvise(mem, size, MADV_HUGEPAGE);
+#endif
+    data_ = mem;
+    bytes_ = size;
+    return data_;
+}
+
+void IdBuffer::shrink(size_t bytes) {
+    const size_t size = whole_pages(bytes);
+    if (!data_ || size >= bytes_) return;
+    ::munmap(static_cast<char*>(data_) + size, bytes_ - size);
+    bytes_ = size;
+}
+
+void IdBuffer::unmap(void* data, size_t bytes) {
+    if (data) ::munmap(data, bytes);
+}
+
 // ----- PieceCache -----
 
 void PieceCache::Free::operator()(Entry* p) const { ::munmap(p, bytes); }
@@ -861,61 +907,127 @@ namespace {
 template <class T>
 using Buffer = std::vector<T, NoInit<T>>;
 
-// One unit of chunked work: text[begin, end) of text `doc`, and whether the separator follows it.
-struct Piece {
-    std::string_view text;
-    bool separator;
+// Work for several threads over consecutive units of text: thread t owns units [t * count / threads, (t + 1) * count /
+// threads) and takes them from the front, in order; a thread done with its own share takes the others' from their
+// back. Consecutive text keeps a thread's distinct pieces (each encoded and cached once per thread) to those of its
+// share: on the mixed corpus the two halves (prose and Python source, then the man pages) share few, where units
+// handed out one at a time made each thread meet nearly every distinct piece of the corpus. Taking from the back
+// keeps the owner's output one run (see Engine::encode_round).
+class Shares {
+   public:
+    Shares(size_t count, int threads) : share_(static_cast<size_t>(threads)) {
+        const size_t n = share_.size();
+        for (size_t t = 0; t < n; ++t) share_[t].span = pack(count * t / n, count * (t + 1) / n);
+    }
+    // The next unit for thread t, or false when none is left; `own`: whether it is from t's own share.
+    bool next(int t, size_t& unit, bool& own) {
+        const size_t n = share_.size();
+        for (size_t k = 0; k < n; ++k) {
+            std::atomic<uint64_t>& span = share_[(static_cast<size_t>(t) + k) % n].span;
+            for (uint64_t s = span.load(std::memory_order_relaxed); front(s) < back(s);) {
+                const bool mine = k == 0;
+                const uint64_t taken = mine ? pack(front(s) + 1, back(s)) : pack(front(s), back(s) - 1);
+                if (span.compare_exchange_weak(s, taken, std::memory_order_relaxed)) {
+                    unit = mine ? front(s) : back(s) - 1;
+                    own = mine;
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+   private:
+    static uint64_t pack(size_t front, size_t back) { return static_cast<uint64_t>(back) << 32 | front; }
+    static size_t front(uint64_t s) { return static_cast<size_t>(s & 0xFFFFFFFFu); }
+    static size_t back(uint64_t s) { return static_cast<size_t>(s >> 32); }
+    struct alignas(64) Share {  // one cache line each: the threads' spans do not share one
+        std::atomic<uint64_t> span{0};  // [front, back) not yet taken, packed
+    };
+    std::vector<Share> share_;
 };
 
 }  // namespace
 
 size_t Engine::encode_to_array(const std::vector<std::string_view>& texts,
                                const std::vector<std::string>& allowed_special, int64_t separator, int itemsize,
-                               int num_threads, const std::function<void(size_t)>& total,
-                               const std::function<void(const void*, size_t)>& sink, size_t chunk) const {
+                               int num_threads, const std::function<void*(size_t)>& reserve, size_t chunk) const {
     if (num_threads < 1)
         throw std::invalid_argument("num_threads=" + std::to_string(num_threads) + " must be >= 1");
     if (itemsize != 2 && itemsize != 4) throw std::invalid_argument("itemsize must be 2 or 4");
     const Specials allowed = resolve_allowed(allowed_special);
     if (chunk < 64) throw std::invalid_argument("chunk must be at least 64 bytes");
-    std::vector<Piece> pieces;
+    // Units of work: the texts cut into chunks at safe points; the last of a text carries its separator.
+    std::vector<ArrayUnit> units;
+    size_t bytes = 0;
     for (std::string_view t : texts) {
         size_t begin = 0;
-        for (size_t c : chunk_cuts(t, allowed, chunk)) {
-            pieces.push_back(Piece{t.substr(begin, c - begin), false});
-            begin = c;
+        std::vector<size_t> cuts = chunk_cuts(t, allowed, chunk);
+        cuts.push_back(t.size());
+        for (size_t k = 0; k < cuts.size(); ++k) {
+            units.push_back(ArrayUnit{t.substr(begin, cuts[k] - begin), k + 1 == cuts.size() && separator >= 0, 0, 0});
+            begin = cuts[k];
         }
-        pieces.push_back(Piece{t.substr(begin), separator >= 0});
+        bytes += t.size();
     }
-    std::vector<Buffer<uint16_t>> out16(itemsize == 2 ? pieces.size() : 0);
-    std::vector<Buffer<uint32_t>> out32(itemsize == 4 ? pieces.size() : 0);
-    std::vector<size_t> counts(pieces.size());
-    std::atomic<size_t> next{0};
-    int workers = static_cast<int>(std::min<size_t>(static_cast<size_t>(num_threads), pieces.size()));
-    size_t bytes = 0;
-    for (std::string_view t : texts) bytes += t.size();
-    run_workers(workers, [&](int) {
+    // Rounds of up to kChunksPerRound chunks' worth of text (64 MiB at the default chunk): each asks reserve() for
+    // its worst case (unit u may write [at_u, at_u + bytes_u + 4): at most one id per byte, its separator, and the 3
+    // ids encode_into may write past its last), so the array never holds more than one round's room beyond its ids.
+    const int workers = static_cast<int>(std::min<size_t>(static_cast<size_t>(num_threads), units.size()));
+    const size_t round_bytes = kChunksPerRound * chunk;
+    size_t n = 0;
+    for (size_t first = 0, last; first < units.size(); first = last) {
+        size_t room = 0;
+        for (last = first; last < units.size() && (last == first || room + units[last].text.size() <= round_bytes);
+             ++last) {
+            units[last].at = room;
+            room += units[last].text.size() + 4;
+        }
+        char* out = static_cast<char*>(reserve(n + room)) + n * static_cast<size_t>(itemsize);
+        n += encode_round(units.data() + first, last - first, allowed, separator, itemsize, workers, bytes, out);
+    }
+    return n;
+}
+
+size_t Engine::encode_round(ArrayUnit* units, size_t count, const Specials& allowed, int64_t separator, int itemsize,
+                            int workers, size_t bytes, char* out) const {
+    auto encode_unit = [&](auto* ids, const ArrayUnit& u, PieceCache& cache) {
+        using T = std::remove_pointer_t<decltype(ids)>;
+        T* end = encode_into(u.text, allowed, ids, cache);
+        if (u.separator) *end++ = static_cast<T>(separator);
+        return static_cast<size_t>(end - ids);
+    };
+    workers = static_cast<int>(std::min<size_t>(static_cast<size_t>(workers), count));  // no share left empty
+    if (workers <= 1) {  // in order, each unit right after the last: no gaps to close
         PieceCache& cache = cache_for(bytes);
-        for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
-            auto one = [&](auto& buf) {
-                size_t n = encode_range(pieces[i].text, allowed, buf, cache);
-                if (pieces[i].separator) buf[n++] = static_cast<typename std::decay_t<decltype(buf)>::value_type>(separator);
-                counts[i] = n;
-            };
-            if (itemsize == 2) one(out16[i]); else one(out32[i]);
+        size_t n = 0;
+        for (size_t i = 0; i < count; ++i) {
+            n += itemsize == 2 ? encode_unit(reinterpret_cast<uint16_t*>(out) + n, units[i], cache)
+                               : encode_unit(reinterpret_cast<uint32_t*>(out) + n, units[i], cache);
+        }
+        return n;
+    }
+    // A thread writes the units of its own share one after another from the share's first room, and a unit it
+    // takes from another share into that unit's own room: the owner's run stops short of every such room (no unit
+    // writes more than its room), so nothing overlaps, and only the pages of the ids are touched.
+    Shares shares(count, workers);
+    run_workers(workers, [&](int t) {
+        PieceCache& cache = cache_for(bytes / static_cast<size_t>(workers));
+        size_t at = units[count * static_cast<size_t>(t) / static_cast<size_t>(workers)].at;
+        bool own;
+        for (size_t i; shares.next(t, i, own);) {
+            ArrayUnit& u = units[i];
+            if (own) u.at = at;
+            u.count = itemsize == 2 ? encode_unit(reinterpret_cast<uint16_t*>(out) + u.at, u, cache)
+                                    : encode_unit(reinterpret_cast<uint32_t*>(out) + u.at, u, cache);
+            if (own) at += u.count;
         }
     });
-    size_t n = 0;
-    for (size_t c : counts) n += c;
-    if (total) total(n);
-    for (size_t i = 0; i < pieces.size(); ++i) {
-        if (itemsize == 2) {
-            sink(out16[i].data(), counts[i]);
-            Buffer<uint16_t>().swap(out16[i]);
-        } else {
-            sink(out32[i].data(), counts[i]);
-            Buffer<uint32_t>().swap(out32[i]);
-        }
+    size_t n = 0;  // close the gaps: each unit's ids move down to follow the last (never onto a later unit's)
+    const size_t size = static_cast<size_t>(itemsize);
+    for (size_t i = 0; i < count; ++i) {
+        std::memmove(out + n * size, out + units[i].at * size, units[i].count * size);
+        n += units[i].count;
     }
     return n;
 }

@@ -251,6 +251,36 @@ class PieceCache {
 // Encoding
 // ---------------------------------------------------------------------------------------------------------
 
+// Room for encode_to_array's ids: anonymous pages of its own, asked for 2 MiB pages where the kernel has them, grown
+// by mremap (no copy) and shrunk in place. Written front to back, only the pages that receive ids are ever touched.
+// With malloc/realloc the ids cost a fault per 4 KiB page (~4000 on the mixed corpus, ~15 ms of kernel time on a
+// shared VM); a numpy array as the buffer cost a zero-filled pass on every resize.
+class IdBuffer {
+   public:
+    IdBuffer() = default;
+    IdBuffer(const IdBuffer&) = delete;
+    IdBuffer& operator=(const IdBuffer&) = delete;
+    ~IdBuffer() { unmap(data_, bytes_); }
+
+    // At least `bytes` of room keeping what is written; the address may change.
+    void* reserve(size_t bytes);
+    // Gives back the room past `bytes`.
+    void shrink(size_t bytes);
+    void* data() const { return data_; }
+    // The mapping's pointer and size, now the caller's: free them with IdBuffer::unmap.
+    std::pair<void*, size_t> release() {
+        std::pair<void*, size_t> m(data_, bytes_);
+        data_ = nullptr;
+        bytes_ = 0;
+        return m;
+    }
+    static void unmap(void* data, size_t bytes);
+
+   private:
+    void* data_ = nullptr;
+    size_t bytes_ = 0;  // mapped, a multiple of the page size
+};
+
 class Engine {
    public:
     // vocab: (id, token bytes); merges: in priority order; special_tokens: (text, id), each id in vocab.
@@ -269,15 +299,16 @@ class Engine {
     std::vector<IdVector> encode_batch(const std::vector<std::string_view>& texts,
                                                     const std::vector<std::string>& allowed_special,
                                                     int num_threads) const;
-    // The ids of encode() of each text, concatenated (with `separator` after each text when it is >= 0), handed
-    // to sink(ids, count) chunk by chunk in order, as ids of itemsize bytes (2 or 4) in native byte order. The texts
-    // are cut into ~1 MB chunks at safe points and encoded on num_threads threads; total() is told the number of
-    // ids before the first sink call. Returns the number of ids.
+    // The ids of encode() of each text, concatenated (with `separator` after each text when it is >= 0), as ids of
+    // itemsize bytes (2 or 4) in native byte order, written straight into the array reserve(capacity) returns: room
+    // for `capacity` ids that keeps the ids already written (a realloc). It is called once per round of up to
+    // kChunksPerRound chunks of text, with the ids so far plus that round's bound (its bytes, plus 4 per chunk).
+    // Returns the number of ids, the array's first ones; the rest is scratch (the caller may shrink it). The texts
+    // are cut into ~chunk-byte chunks at safe points and encoded on num_threads threads.
     size_t encode_to_array(const std::vector<std::string_view>& texts, const std::vector<std::string>& allowed_special,
                            int64_t separator, int itemsize, int num_threads,
-                           const std::function<void(size_t)>& total,
-                           const std::function<void(const void*, size_t)>& sink,
-                           size_t chunk = size_t{1} << 20) const;
+                           const std::function<void*(size_t)>& reserve, size_t chunk = size_t{1} << 20) const;
+    static constexpr size_t kChunksPerRound = 64;
     // Encodes a UTF-8 file (allowed specials as in encode()) and writes the ids, little-endian of itemsize bytes,
     // to the file descriptor out_fd. Reads, encodes and writes in rounds of num_threads chunks of ~chunk bytes, so
     // memory stays near num_threads * chunk * (1 + itemsize) whatever the file size. progress(bytes read), when
@@ -316,6 +347,16 @@ class Engine {
         return direct_ ? bpe_small_as<true>(piece, out) : bpe_small_as<false>(piece, out);
     }
     Specials resolve_allowed(const std::vector<std::string>& names) const;
+    // A chunk of encode_to_array's work: its text, whether the separator follows, where in its round's room it
+    // writes (in ids) and how many it wrote.
+    struct ArrayUnit {
+        std::string_view text;
+        bool separator;
+        size_t at, count;
+    };
+    // One round of encode_to_array: units[0, count) into out, on `workers` threads; returns the ids written (packed).
+    size_t encode_round(ArrayUnit* units, size_t count, const Specials& allowed, int64_t separator, int itemsize,
+                        int workers, size_t bytes, char* out) const;
     PieceCache& cache_for(size_t bytes) const;
     // Cut points of text into pieces of about `chunk` bytes that encode apart to the ids of the whole.
     std::vector<size_t> chunk_cuts(std::string_view text, const Specials& specials, size_t chunk) const;

@@ -9,6 +9,7 @@ import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import regex
 from _gpt2 import EOT_ID, GPT2_PAT, gpt2_tiktoken, gpt2_vocab_merges, shakespeare_text
@@ -222,6 +223,52 @@ def test_encode_batch_works_in_a_forked_child_after_the_parent_used_threads(gpt2
         os._exit(0 if gpt2_engine.encode_batch(texts, set(), 2) == want else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _concatenated_encodes(engine, docs, separator):
+    want = []
+    for d in docs:
+        want += engine.encode(d, {EOT})
+        want += [separator] if separator >= 0 else []
+    return want
+
+
+# Documents of tricky characters and longer runs (words, special tokens, blank lines), long enough for 64-byte chunks.
+_DOC = st.lists(st.sampled_from(_TRICKY + [EOT, "word ", "  ", "\n\n", "Hello", "1234"]), max_size=120).map("".join)
+
+
+@given(docs=st.lists(_DOC, max_size=6),
+       threads=st.integers(1, 3), chunk=st.sampled_from([64, 100, 1 << 20]), itemsize=st.sampled_from([2, 4]),
+       separator=st.sampled_from([-1, EOT_ID]))
+@_FUZZ
+def test_encode_to_numpy_equals_the_concatenated_encodes_for_any_threads_chunks_and_dtype(
+        gpt2_engine, docs, threads, chunk, itemsize, separator):
+    got = gpt2_engine.encode_to_numpy(docs, {EOT}, separator, threads, itemsize, chunk)
+    want = _concatenated_encodes(gpt2_engine, docs, separator)
+    assert got.dtype == (np.uint16 if itemsize == 2 else np.uint32)
+    assert got.tolist() == want, _first_difference(got.tolist(), want)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_encode_to_numpy_over_many_rounds_equals_encode(gpt2_engine, threads, itemsize):
+    # 64-byte chunks make rounds of 4 KiB: the array grows by realloc ~50 times, on every thread count.
+    text = shakespeare_text()[:200_000] + EOT + shakespeare_text()[-3000:]
+    docs = [text[:70_000], "", text[70_000:]]
+    want = _concatenated_encodes(gpt2_engine, docs, EOT_ID)
+    got = gpt2_engine.encode_to_numpy(docs, {EOT}, EOT_ID, threads, itemsize, 64)
+    assert got.tolist() == want, _first_difference(got.tolist(), want)
+    whole = gpt2_engine.encode_to_numpy(text, {EOT}, -1, threads, itemsize, 64)
+    assert whole.tolist() == gpt2_engine.encode(text, {EOT})
+
+
+def test_encode_to_numpy_of_nothing_is_an_empty_writable_array(gpt2_engine):
+    for texts in ([], "", [""]):
+        got = gpt2_engine.encode_to_numpy(texts, set(), -1, 2, 2)
+        assert got.shape == (0,) and got.dtype == np.uint16
+    got = gpt2_engine.encode_to_numpy(["a", "b"], set(), EOT_ID, 1, 4)
+    got[0] = 7  # the array owns its buffer (through its base) and may be written
+    assert got.tolist() == [7, EOT_ID, *gpt2_engine.encode_ordinary("b"), EOT_ID]
 
 
 def test_encode_batch_rejects_zero_threads(gpt2_engine):
