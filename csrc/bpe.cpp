@@ -57,6 +57,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <tuple>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -221,7 +222,7 @@ ShortKey ShortKey::of(std::string_view s) {
     return k;
 }
 
-// ----- IdBuffer -----
+// ----- Spare mappings, IdBuffer -----
 
 namespace {
 
@@ -230,26 +231,92 @@ size_t whole_pages(size_t bytes) {
     return std::max(page, (bytes + page - 1) / page * page);
 }
 
+// Mappings given back (the memory of a freed id array, of a dropped piece cache), kept for the next one that needs
+// memory, as malloc keeps freed memory: its pages are already there, so they cost no fault and no zeroing by the
+// kernel. Without them ~10% of a cold encode_to_numpy on the mixed corpus (perf, clear_page_erms) went to faulting in
+// the fresh 2 MiB pages of the output (11 MB) and of the cache table (16 MiB). At most kKeptBytes are kept; after
+// fork() the child starts with none (the parent's pool object is leaked).
+class Spares {
+   public:
+    static constexpr size_t kKeptBytes = size_t{64} << 20;
+
+    static Spares& instance() {
+        static std::mutex guard;
+        static Spares* spares = nullptr;
+        std::lock_guard<std::mutex> lock(guard);
+        if (!spares || spares->pid_ != ::getpid()) spares = new Spares();  // leaked on purpose, as WorkerPool
+        return *spares;
+    }
+    // A kept mapping of exactly `bytes`, or (exact false) the largest kept one; {nullptr, 0} when there is none.
+    std::pair<void*, size_t> take(size_t bytes, bool exact) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        size_t best = kept_.size();
+        for (size_t k = 0; k < kept_.size(); ++k)
+            if (exact ? kept_[k].second == bytes : best == kept_.size() || kept_[k].second > kept_[best].second)
+                best = k;
+        if (best == kept_.size()) return {nullptr, 0};
+        const std::pair<void*, size_t> m = kept_[best];
+        kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(best));
+        total_ -= m.second;
+        return m;
+    }
+    // Keeps the mapping, unmapping the oldest kept ones to make room, or unmaps it when it alone is too big.
+    void give(void* data, size_t bytes) {
+        if (!data) return;
+        if (bytes > kKeptBytes) {
+            ::munmap(data, bytes);
+            return;
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        while (total_ + bytes > kKeptBytes) {
+            ::munmap(kept_.front().first, kept_.front().second);
+            total_ -= kept_.front().second;
+            kept_.erase(kept_.begin());
+        }
+        kept_.emplace_back(data, bytes);
+        total_ += bytes;
+    }
+
+   private:
+    Spares() : pid_(::getpid()) {}
+    const pid_t pid_;
+    std::mutex mutex_;
+    std::vector<std::pair<void*, size_t>> kept_;  // oldest first
+    size_t total_ = 0;
+};
+
+// Fresh anonymous memory, asked for 2 MiB pages where the kernel has them.
+void* map_fresh(size_t bytes) {
+    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    ::madvise(mem, bytes, MADV_HUGEPAGE);
+#endif
+    return mem;
+}
+
 }  // namespace
 
 void* IdBuffer::reserve(size_t bytes) {
     if (bytes <= bytes_) return data_;
+    if (!data_) {
+        std::tie(data_, bytes_) = Spares::instance().take(0, false);
+        if (bytes <= bytes_) return data_;
+    }
     const size_t size = whole_pages(bytes);
     void* mem;
 #ifdef __linux__
-    mem = data_ ? ::mremap(data_, bytes_, size, MREMAP_MAYMOVE)
-                : ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    mem = data_ ? ::mremap(data_, bytes_, size, MREMAP_MAYMOVE) : map_fresh(size);
     if (mem == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    ::madvise(mem, size, MADV_HUGEPAGE);
+#endif
 #else
-    mem = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) throw std::bad_alloc();
+    mem = map_fresh(size);
     if (data_) {
         std::memcpy(mem, data_, bytes_);
         ::munmap(data_, bytes_);
     }
-#endif
-#ifdef MADV_HUGEPAGE
-    ::madvise(mem, size, MADV_HUGEPAGE);
 #endif
     data_ = mem;
     bytes_ = size;
@@ -263,23 +330,27 @@ void IdBuffer::shrink(size_t bytes) {
     bytes_ = size;
 }
 
-void IdBuffer::unmap(void* data, size_t bytes) {
-    if (data) ::munmap(data, bytes);
-}
+void IdBuffer::unmap(void* data, size_t bytes) { Spares::instance().give(data, bytes); }
 
 // ----- PieceCache -----
 
-void PieceCache::Free::operator()(Entry* p) const { ::munmap(p, bytes); }
+void PieceCache::Free::operator()(Entry* p) const { Spares::instance().give(p, bytes); }
 
 PieceCache::PieceCache() { resize(kMinSlots); }
 
-PieceCache::PieceCache(const PieceCache& seed) { reset_to(seed); }
+PieceCache::PieceCache(const PieceCache& seed, size_t more) { reset_to(seed, more); }
 
-void PieceCache::reset_to(const PieceCache& seed) {
+void PieceCache::reset_to(const PieceCache& seed, size_t more) {
+    // A cache made for a lot of text starts at its final size with the seed's entries rehashed into it: copying the
+    // 4 MiB seed and then growing to 16 MiB touched 24 MiB of fresh pages (each zeroed by the kernel) instead of 16.
     slots_.reset();
-    mask_ = 0;
-    resize(seed.mask_ + 1);
-    std::memcpy(static_cast<void*>(slots_.get()), seed.slots_.get(), (mask_ + 1) * sizeof(Entry));
+    size_t slots = seed.mask_ + 1;
+    while ((seed.count_ + more) * 2 > slots && slots < kMaxSlots) slots *= 2;
+    map(slots);
+    if (slots == seed.mask_ + 1)
+        std::memcpy(static_cast<void*>(slots_.get()), seed.slots_.get(), sizeof(Entry) * slots);
+    else
+        put_all(seed.slots_.get(), seed.mask_ + 1);
     count_ = seed.count_;
     pool_ = seed.pool_;
     long_.assign(1024, LongEntry{});
@@ -287,35 +358,40 @@ void PieceCache::reset_to(const PieceCache& seed) {
     long_bytes_.clear();
 }
 
-void PieceCache::resize(size_t slots) {
-    // Fresh zero pages from mmap, nothing written until a slot is used; 2 MiB pages where the kernel has them, so
-    // that a probe anywhere in the table costs no TLB miss (the table is 2-32 MiB, far more than 4 KiB pages'
-    // TLB reach).
-    std::unique_ptr<Entry[], Free> old(std::move(slots_));
-    const size_t old_slots = old ? mask_ + 1 : 0;
+void PieceCache::map(size_t slots) {
+    // Zero pages, kept ones cleared or fresh ones from mmap; 2 MiB pages where the kernel has them, so that a probe
+    // anywhere in the table costs no TLB miss (the table is 2-32 MiB, far more than 4 KiB pages' TLB reach).
     const size_t bytes = slots * sizeof(Entry);
-    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    ::madvise(mem, bytes, MADV_HUGEPAGE);
-#endif
+    void* mem = Spares::instance().take(bytes, true).first;
+    if (mem) std::memset(mem, 0, bytes);
+    else mem = map_fresh(bytes);
     slots_ = std::unique_ptr<Entry[], Free>(static_cast<Entry*>(mem), Free(bytes));
     mask_ = slots - 1;
+}
+
+void PieceCache::put_all(const Entry* from, size_t slots) {
     // Each entry goes to a random place in the new table: their lines are prefetched kAhead entries ahead.
     constexpr size_t kAhead = 16;
     auto key_of = [&](size_t i) {
         ShortKey key;
-        key.k0 = old[i].k0;
-        key.k1 = old[i].k1;
-        key.len = old[i].len;
+        key.k0 = from[i].k0;
+        key.k1 = from[i].k1;
+        key.len = from[i].len;
         return key;
     };
-    for (size_t i = 0; i < old_slots; ++i) {
-        if (i + kAhead < old_slots && old[i + kAhead].len != 0) __builtin_prefetch(home(key_of(i + kAhead).hash()));
-        if (old[i].len == 0) continue;
+    for (size_t i = 0; i < slots; ++i) {
+        if (i + kAhead < slots && from[i + kAhead].len != 0) __builtin_prefetch(home(key_of(i + kAhead).hash()));
+        if (from[i].len == 0) continue;
         const ShortKey key = key_of(i);
-        *find(key, key.hash()) = old[i];
+        *find(key, key.hash()) = from[i];
     }
+}
+
+void PieceCache::resize(size_t slots) {
+    std::unique_ptr<Entry[], Free> old(std::move(slots_));
+    const size_t old_slots = old ? mask_ + 1 : 0;
+    map(slots);
+    put_all(old.get(), old_slots);
 }
 
 void PieceCache::reserve(size_t more) {
@@ -324,7 +400,7 @@ void PieceCache::reserve(size_t more) {
     if (slots > mask_ + 1) resize(slots);
 }
 
-PieceCache& PieceCache::of(uint32_t engine_id, const PieceCache& seed) {
+PieceCache& PieceCache::of(uint32_t engine_id, const PieceCache& seed, size_t more) {
     // The caches of this thread's last kPerThread engines, most recent first. An engine's id is never reused,
     // so a cache can never serve another engine's results; one left behind by a destroyed engine ages out.
     thread_local std::pair<uint32_t, std::unique_ptr<PieceCache>> slots[kPerThread];
@@ -334,7 +410,7 @@ PieceCache& PieceCache::of(uint32_t engine_id, const PieceCache& seed) {
     if (k == kPerThread) {
         k = kPerThread - 1;
         slots[k].first = engine_id;
-        slots[k].second.reset(new PieceCache(seed));
+        slots[k].second.reset(new PieceCache(seed, more));
     }
     std::rotate(slots, slots + k, slots + k + 1);
     return *slots[0].second;
@@ -826,7 +902,7 @@ size_t Engine::encode_range(std::string_view text, const Specials& specials, std
 // corpus (165k in 21.7 MB; fewer per byte in more text, and the cache stops at kMaxSlots anyway). Growing step by
 // step from the seed's 4 MiB to 16 MiB cost two rehashes and 12 MiB of pages used once.
 PieceCache& Engine::cache_for(size_t bytes) const {
-    PieceCache& cache = PieceCache::of(id_, seed_);
+    PieceCache& cache = PieceCache::of(id_, seed_, bytes / 128);
     cache.reserve(bytes / 128);
     return cache;
 }

@@ -191,11 +191,12 @@ class PieceCache {
     static constexpr int kPerThread = 4;
 
     PieceCache();
-    PieceCache(const PieceCache& seed);
+    // A copy of seed, with room for `more` entries at half load.
+    PieceCache(const PieceCache& seed, size_t more = 0);
     PieceCache& operator=(const PieceCache&) = delete;
 
-    // This thread's cache for the engine with this id (a copy of seed on first use).
-    static PieceCache& of(uint32_t engine_id, const PieceCache& seed);
+    // This thread's cache for the engine with this id (a copy of seed with room for `more` on first use).
+    static PieceCache& of(uint32_t engine_id, const PieceCache& seed, size_t more);
 
     // The entry holding key, or the empty slot where it would go. Probes go by pairs of entries (one cache line)
     // from the key's home pair.
@@ -231,7 +232,9 @@ class PieceCache {
         uint32_t at, len, ids, n;  // the bytes at long_bytes_[at], the ids at pool_[ids]; len 0: empty
     };
     void resize(size_t slots);
-    void reset_to(const PieceCache& seed);
+    void map(size_t slots);                         // a fresh empty table
+    void put_all(const Entry* from, size_t slots);  // rehashes from's entries in
+    void reset_to(const PieceCache& seed, size_t more = 0);
     bool full(size_t more_ids) const;
     struct Free {
         Free() noexcept : bytes(0) {}
@@ -251,10 +254,11 @@ class PieceCache {
 // Encoding
 // ---------------------------------------------------------------------------------------------------------
 
-// Room for encode_to_array's ids: anonymous pages of its own, asked for 2 MiB pages where the kernel has them, grown
-// by mremap (no copy) and shrunk in place. Written front to back, only the pages that receive ids are ever touched.
-// With malloc/realloc the ids cost a fault per 4 KiB page (~4000 on the mixed corpus, ~15 ms of kernel time on a
-// shared VM); a numpy array as the buffer cost a zero-filled pass on every resize.
+// Room for encode_to_array's ids: anonymous pages of its own (a mapping given back earlier, else fresh ones asked for
+// 2 MiB pages where the kernel has them), grown by mremap (no copy) and shrunk in place. Written front to back, only
+// the pages that receive ids are ever touched. With malloc/realloc the ids cost a fault per 4 KiB page (~4000 on the
+// mixed corpus, ~15 ms of kernel time on a shared VM); a numpy array as the buffer cost a zero-filled pass on every
+// resize.
 class IdBuffer {
    public:
     IdBuffer() = default;
@@ -267,7 +271,8 @@ class IdBuffer {
     // Gives back the room past `bytes`.
     void shrink(size_t bytes);
     void* data() const { return data_; }
-    // The mapping's pointer and size, now the caller's: free them with IdBuffer::unmap.
+    // The mapping's pointer and size, now the caller's: give them back with IdBuffer::unmap (which keeps a few
+    // mappings for the next IdBuffer or PieceCache).
     std::pair<void*, size_t> release() {
         std::pair<void*, size_t> m(data_, bytes_);
         data_ = nullptr;

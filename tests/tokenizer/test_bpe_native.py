@@ -271,6 +271,29 @@ def test_encode_to_numpy_of_nothing_is_an_empty_writable_array(gpt2_engine):
     assert got.tolist() == [7, EOT_ID, *gpt2_engine.encode_ordinary("b"), EOT_ID]
 
 
+def test_encode_to_numpy_arrays_alive_together_never_share_memory(gpt2_engine):
+    # Freed arrays give their memory back for the next call: a live one must never be handed out again.
+    texts = [shakespeare_text()[k * 50_000:(k + 1) * 50_000] for k in range(4)]
+    want = [gpt2_engine.encode_ordinary(t) for t in texts]
+    kept = []
+    for k, t in enumerate(texts):
+        kept.append(gpt2_engine.encode_to_numpy(t, set(), -1, 1 + k % 2, 2 + 2 * (k % 2)))
+        gpt2_engine.encode_to_numpy(texts[0], set(), -1, 2, 2)  # made and freed at once
+    assert [a.tolist() for a in kept] == want
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_encode_to_numpy_works_in_a_forked_child_after_the_parent_used_it(gpt2_engine):
+    text = shakespeare_text()[:20_000]
+    want = gpt2_engine.encode_to_numpy(text, set(), -1, 2, 2).tolist()  # the parent keeps memory for reuse
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(60)
+        os._exit(0 if gpt2_engine.encode_to_numpy(text, set(), -1, 2, 2).tolist() == want else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_encode_batch_rejects_zero_threads(gpt2_engine):
     with pytest.raises(ValueError, match="num_threads"):
         gpt2_engine.encode_batch(["x"], set(), 0)
