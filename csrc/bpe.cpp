@@ -23,7 +23,7 @@
 //   + the pre-tokenizer as resumable batches (pretokenize_some) with an ASCII class table and
 //     8-byte letter runs: the split alone 330 -> 540 MB/s                                    ~105     ~155
 //   + merge slots at load 3/4 (512 KiB) instead of 4-byte tag slots + a check array          ~105     ~164
-//   + the cache-hit path inline in the batch loop; no prefetch of the whole-token map        same, 5% fewer instructions
+//   + the cache-hit path inline in the batch loop; no prefetch of the whole-token map       same, 5% fewer instructions
 // Tried and dropped: a 128 KiB direct-mapped front cache of 2..7-byte pieces ahead of the big one (no gain once
 // lookups were batched); 4-byte merge slots (a 12-bit tag + rank, 256 KiB) checked against a rank -> pair array
 // (the check was a second miss: ~92 vs ~105 cold); prefetching the whole-token map too (64 prefetches in flight
@@ -31,14 +31,29 @@
 // Also tried on 2 threads: a lock-free table of BPE results shared by the threads of one engine, so that each
 // distinct piece is merged once instead of once per thread; the process's CPU seconds did not move (72-78 vs
 // 73-76 MB/s of CPU), its probes into 16 MiB cost what the saved merges gave. Not kept.
-// Against gigatoken 0.10 (benchmarks/results/tokenizer_cpu.md, same host): text -> array cold 0.82x on 1 thread,
-// warm 0.70x; lists 1.40x. Its steady state per piece is faster (17 vs 25 ns); closing that needs a denser hot
-// path than one 32-byte entry in a 16 MiB table per piece (16-byte entries for pieces of <= 7 bytes, 81% of the
-// multi-byte ones, would halve the table) and a pre-tokenizer without a branch per piece (class bitmasks of 64
-// bytes at a time, piece ends by tzcnt).
-// Where the time is now (perf, cold runs): BPE of the 136k distinct multi-token pieces ~25% (its merge-table
-// probes are misses), the batch loop with its cache probes ~35%, the pre-tokenizer ~17%, page faults of fresh
-// output buffers ~4%. Warm, the cache probes and the pre-tokenizer are most of it.
+// Third round, text -> array, cold, 1 thread, mixed corpus, ratios to gigatoken 0.10 interleaved on the same host:
+//   start (second round's end)                                                                   0.69x
+//   + every thread's cache seeded with each byte and whole token of <= 16 bytes (a miss is BPE,
+//     no whole-token probe), sized for the text at once; a cache of its own for 17-256-byte
+//     pieces; BPE of short pieces on a dense byte-pair rank table, fixed positions, vectorised
+//     minimum; 4-slot merge buckets; GPT-2's pre-tokenizer by SSE2 bit masks                     ~1.04x
+//   + ids written straight into the array (IdBuffer: its own 2 MiB pages, grown by mremap,
+//     filled in rounds of 64 chunks so its room beyond the ids stays bounded); on 2 threads
+//     each thread takes a consecutive share of the units (its distinct pieces stay its own)     ~1.1-1.2x
+//   + freed arrays and dropped cache tables keep their pages for the next call (Spares), and a
+//     thread's cache starts at its final size: the kernel's page zeroing 10% -> 4% of samples    ~1.1-1.25x
+// Tried and dropped in this round: BPE of a batch's new pieces four at a time, one merge step of each in turn, so
+// that their merge-table misses overlap (bpe_small_many; 219 -> 203 ns a piece alone with hot tables, but a cold
+// encode went from ~120 to ~130 ms: each lane's end is a mispredicted branch that throws away the others' steps,
+// and finding the batch's other new pieces costs probes of its own).
+// Where the time is now (perf, cold encode_to_numpy of the mixed corpus, 1 thread, ~120-145 ms a call): BPE of the
+// 131k distinct new pieces of <= 16 bytes 36% (~500 ns a piece against ~220 with hot tables: half its samples sit on
+// the two merge-table loads of a step, 1 MiB of buckets that the 16 MiB piece cache's probes push out of L2), the
+// batch loop with its cache probes 25-28%, the pre-tokenizer 12%, encode_slow (results of more than 3 ids, misses)
+// 6%, BPE of 17-128-byte pieces 4%, the kernel zeroing fresh pages 4%, the special-token split 1%. Warm (the same
+// text again, ~67 ms) it is the batch loop and the pre-tokenizer. What would close more: a merge table small enough
+// to stay in L2 (two-choice buckets at load ~0.9 would halve it), a branch-free way to interleave pieces' BPE, and
+// more ids inline (uint16 ids when the vocab fits would hold 6 in an entry, sparing encode_slow).
 #include "bpe.h"
 #include "bpe_internal.h"
 
