@@ -17,6 +17,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "pretokenize.h"
 #include "unicode.h"
 
@@ -345,6 +349,7 @@ class Engine {
     void bpe(std::string_view piece, std::vector<uint32_t>& out) const;
     void bpe_medium(std::string_view piece, std::vector<uint32_t>& out) const;  // size <= 128
     void bpe_long(std::string_view piece, std::vector<uint32_t>& out) const;
+    void build_pairs16();  // pairs_ from merge_table_, which it frees
     // A piece of 2..16 bytes: its ids at out (room for 16). kDirect: direct_ holds, so ids need no mapping.
     template <bool kDirect>
     size_t bpe_small_as(const ShortKey& piece, uint32_t* out) const;
@@ -387,8 +392,44 @@ class Engine {
         }
     }
     uint32_t find_rank(uint32_t a, uint32_t b) const {
+        if (!pairs_.empty()) return find_rank16(a, b);
         const uint64_t key = pair_of(a, b);
         return rank_from(pair_home(key), key);
+    }
+    // The same table in half the room where internal ids and ranks fit 16 bits (GPT-2, and any vocab under 65535
+    // tokens): 64-byte buckets of 10 (a << 16 | b) keys and their 16-bit ranks, 512 KiB for GPT-2's 50k merges
+    // against 1 MiB of 8-byte slots, so that it stays in a 1 MiB L2 beside the piece cache's traffic. A key holding
+    // kNoToken (0x1FFFFF) has a half 0xFFFF, which no pair of real ids has: it finds nothing.
+    struct alignas(64) PairBucket {
+        uint32_t key[10];   // kEmptyPair when free
+        uint16_t rank[10];  // 0xFFFF when free
+        uint32_t overflow;  // pairs of this bucket went on to the next
+    };
+    static constexpr uint32_t kEmptyPair = ~uint32_t{0};
+    size_t pair_home16(uint32_t key) const { return (key * 0x9E3779B97F4A7C15ull >> 32) & pair_mask_; }
+    uint32_t find_rank16(uint32_t a, uint32_t b) const {
+        const uint32_t key = a << 16 | (b & 0xFFFF);
+        for (size_t k = pair_home16(key);; k = (k + 1) & pair_mask_) {
+            const PairBucket& bucket = pairs_[k];
+            const uint32_t hit = match10(bucket.key, key);
+            const uint32_t r = hit ? bucket.rank[__builtin_ctz(hit)] : kNoRank;  // a select, not a branch
+            if (__builtin_expect(((hit == 0) & (bucket.overflow != 0)) == 0, 1)) return r;
+        }
+    }
+    // Bit s set where keys[s] == key, s < 10 (keys points at a PairBucket: 16 bytes past keys[9] are readable).
+    static uint32_t match10(const uint32_t* keys, uint32_t key) {
+#if defined(__SSE2__)
+        const __m128i k = _mm_set1_epi32(static_cast<int>(key));
+        auto eq = [&](const uint32_t* at) {
+            return static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(
+                _mm_cmpeq_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)), k))));
+        };
+        return (eq(keys) | eq(keys + 4) << 4 | eq(keys + 8) << 8) & 0x3FF;
+#else
+        uint32_t m = 0;
+        for (int s = 0; s < 10; ++s) m |= static_cast<uint32_t>(keys[s] == key) << s;
+        return m;
+#endif
     }
 
     std::vector<std::string> tokens_;  // id -> bytes
@@ -401,7 +442,8 @@ class Engine {
     // a piece; 8-byte slots at load 3/8 (1 MiB), ~500 ns; 4-byte slots (a 12-bit tag + rank, 256 KiB) checked
     // against a rank -> pair array, slower again: the check is a second miss. Then linear probing at load 3/4
     // (512 KiB): ~1 mispredicted branch per lookup (found here, found later, empty: no pattern), 14 a piece; the
-    // buckets (1 MiB for GPT-2) have ~0.5, and bpe_small went from ~850 to ~650 instructions a piece.
+    // buckets (1 MiB for GPT-2) have ~0.5, and bpe_small went from ~850 to ~650 instructions a piece. Vocabs under
+    // 65535 tokens then move to pairs_ (512 KiB for GPT-2).
     std::vector<uint32_t> external_;   // internal id -> id
     uint32_t byte_id_[256];
     uint32_t byte_internal_[256];
@@ -411,6 +453,8 @@ class Engine {
     std::vector<uint32_t> merged_;      // rank -> internal id of the merged token
     size_t merge_bucket_mask_ = 0;
     std::vector<uint8_t> merge_overflow_;  // bucket -> whether pairs of this bucket went on to the next
+    std::vector<PairBucket> pairs_;        // the compact table, when ids and ranks fit 16 bits (else empty)
+    size_t pair_mask_ = 0;
     std::vector<uint32_t> byte_rank_;   // (byte a << 8 | byte b) -> rank of the merge of their tokens (kNoRank: none)
     // Whole pre-token -> id, for tokens whose own BPE is that single token (so the shortcut never changes a
     // result; GPT-2's "<|endoftext|>" for instance is in the vocab but BPE never produces it), or for every token

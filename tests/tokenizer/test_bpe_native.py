@@ -196,6 +196,22 @@ def test_engines_with_other_vocabs_on_one_thread_never_share_cached_pieces(gpt2_
     assert gpt2_engine.encode_ordinary(text) == gpt2_ids
 
 
+def test_a_vocab_too_big_for_16_bit_merge_keys_encodes_as_the_reference():
+    # Every byte pair merged, in a shuffled order, then a few merges of those: 65,795 tokens, past the compact merge
+    # table's 16-bit ids, so the engine looks merges up in its wide table.
+    rng = random.Random(20)
+    merges = [(bytes([a]), bytes([b])) for a in range(256) for b in range(256)]
+    rng.shuffle(merges)
+    merges += [(b"th", b"e"), (b" t", b"he"), (b"in", b"g"), (b"ing", b"s"), (b"\xc3\xa9", b"t\xc3")]
+    vocab = {i: bytes([i]) for i in range(256)}
+    for a, b in merges:
+        vocab[len(vocab)] = a + b
+    text = shakespeare_text()[:20_000] + " the things été café 東京 👍🏽 " * 20
+    got = _bpe.Engine(vocab, merges, {}).encode_ordinary(text)
+    want = ReferenceEngine(vocab, merges).encode_ordinary(text)
+    assert got == want, _first_difference(got, want)
+
+
 def test_encode_batch_with_threads_equals_single_thread(gpt2_engine):
     texts = shakespeare_text()[:400_000].split("\n\n") + ["", EOT, "a<|endoftext|>b"]
     single = [gpt2_engine.encode(t, {EOT}) for t in texts]
