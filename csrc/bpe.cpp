@@ -59,8 +59,17 @@
 // pre-tokenizer; perf puts ~half the cold time in bpe_small, which runs at ~1 instruction a cycle):
 //   + merges of 16-bit ids in 64-byte buckets of 10 keys (512 KiB, was 1 MiB): bpe_small's L2 misses 797k -> 313k a
 //     call; time 0.96-0.99x of before (25 and 41 interleaved rounds, load ~2)
-// Tried and dropped: a region of its own (128 KiB) for the pairs of two ids < 512 (9k of GPT-2's merges), to keep the
-//   first merges' lookups in a few hot lines: 1.03x slower than one table (41 rounds).
+//   The benchmark at that commit (5 rounds, load 0.9-1.6): cold array 1.06x gigatoken on 1 thread (was 1.02x), 1.27x
+//   on 2; 41 interleaved rounds on a calmer host gave 1.21-1.24x on 1 thread, so the 1-thread figure sits in the
+//   host's noise around the 1.2x target rather than clearly above it.
+// Tried and dropped (41 interleaved rounds each, within noise or slower): a region of its own (128 KiB) for the pairs
+// of two ids < 512 (9k of GPT-2's merges), to keep the first merges' lookups in a few hot lines (1.03x slower than
+// one table); byte_rank_ in 16 bits (128 KiB; bpe_small's L2 misses did not move: 313k); the minimum of the 16 keys
+// by a scalar tree, so that the three keys a step stores reach it by store forwarding, not a stalled vector load
+// (0.94x, 0.99x, 1.00x in three runs); batches of 32 pieces (1.04x slower); Entry::holds by xor/or instead of &&
+// (1.00x). What is left: bpe_small, ~half the cold time at ~1 instruction a cycle, is a serial chain per merge step
+// (minimum -> merge -> two lookups -> minimum) with L2 misses no longer its main cost; the batch loop is ~84
+// instructions a piece at ~3 a cycle, 20% of its samples on the prefetch of the next batch's homes.
 #include "bpe.h"
 #include "bpe_internal.h"
 
