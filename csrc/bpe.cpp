@@ -58,7 +58,10 @@
 // timings cannot: one cold call is ~900M instructions, 428M of them the batch loop, 211M bpe_small, 183M the
 // pre-tokenizer; perf puts ~half the cold time in bpe_small, which runs at ~1 instruction a cycle):
 //   + merges of 16-bit ids in 64-byte buckets of 10 keys (512 KiB, was 1 MiB): bpe_small's L2 misses 797k -> 313k a
-//     call; time 0.96-0.99x of before (25 and 41 interleaved rounds, load ~2)
+//     call; time 0.96-0.99x of before (25 and 41 interleaved rounds, load ~2). On 2 threads (wall; each thread has
+//     its own L2 and a cache half the size) it is 1.03-1.04x slower (21 and 41 rounds, load ~1): a lookup's chain is
+//     longer (three compares, a mask, ctz, then the rank's load, against four compare-selects), which the fewer
+//     misses pay for only where the table was being evicted. Kept for the 1-thread target.
 //   The benchmark at that commit (5 rounds, load 0.9-1.6): cold array 1.06x gigatoken on 1 thread (was 1.02x), 1.27x
 //   on 2; 41 interleaved rounds on a calmer host gave 1.21-1.24x on 1 thread, so the 1-thread figure sits in the
 //   host's noise around the 1.2x target rather than clearly above it.
