@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <optional>
+#include <utility>
 
 #include "bpe.h"
 
@@ -346,24 +347,30 @@ PYBIND11_MODULE(_bpe, mod) {
                     }
                 }
                 std::vector<std::string> allowed = str_list(allowed_special, "allowed_special");
-                py::object array;
-                char* dst = nullptr;
+                // The engine writes the ids straight into an IdBuffer, which numpy then owns through a capsule.
+                lmfast::IdBuffer buffer;
+                size_t n;
                 {
                     py::gil_scoped_release release;
-                    self.encode_to_array(
+                    n = self.encode_to_array(
                         views, allowed, separator, itemsize, num_threads,
-                        [&](size_t n) {
-                            py::gil_scoped_acquire gil;
-                            array = itemsize == 2 ? py::object(py::array_t<uint16_t>(static_cast<py::ssize_t>(n)))
-                                                  : py::object(py::array_t<uint32_t>(static_cast<py::ssize_t>(n)));
-                            dst = static_cast<char*>(py::cast<py::array>(array).mutable_data());
-                        },
-                        [&](const void* ids, size_t n) {
-                            std::memcpy(dst, ids, n * itemsize);
-                            dst += n * itemsize;
-                        },
-                        chunk);
+                        [&](size_t capacity) { return buffer.reserve(capacity * itemsize); }, chunk);
+                    buffer.reserve(1);  // no text at all: no round asked for room
+                    buffer.shrink(n * itemsize);
                 }
+                using Mapping = std::pair<void*, size_t>;
+                auto* mapping = new Mapping(buffer.data(), 0);
+                py::capsule owner(mapping, [](void* m) {
+                    auto* p = static_cast<Mapping*>(m);
+                    lmfast::IdBuffer::unmap(p->first, p->second);
+                    delete p;
+                });
+                *mapping = buffer.release();
+                void* data = mapping->first;
+                const auto size = static_cast<py::ssize_t>(n);
+                py::object array = itemsize == 2
+                    ? py::object(py::array_t<uint16_t>(size, static_cast<uint16_t*>(data), owner))
+                    : py::object(py::array_t<uint32_t>(size, static_cast<uint32_t*>(data), owner));
                 return array;
             },
             py::arg("texts"), py::arg("allowed_special"), py::arg("separator"), py::arg("num_threads"),

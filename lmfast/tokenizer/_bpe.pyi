@@ -57,7 +57,9 @@ class Engine:
     ) -> np.ndarray:
         """The ids of ``encode`` of a text, or of each document concatenated with ``separator`` after each (none when
         < 0), as one uint16 (``itemsize`` 2) or uint32 (4) array. Texts are cut at safe points into ~``chunk``-byte
-        pieces encoded on ``num_threads`` threads, without the GIL."""
+        pieces encoded on ``num_threads`` threads, without the GIL, straight into the array's memory (which its
+        ``base``, a capsule, owns: the array cannot be resized in place). Beyond the ids, it holds at most the room of
+        one round of 64 chunks while it is filled."""
     def encode_file(
         self, path: str | os.PathLike[str], out_fd: int, allowed_special: Iterable[str], itemsize: int,
         num_threads: int, progress: Callable[[int], object] | None = None, chunk: int = 1 << 21,

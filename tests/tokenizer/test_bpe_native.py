@@ -9,6 +9,7 @@ import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import regex
 from _gpt2 import EOT_ID, GPT2_PAT, gpt2_tiktoken, gpt2_vocab_merges, shakespeare_text
@@ -195,6 +196,22 @@ def test_engines_with_other_vocabs_on_one_thread_never_share_cached_pieces(gpt2_
     assert gpt2_engine.encode_ordinary(text) == gpt2_ids
 
 
+def test_a_vocab_too_big_for_16_bit_merge_keys_encodes_as_the_reference():
+    # Every byte pair merged, in a shuffled order, then a few merges of those: 65,795 tokens, past the compact merge
+    # table's 16-bit ids, so the engine looks merges up in its wide table.
+    rng = random.Random(20)
+    merges = [(bytes([a]), bytes([b])) for a in range(256) for b in range(256)]
+    rng.shuffle(merges)
+    merges += [(b"th", b"e"), (b" t", b"he"), (b"in", b"g"), (b"ing", b"s"), (b"\xc3\xa9", b"t\xc3")]
+    vocab = {i: bytes([i]) for i in range(256)}
+    for a, b in merges:
+        vocab[len(vocab)] = a + b
+    text = shakespeare_text()[:20_000] + " the things été café 東京 👍🏽 " * 20
+    got = _bpe.Engine(vocab, merges, {}).encode_ordinary(text)
+    want = ReferenceEngine(vocab, merges).encode_ordinary(text)
+    assert got == want, _first_difference(got, want)
+
+
 def test_encode_batch_with_threads_equals_single_thread(gpt2_engine):
     texts = shakespeare_text()[:400_000].split("\n\n") + ["", EOT, "a<|endoftext|>b"]
     single = [gpt2_engine.encode(t, {EOT}) for t in texts]
@@ -220,6 +237,75 @@ def test_encode_batch_works_in_a_forked_child_after_the_parent_used_threads(gpt2
     if pid == 0:  # the child: the parent's pool threads do not exist here, so a new pool must start
         signal.alarm(60)  # a hang kills the child instead of the test run
         os._exit(0 if gpt2_engine.encode_batch(texts, set(), 2) == want else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _concatenated_encodes(engine, docs, separator):
+    want = []
+    for d in docs:
+        want += engine.encode(d, {EOT})
+        want += [separator] if separator >= 0 else []
+    return want
+
+
+# Documents of tricky characters and longer runs (words, special tokens, blank lines), long enough for 64-byte chunks.
+_DOC = st.lists(st.sampled_from(_TRICKY + [EOT, "word ", "  ", "\n\n", "Hello", "1234"]), max_size=120).map("".join)
+
+
+@given(docs=st.lists(_DOC, max_size=6),
+       threads=st.integers(1, 3), chunk=st.sampled_from([64, 100, 1 << 20]), itemsize=st.sampled_from([2, 4]),
+       separator=st.sampled_from([-1, EOT_ID]))
+@_FUZZ
+def test_encode_to_numpy_equals_the_concatenated_encodes_for_any_threads_chunks_and_dtype(
+        gpt2_engine, docs, threads, chunk, itemsize, separator):
+    got = gpt2_engine.encode_to_numpy(docs, {EOT}, separator, threads, itemsize, chunk)
+    want = _concatenated_encodes(gpt2_engine, docs, separator)
+    assert got.dtype == (np.uint16 if itemsize == 2 else np.uint32)
+    assert got.tolist() == want, _first_difference(got.tolist(), want)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_encode_to_numpy_over_many_rounds_equals_encode(gpt2_engine, threads, itemsize):
+    # 64-byte chunks make rounds of 4 KiB: the array grows by realloc ~50 times, on every thread count.
+    text = shakespeare_text()[:200_000] + EOT + shakespeare_text()[-3000:]
+    docs = [text[:70_000], "", text[70_000:]]
+    want = _concatenated_encodes(gpt2_engine, docs, EOT_ID)
+    got = gpt2_engine.encode_to_numpy(docs, {EOT}, EOT_ID, threads, itemsize, 64)
+    assert got.tolist() == want, _first_difference(got.tolist(), want)
+    whole = gpt2_engine.encode_to_numpy(text, {EOT}, -1, threads, itemsize, 64)
+    assert whole.tolist() == gpt2_engine.encode(text, {EOT})
+
+
+def test_encode_to_numpy_of_nothing_is_an_empty_writable_array(gpt2_engine):
+    for texts in ([], "", [""]):
+        got = gpt2_engine.encode_to_numpy(texts, set(), -1, 2, 2)
+        assert got.shape == (0,) and got.dtype == np.uint16
+    got = gpt2_engine.encode_to_numpy(["a", "b"], set(), EOT_ID, 1, 4)
+    got[0] = 7  # the array owns its buffer (through its base) and may be written
+    assert got.tolist() == [7, EOT_ID, *gpt2_engine.encode_ordinary("b"), EOT_ID]
+
+
+def test_encode_to_numpy_arrays_alive_together_never_share_memory(gpt2_engine):
+    # Freed arrays give their memory back for the next call: a live one must never be handed out again.
+    texts = [shakespeare_text()[k * 50_000:(k + 1) * 50_000] for k in range(4)]
+    want = [gpt2_engine.encode_ordinary(t) for t in texts]
+    kept = []
+    for k, t in enumerate(texts):
+        kept.append(gpt2_engine.encode_to_numpy(t, set(), -1, 1 + k % 2, 2 + 2 * (k % 2)))
+        gpt2_engine.encode_to_numpy(texts[0], set(), -1, 2, 2)  # made and freed at once
+    assert [a.tolist() for a in kept] == want
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_encode_to_numpy_works_in_a_forked_child_after_the_parent_used_it(gpt2_engine):
+    text = shakespeare_text()[:20_000]
+    want = gpt2_engine.encode_to_numpy(text, set(), -1, 2, 2).tolist()  # the parent keeps memory for reuse
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(60)
+        os._exit(0 if gpt2_engine.encode_to_numpy(text, set(), -1, 2, 2).tolist() == want else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
