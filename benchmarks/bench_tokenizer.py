@@ -20,13 +20,13 @@ Groups (each labelled by its output):
     ``BpeTrainer`` (each given the documents the way its API takes them).
 
 Rounds are interleaved: each group runs round 1 of every contender, then round 2 of every contender, ... (5 rounds
-for encoding, 2 for training), so a slow minute on a shared machine hits all of them; the headline ratio of two
-contenders is the median of their per-round ratios. 1-thread groups time CPU seconds of the process
-(``time.process_time``; a contender that started threads anyway would show it), 2-thread groups wall seconds.
-``cold``: a fresh tokenizer before each round (built untimed), so no per-tokenizer cache holds the text; ``warm``:
-one tokenizer for all rounds, after a warm-up round. The headline ratios are the cold ones. pytest-benchmark then
-times one more round of each contender on its own (its usual table). Results: benchmarks/results/tokenizer_cpu.md.
-A contender that is not installed is skipped.
+for encoding, or ``LMFAST_BENCH_ROUNDS``; 2 for training), so a slow minute on a shared machine hits all of them;
+the headline ratio of two contenders is the median of their per-round ratios. 1-thread groups time CPU seconds of
+the process (``time.process_time``; a contender that started threads anyway would show it), 2-thread groups wall
+seconds. ``cold``: a fresh tokenizer before each round (built untimed), so no per-tokenizer cache holds the text;
+``warm``: one tokenizer for all rounds, after a warm-up round. The headline ratios are the cold ones.
+pytest-benchmark then times one more round of each contender on its own (its usual table). Results:
+benchmarks/results/tokenizer_cpu.md. A contender that is not installed is skipped.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from _gpt2 import EOT_ID, GPT2_PAT, _byte_decoder, gpt2_vocab_merges  # noqa: E4
 _bpe = pytest.importorskip("lmfast.tokenizer._bpe", reason="the C++ extension is not built: pip install -e .")
 
 EOT = "<|endoftext|>"
-ROUNDS = 5
+ROUNDS = int(os.environ.get("LMFAST_BENCH_ROUNDS", 5))  # more on a noisy host: LMFAST_BENCH_ROUNDS=15
 TRAIN_ROUNDS = 2
 RESULTS = ROOT / "benchmarks" / "results" / "tokenizer_cpu.md"
 _rows: dict[str, dict] = {}
