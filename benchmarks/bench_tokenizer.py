@@ -270,7 +270,8 @@ def _summary_markdown() -> str:
         "per-round ratios. 1-thread groups: CPU seconds of the process; 2-thread groups: wall seconds.",
         "cold: a fresh tokenizer for each round (built outside the timing); warm: one tokenizer for every round, "
         "after a warm-up round. The headline ratios are the cold ones.",
-        "Command: `pytest benchmarks/bench_tokenizer.py --benchmark-only`",
+        "Command: `" + ("" if ROUNDS == 5 else f"LMFAST_BENCH_ROUNDS={ROUNDS} ")
+        + "pytest benchmarks/bench_tokenizer.py --benchmark-only`",
         "",
         "| benchmark | seconds | MB/s | ids identical to tiktoken |",
         "|---|---:|---:|---|",
