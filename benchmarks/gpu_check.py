@@ -10,7 +10,7 @@ caps and the reserve for writing results add up to the default budget (tests/tes
    128, the AdamW step), ~15 s;
 a. the GPU tests, 130 s: every ``gpu``-marked test (kernels at real sizes in bf16, inductor / aot_eager compiles, the
    fused model, generation) and the kernel test files' other tests, which run natively there; ~250-300 Triton
-   compiles (the rehearsal counts 250 distinct launch keys in the tests the interpreter runs, attention 202 of them,
+   compiles (the rehearsal counts 252 distinct launch keys in the tests the interpreter runs, attention 202 of them,
    a lower bound) and ~8 torch.compile graphs, ~8-10 minutes one after another, so they run as
    ``GPU_TEST_SHARDS`` pytest processes side by side on the one GPU (_gpu_tests.py; there is no pytest-xdist);
 b. loss curves, 55 s: configs/tinystories_17m.yaml trained 200 steps in bf16, fused and reference ops, eager
