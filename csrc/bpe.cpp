@@ -92,6 +92,7 @@
 #include <mutex>
 #include <thread>
 #include <tuple>
+#include <unordered_map>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -117,6 +118,17 @@ uint32_t next_engine_id() {
     uint32_t id = ++counter;
     return id != 0 ? id : ++counter;  // 0 marks an empty cache entry
 }
+
+// Engine id -> how many engines (an engine and its copies) hold it. Looked up only when a thread makes a new
+// PieceCache, once per engine and thread, so a mutex costs nothing that shows.
+struct LiveEngines {
+    std::mutex mutex;
+    std::unordered_map<uint32_t, uint32_t> count;
+    static LiveEngines& instance() {
+        static LiveEngines* live = new LiveEngines();  // leaked on purpose: engines may die during exit
+        return *live;
+    }
+};
 
 // A process-wide pool of parked worker threads. Encode threads keep their PieceCache warm between calls only if
 // the threads live on: with a fresh std::thread per encode_batch call every call started from cold caches and
@@ -269,7 +281,11 @@ size_t whole_pages(size_t bytes) {
 // memory, as malloc keeps freed memory: its pages are already there, so they cost no fault and no zeroing by the
 // kernel. Without them ~10% of a cold encode_to_numpy on the mixed corpus (perf, clear_page_erms) went to faulting in
 // the fresh 2 MiB pages of the output (11 MB) and of the cache table (16 MiB). At most kKeptBytes are kept; after
-// fork() the child starts with none (the parent's pool object is leaked).
+// fork() the child starts with none (the parent's pool object is leaked). Arrays and tables are kept apart: an id
+// array takes the largest kept array, a table one of its exact size, so that the array (asked before the table)
+// cannot take the 16 MiB of a dropped table and leave the table to fresh pages.
+enum class Kind { array, table };
+
 class Spares {
    public:
     static constexpr size_t kKeptBytes = size_t{64} << 20;
@@ -281,21 +297,23 @@ class Spares {
         if (!spares || spares->pid_ != ::getpid()) spares = new Spares();  // leaked on purpose, as WorkerPool
         return *spares;
     }
-    // A kept mapping of exactly `bytes`, or (exact false) the largest kept one; {nullptr, 0} when there is none.
-    std::pair<void*, size_t> take(size_t bytes, bool exact) {
+    // A kept table of exactly `bytes`, or the largest kept array; {nullptr, 0} when there is none.
+    std::pair<void*, size_t> take(Kind kind, size_t bytes = 0) {
         std::lock_guard<std::mutex> lock(mutex_);
         size_t best = kept_.size();
-        for (size_t k = 0; k < kept_.size(); ++k)
-            if (exact ? kept_[k].second == bytes : best == kept_.size() || kept_[k].second > kept_[best].second)
-                best = k;
+        for (size_t k = 0; k < kept_.size(); ++k) {
+            if (kept_[k].kind != kind) continue;
+            const bool better = best == kept_.size() || kept_[k].bytes > kept_[best].bytes;
+            if (kind == Kind::table ? kept_[k].bytes == bytes : better) best = k;
+        }
         if (best == kept_.size()) return {nullptr, 0};
-        const std::pair<void*, size_t> m = kept_[best];
+        const Kept m = kept_[best];
         kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(best));
-        total_ -= m.second;
-        return m;
+        total_ -= m.bytes;
+        return {m.data, m.bytes};
     }
     // Keeps the mapping, unmapping the oldest kept ones to make room, or unmaps it when it alone is too big.
-    void give(void* data, size_t bytes) {
+    void give(void* data, size_t bytes, Kind kind) {
         if (!data) return;
         if (bytes > kKeptBytes) {
             ::munmap(data, bytes);
@@ -303,19 +321,24 @@ class Spares {
         }
         std::lock_guard<std::mutex> lock(mutex_);
         while (total_ + bytes > kKeptBytes) {
-            ::munmap(kept_.front().first, kept_.front().second);
-            total_ -= kept_.front().second;
+            ::munmap(kept_.front().data, kept_.front().bytes);
+            total_ -= kept_.front().bytes;
             kept_.erase(kept_.begin());
         }
-        kept_.emplace_back(data, bytes);
+        kept_.push_back(Kept{data, bytes, kind});
         total_ += bytes;
     }
 
    private:
+    struct Kept {
+        void* data;
+        size_t bytes;
+        Kind kind;
+    };
     Spares() : pid_(::getpid()) {}
     const pid_t pid_;
     std::mutex mutex_;
-    std::vector<std::pair<void*, size_t>> kept_;  // oldest first
+    std::vector<Kept> kept_;  // oldest first
     size_t total_ = 0;
 };
 
@@ -334,7 +357,7 @@ void* map_fresh(size_t bytes) {
 void* IdBuffer::reserve(size_t bytes) {
     if (bytes <= bytes_) return data_;
     if (!data_) {
-        std::tie(data_, bytes_) = Spares::instance().take(0, false);
+        std::tie(data_, bytes_) = Spares::instance().take(Kind::array);
         if (bytes <= bytes_) return data_;
     }
     const size_t size = whole_pages(bytes);
@@ -364,11 +387,11 @@ void IdBuffer::shrink(size_t bytes) {
     bytes_ = size;
 }
 
-void IdBuffer::unmap(void* data, size_t bytes) { Spares::instance().give(data, bytes); }
+void IdBuffer::unmap(void* data, size_t bytes) { Spares::instance().give(data, bytes, Kind::array); }
 
 // ----- PieceCache -----
 
-void PieceCache::Free::operator()(Entry* p) const { Spares::instance().give(p, bytes); }
+void PieceCache::Free::operator()(Entry* p) const { Spares::instance().give(p, bytes, Kind::table); }
 
 PieceCache::PieceCache() { resize(kMinSlots); }
 
@@ -396,7 +419,7 @@ void PieceCache::map(size_t slots) {
     // Zero pages, kept ones cleared or fresh ones from mmap; 2 MiB pages where the kernel has them, so that a probe
     // anywhere in the table costs no TLB miss (the table is 2-32 MiB, far more than 4 KiB pages' TLB reach).
     const size_t bytes = slots * sizeof(Entry);
-    void* mem = Spares::instance().take(bytes, true).first;
+    void* mem = Spares::instance().take(Kind::table, bytes).first;
     if (mem) std::memset(mem, 0, bytes);
     else mem = map_fresh(bytes);
     slots_ = std::unique_ptr<Entry[], Free>(static_cast<Entry*>(mem), Free(bytes));
@@ -442,12 +465,26 @@ PieceCache& PieceCache::of(uint32_t engine_id, const PieceCache& seed, size_t mo
     int k = 1;
     while (k < kPerThread && !(slots[k].first == engine_id && slots[k].second)) ++k;
     if (k == kPerThread) {
+        // The caches of destroyed engines go first (to Spares), and the oldest one if none is dead, so that the new
+        // table is made in their pages. Kept until pushed out, each new engine of a long-lived process (a fresh
+        // tokenizer per round of the benchmark, per notebook cell) faulted in and zeroed a fresh 16 MiB table,
+        // and the process held 4 dead tables.
+        for (auto& slot : slots)
+            if (slot.second && !engine_live(slot.first)) slot = {0, nullptr};
+        std::stable_partition(slots, slots + kPerThread, [](const auto& slot) { return slot.second != nullptr; });
         k = kPerThread - 1;
+        slots[k].second.reset();
         slots[k].first = engine_id;
         slots[k].second.reset(new PieceCache(seed, more));
     }
     std::rotate(slots, slots + k, slots + k + 1);
     return *slots[0].second;
+}
+
+bool PieceCache::engine_live(uint32_t engine_id) {
+    LiveEngines& live = LiveEngines::instance();
+    std::lock_guard<std::mutex> lock(live.mutex);
+    return live.count.count(engine_id) != 0;
 }
 
 bool PieceCache::full(size_t more_ids) const {
@@ -512,6 +549,20 @@ void PieceCache::insert_long(std::string_view piece, uint64_t hash, const uint32
 }
 
 // ----- Engine -----
+
+Engine::Live::Live(uint32_t engine_id) : id(engine_id) {
+    LiveEngines& live = LiveEngines::instance();
+    std::lock_guard<std::mutex> lock(live.mutex);
+    ++live.count[id];
+}
+
+Engine::Live::Live(const Live& other) : Live(other.id) {}
+
+Engine::Live::~Live() {
+    LiveEngines& live = LiveEngines::instance();
+    std::lock_guard<std::mutex> lock(live.mutex);
+    if (--live.count[id] == 0) live.count.erase(id);
+}
 
 Engine::Engine(const std::vector<std::pair<int64_t, std::string>>& vocab,
                const std::vector<std::pair<std::string, std::string>>& merges,

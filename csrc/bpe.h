@@ -201,6 +201,8 @@ class PieceCache {
 
     // This thread's cache for the engine with this id (a copy of seed with room for `more` on first use).
     static PieceCache& of(uint32_t engine_id, const PieceCache& seed, size_t more);
+    // Whether an engine with this id exists (Engine::Live).
+    static bool engine_live(uint32_t engine_id);
 
     // The entry holding key, or the empty slot where it would go. Probes go by pairs of entries (one cache line)
     // from the key's home pair.
@@ -461,6 +463,15 @@ class Engine {
     // with ignore_merges: those of up to 16 bytes in seed_, the first state of every thread's PieceCache, longer
     // ones in whole_long_.
     uint32_t id_;                      // names this engine's PieceCaches
+    // Marks id_ live while this engine (or a copy of it) exists: a thread drops the PieceCaches of dead engines
+    // before it makes a new one, which is then built in their pages.
+    struct Live {
+        explicit Live(uint32_t id);
+        Live(const Live& other);
+        Live& operator=(const Live&) = delete;
+        ~Live();
+        uint32_t id;
+    } live_{id_};
     PieceCache seed_;
     BytesMap<uint32_t> whole_long_;
     std::vector<std::pair<std::string, uint32_t>> specials_;

@@ -90,3 +90,27 @@ def test_encode_file_peak_memory_stays_under_200_mb_on_a_file_over_100_mb(tmp_pa
     assert (tmp_path / "big.txt").stat().st_size > 100 << 20
     assert f"{count} {total}" == (tmp_path / "expected.txt").read_text()
     assert peak_kib < 200 * 1024, f"encode_file peak RSS {peak_kib / 1024:.0f} MiB"
+
+
+@pytest.mark.skipif(not native_available(), reason="the piece caches are the C++ engine's")
+def test_a_fresh_engine_reuses_the_cache_pages_of_a_destroyed_one(tmp_path):
+    # Tokenizers built and dropped one after another, as a notebook or the benchmark's cold rounds do. The cache a
+    # thread kept for a dead engine used to stay until four newer engines pushed it out, so each new engine faulted
+    # in a fresh table (2 MiB here: 512 pages with THP off, as below, so the count does not depend on the host).
+    out = _run_child(tmp_path, """
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: faults count 4 KiB pages
+        text = unit * 20
+        faults = []
+        for _ in range(8):
+            fresh = Tokenizer(vocab, merges, ["<|endoftext|>"])
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            ids = fresh.encode_to_numpy(text, num_threads=1)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            assert len(ids) == len(head) * 19 + len(period)
+            del fresh, ids
+        print(*faults)
+        """, repeats=1)
+    faults = [int(f) for f in out.split()]
+    assert faults[0] > 1024, f"the first engine's table should be fresh pages; faults per call: {faults}"
+    assert max(faults[2:]) < 256, f"page faults per call of a fresh engine after the first two: {faults}"
