@@ -147,7 +147,7 @@ MUTATIONS = [
     Mutation("sharded checkpoint: .metadata unpickled with plain pickle (runs code)", "lmfast/train/dcp_files.py",
              "metadata = _MetadataUnpickler(f).load()", "metadata = pickle.load(f)", (SHARDED,)),
     Mutation("sharded checkpoint: a shard that differs from its CRC is loaded", "lmfast/train/dcp_files.py",
-             "if _crc(path / name) != sums[name][1]:", "if False:", (SHARDED,)),
+             "if file_crc32(path / name) != sums[name][1]:", "if False:", (SHARDED,)),
     Mutation("sharded checkpoint: small values loaded with weights_only=False", "lmfast/train/dcp_files.py",
              "loaded = torch.load(value, weights_only=True)", "loaded = torch.load(value, weights_only=False)",
              (SHARDED,)),

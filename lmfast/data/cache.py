@@ -211,7 +211,8 @@ def _memo_digest(stamp: dict, value) -> str:
 _SUM_SUFFIX = ".crc32"  # beside a cached file: {"size", "crc32"} of the bytes it was written with
 
 
-def _file_crc32(path: Path) -> int:
+def file_crc32(path: Path) -> int:
+    """zlib CRC-32 of a file's bytes, read in bounded blocks."""
     crc = 0
     with open(path, "rb") as f:
         while block := f.read(_COPY_CHUNK):
@@ -224,7 +225,7 @@ def _write_sum(target: Path, written: Path) -> None:
 
     Call it holding ``_file_lock(target)``, before ``written`` is renamed into place: a cached file whose record is
     missing or differs is made again (see :func:`_sum_matches`)."""
-    record = {"size": written.stat().st_size, "crc32": _file_crc32(written)}
+    record = {"size": written.stat().st_size, "crc32": file_crc32(written)}
     side = target.with_name(target.name + _SUM_SUFFIX)
     tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record))
@@ -235,7 +236,7 @@ def _sum_matches(target: Path) -> bool:
     """Whether ``target`` still holds the bytes it was cached with (one read at CRC-32 speed, ~1.3 GB/s)."""
     try:
         record = json.loads(target.with_name(target.name + _SUM_SUFFIX).read_text())
-        return target.stat().st_size == record["size"] and _file_crc32(target) == record["crc32"]
+        return target.stat().st_size == record["size"] and file_crc32(target) == record["crc32"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import io
 import pickle
-import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmfast.data.cache import file_crc32
+
 __all__ = ["safe_reader", "safe_planner", "file_sums", "verify_files", "read_metadata", "FILES_KEY"]
 
 FILES_KEY = "files"  # the run_state.pt key holding {file name: [size, crc32]}
-_CHUNK = 1 << 24
 
 # What a DCP .metadata pickle may name: DCP's own record types, torch.Size, dtypes and layouts, a path
 _METADATA_GLOBALS = {
@@ -117,17 +117,9 @@ def safe_planner():
 # -- checksums ------------------------------------------------------------------------------------------------
 
 
-def _crc(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
 def file_sums(directory: Path, names: list[str]) -> dict[str, list[int]]:
     """``{name: [size, crc32]}`` of the files ``names`` in ``directory``."""
-    return {name: [(directory / name).stat().st_size, _crc(directory / name)] for name in names}
+    return {name: [(directory / name).stat().st_size, file_crc32(directory / name)] for name in names}
 
 
 def verify_files(path: Path, sums: Any, rank: int = 0, world_size: int = 1) -> set[str]:
@@ -155,7 +147,7 @@ def verify_files(path: Path, sums: Any, rank: int = 0, world_size: int = 1) -> s
                              f"written with {sums[name][0]:,} (truncated or replaced); {fix}")
     shards = [n for n in names if n != ".metadata"]
     for name in [".metadata", *shards[rank::world_size]]:
-        if _crc(path / name) != sums[name][1]:
+        if file_crc32(path / name) != sums[name][1]:
             raise ValueError(f"sharded checkpoint {str(path)!r} is corrupt: {name} differs from the checksum saved "
                              f"with it (a changed byte on disk or in a copy); {fix}, or copy it again")
     return set(names)
