@@ -3,7 +3,6 @@ classes, tiktoken built in memory from GPT-2's own vocabulary, and the pure-Pyth
 (lmfast.tokenizer.reference) for encoding with trained vocabularies and for training itself."""
 
 import concurrent.futures
-import importlib.util
 import os
 import random
 import signal
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import regex
 from _gpt2 import EOT_ID, GPT2_PAT, gpt2_tiktoken, gpt2_vocab_merges, shakespeare_text
+from _scripts import load_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,13 +48,6 @@ EDGE_CASES = [
 ]
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _first_difference(got: list, want: list) -> str:
     i = next((k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
     return (f"first difference at index {i}: got {got[i:i + 5]!r}, want {want[i:i + 5]!r} "
@@ -84,12 +77,12 @@ def test_char_class_matches_regex_for_every_code_point():
 
 
 def test_checked_in_unicode_table_is_what_the_generator_writes():
-    gen = _load_script("gen_unicode_tables")
+    gen = load_script("gen_unicode_tables")
     assert gen.main(["--check"]) == 0, "csrc/unicode_tables.h is stale: run python scripts/gen_unicode_tables.py"
 
 
 def test_unicode_table_check_ignores_the_regex_version_stamp_and_nothing_else(tmp_path, monkeypatch):
-    gen = _load_script("gen_unicode_tables")
+    gen = load_script("gen_unicode_tables")
     text = gen.render(gen.classify_all())
     stamp, body = text.split("\n", 1)
     table = tmp_path / "unicode_tables.h"

@@ -5,18 +5,17 @@ what to do next.
 The runs are scripts/kill_resume.py's tiny config (byte-level .npy, 24 steps of a one-layer model, 3 epochs,
 validation every 5 steps, a step checkpoint every 4 with keep_last 2) on one thread, as its child processes use."""
 
-import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 from _torchrun import torchrun
 
 from lmfast.checkpoint import read_checkpoint
@@ -28,10 +27,7 @@ from lmfast.train.lifecycle import LOCK_NAME, lock_run_dir
 from lmfast.train.run_state import find_resume
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("kill_resume", ROOT / "scripts" / "kill_resume.py")
-kill_resume = importlib.util.module_from_spec(_spec)
-sys.modules["kill_resume"] = kill_resume
-_spec.loader.exec_module(kill_resume)
+kill_resume = load_script("kill_resume")
 
 
 # The harness's children run on one thread; bitwise comparisons with them need the same here.

@@ -5,18 +5,17 @@ file is one error naming it, and generate and export take a ``.dcp`` as they tak
 The run is scripts/kill_resume.py's tiny config under ``distributed: fsdp`` in one process (which writes its
 training checkpoints the sharded way), 8 steps with a checkpoint every 4."""
 
-import importlib.util
 import io
 import os
 import pickle
 import re
 import shutil
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 from lmfast import export, generate
 from lmfast.train import trainer as trainer_module
@@ -24,10 +23,7 @@ from lmfast.train.checkpoint import atomic_torch_save, checksummed, load_checked
 from lmfast.train.dcp_files import read_metadata, safe_planner
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("kill_resume", ROOT / "scripts" / "kill_resume.py")
-kill_resume = importlib.util.module_from_spec(_spec)
-sys.modules["kill_resume"] = kill_resume
-_spec.loader.exec_module(kill_resume)
+kill_resume = load_script("kill_resume")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEP = "checkpoint_step_4.dcp"
